@@ -1,0 +1,218 @@
+//! The `vsm` command line (CONTRACT §1): parses arguments, loads configuration, and runs one
+//! role. Exit status: 0 done, 1 runtime failure, 2 bad usage or bad configuration; every failure
+//! is one line on standard error naming what failed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::edge::gateway::{AppState, Server};
+use crate::health::Readiness;
+use crate::migrate::{self, Action};
+use crate::repo::{DbError, Repo};
+use crate::schemas::storage::tenant;
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "vsm", version, about = "Viable System Model platform")]
+pub struct Cli {
+    /// Extra configuration file, layered over config/default.toml and config/$VSM_ENV.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the edge gateway (HTTP API, health, metrics).
+    Serve(ServeArgs),
+    /// Create the database if missing and apply pending migrations.
+    Migrate(MigrateArgs),
+    /// Migrate, then serve in one process.
+    All(ServeArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.listen / VSM_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Show applied and pending migrations; change nothing.
+    #[arg(long, conflicts_with = "down")]
+    pub status: bool,
+    /// Revert the last N applied migrations.
+    #[arg(long, value_name = "N")]
+    pub down: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and its first API key; prints {"tenant_id","slug","api_key"}.
+    Create {
+        /// Lowercase letters, digits and dashes, 2 to 63 characters.
+        slug: String,
+        /// Display name (defaults to the slug).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// A failed command: its exit status and the one line that explains it.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn runtime(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("vsm: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(Failure::usage)?;
+    if let Command::Serve(args) | Command::All(args) = &cli.command
+        && let Some(listen) = args.listen
+    {
+        config.server.listen = listen;
+    }
+    telemetry::init(&config.log).map_err(Failure::usage)?;
+    tracing::debug!(?config, "configuration loaded");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(_) => serve(config).await,
+            Command::All(_) => {
+                migrate_up(&config).await?;
+                serve(config).await
+            }
+            Command::Migrate(args) => migrate_cmd(&config, args).await,
+            Command::Tenant(TenantCommand::Create { slug, name }) => {
+                create_tenant(&config, &slug, name.as_deref()).await
+            }
+        }
+    })
+}
+
+async fn migrate_up(config: &Config) -> Result<(), Failure> {
+    let report = migrate::run(&config.database, Action::Up)
+        .await
+        .map_err(Failure::runtime)?;
+    for version in &report.applied {
+        tracing::info!(%version, "applied migration");
+    }
+    Ok(())
+}
+
+async fn migrate_cmd(config: &Config, args: MigrateArgs) -> Result<(), Failure> {
+    let action = match (args.status, args.down) {
+        (true, _) => Action::Status,
+        (false, Some(n)) => Action::Down(n),
+        (false, None) => Action::Up,
+    };
+    let report = migrate::run(&config.database, action)
+        .await
+        .map_err(Failure::runtime)?;
+    match action {
+        Action::Status => {
+            for m in &report.status {
+                let state = if m.applied { "applied" } else { "pending" };
+                println!("{state:8} {}", m.version);
+            }
+        }
+        Action::Up if report.applied.is_empty() => println!("database is up to date"),
+        Action::Up => report.applied.iter().for_each(|v| println!("applied  {v}")),
+        Action::Down(_) => report
+            .reverted
+            .iter()
+            .for_each(|v| println!("reverted {v}")),
+    }
+    Ok(())
+}
+
+async fn create_tenant(config: &Config, slug: &str, name: Option<&str>) -> Result<(), Failure> {
+    let repo = Repo::connect(&config.database)
+        .await
+        .map_err(Failure::runtime)?;
+    let (tenant, key) = tenant::create(&repo, slug, name)
+        .await
+        .map_err(|e| match e {
+            DbError::Validation { .. } => Failure::usage(e),
+            e => Failure::runtime(e),
+        })?;
+    println!(
+        "{}",
+        json!({"tenant_id": tenant.id, "slug": tenant.slug, "api_key": key.key})
+    );
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<(), Failure> {
+    let config = Arc::new(config);
+    let repo = Repo::connect(&config.database)
+        .await
+        .map_err(Failure::runtime)?;
+    let listen = config.server.listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .trigger_on_signals()
+        .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
+    let state = AppState {
+        readiness: Readiness::new(vec![Box::new(repo.clone())], shutdown.clone()),
+        config: config.clone(),
+        repo,
+        started: Instant::now(),
+    };
+    let server = Server::build(listener, state, shutdown)
+        .map_err(|e| Failure::runtime(format!("cannot start the HTTP server: {e}")))?;
+    tracing::info!(listen = %listen, port = server.port(), "serving");
+    server
+        .run()
+        .await
+        .map_err(|e| Failure::runtime(format!("HTTP server failed: {e}")))?;
+    tracing::info!("stopped");
+    Ok(())
+}

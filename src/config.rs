@@ -1,0 +1,440 @@
+//! Configuration (CONTRACT §2).
+//!
+//! Layers, later wins: built-in defaults < `config/default.toml` < `config/$VSM_ENV.toml`
+//! < `--config FILE` < environment. Every key is validated at start-up: an unknown key or an
+//! invalid value is a [`ConfigError`] naming the key, and the binary exits 2 on it.
+//!
+//! Secrets ([`Secret`], and the password inside a [`ServiceUrl`]) never print: their `Debug`
+//! and `Display` are redacted, so logging a whole `Config` is safe.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration of one `vsm` process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// PostgreSQL connection and pool.
+    pub database: DatabaseConfig,
+    /// HTTP listener and request handling of `vsm serve`.
+    pub server: ServerConfig,
+    /// Log filter and format.
+    pub log: LogConfig,
+    /// Redis (shared cache, rate limits, dedupe). Unset: in-process.
+    pub redis: RedisConfig,
+    /// RabbitMQ (event fan-out across instances). Unset: in-process.
+    pub rabbitmq: RabbitMqConfig,
+    /// Telegram bot.
+    pub telegram: TelegramConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`. Default `postgres://postgres@127.0.0.1:5432/vsm`.
+    pub url: ServiceUrl,
+    /// Maximum connections in this process's pool. Default 16.
+    pub pool_size: usize,
+    /// Seconds to wait for a connection (new or from the pool). Default 5.
+    pub connect_timeout_secs: u64,
+    /// Role that serving and working connections `SET ROLE` to, so that row-level security
+    /// applies to them. Default `vsm_app` (created by the migrations). Set it to `""` only
+    /// when `url` already logs in as a role without `BYPASSRLS`.
+    pub app_role: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: ServiceUrl::parse_default("postgres://postgres@127.0.0.1:5432/vsm"),
+            pool_size: 16,
+            connect_timeout_secs: 5,
+            app_role: "vsm_app".to_owned(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `VSM_LISTEN`: address `vsm serve` binds. Default `0.0.0.0:4000`.
+    pub listen: SocketAddr,
+    /// `VSM_ADMIN_TOKEN`: bearer token for tenant creation and queue control. Unset: those
+    /// routes refuse every request.
+    pub admin_token: Option<Secret>,
+    /// Seconds to finish in-flight work after SIGTERM/SIGINT. Default 25.
+    pub shutdown_grace_secs: u64,
+    /// Largest accepted JSON body in bytes. Default 1 MiB.
+    pub json_body_limit: usize,
+    /// HTTP worker threads; 0 = one per core. Default 0.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4000)),
+            admin_token: None,
+            shutdown_grace_secs: 25,
+            json_body_limit: 1024 * 1024,
+            workers: 0,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `VSM_LOG`: a tracing filter such as `info,vsm=debug`. Default `info`.
+    pub filter: String,
+    /// `VSM_LOG_FORMAT`: `pretty` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_owned(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `REDIS_URL`, e.g. `redis://127.0.0.1:6379`.
+    pub url: Option<ServiceUrl>,
+}
+
+/// `[rabbitmq]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitMqConfig {
+    /// `RABBITMQ_URL`, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: Option<ServiceUrl>,
+}
+
+/// `[telegram]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelegramConfig {
+    /// `TELEGRAM_BOT_TOKEN`.
+    pub bot_token: Option<Secret>,
+    /// `TELEGRAM_WEBHOOK_SECRET`: expected `X-Telegram-Bot-Api-Secret-Token`.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Why a configuration could not be loaded. Always names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("unknown configuration environment variable {0}")]
+    UnknownEnv(String),
+}
+
+/// Environment variables of CONTRACT §2 that map to a key without the `VSM_<SECTION>__<KEY>` form.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("RABBITMQ_URL", "rabbitmq.url"),
+    ("VSM_LISTEN", "server.listen"),
+    ("VSM_ADMIN_TOKEN", "server.admin_token"),
+    ("VSM_LOG", "log.filter"),
+    ("VSM_LOG_FORMAT", "log.format"),
+    ("TELEGRAM_BOT_TOKEN", "telegram.bot_token"),
+    ("TELEGRAM_WEBHOOK_SECRET", "telegram.webhook_secret"),
+];
+
+/// `VSM_` variables that select configuration rather than set a key.
+const ENV_SELECTORS: &[&str] = &["VSM_ENV"];
+
+impl Config {
+    /// Loads the layers from the current directory and the process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(Path::new("config"), config_file, std::env::vars())
+    }
+
+    /// Loads the layers from `config_dir` and the given environment (tests pass their own).
+    pub fn load_from(
+        config_dir: &Path,
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(config_dir.join("default.toml")));
+        if let Some((_, profile)) = env.iter().find(|(k, _)| k == "VSM_ENV") {
+            figment = figment.merge(Toml::file(config_dir.join(format!("{profile}.toml"))));
+        }
+        if let Some(file) = config_file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        for (name, value) in env {
+            if let Some(key) = env_key(&name)? {
+                figment = figment.merge(EnvVar { name, key, value });
+            }
+        }
+        figment
+            .extract::<Config>()
+            .map_err(|e| ConfigError::Invalid(describe(e)))
+    }
+}
+
+/// Maps one environment variable name to its config key (`section.key`), `None` when the
+/// variable is not ours, or an error for a `VSM_` variable that names no key.
+fn env_key(name: &str) -> Result<Option<String>, ConfigError> {
+    if let Some((_, key)) = ENV_ALIASES.iter().find(|(var, _)| *var == name) {
+        return Ok(Some((*key).to_owned()));
+    }
+    let Some(rest) = name.strip_prefix("VSM_") else {
+        return Ok(None);
+    };
+    if ENV_SELECTORS.contains(&name) {
+        return Ok(None);
+    }
+    if rest.contains("__") {
+        return Ok(Some(rest.to_ascii_lowercase().replace("__", ".")));
+    }
+    // A typo such as VSM_LISTN must not be silently ignored.
+    Err(ConfigError::UnknownEnv(name.to_owned()))
+}
+
+/// One environment variable as a figment layer, named after the variable so that an invalid
+/// value is reported as coming from it. Values are parsed like figment's own `Env` does
+/// (`5` is a number, `true` a bool, anything else a string).
+struct EnvVar {
+    name: String,
+    key: String,
+    value: String,
+}
+
+impl Provider for EnvVar {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let value: Value = match self.value.parse() {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        Serialized::global(&self.key, value).data()
+    }
+}
+
+/// Turns a figment error into one line that names the key and where it came from.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (from {src})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("key `{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A secret string: deserialised from config, never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment values that look like numbers arrive as numbers; a token is still text.
+        scalar_string(d).map(Secret)
+    }
+}
+
+/// A connection URL whose password is redacted in `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrl(url::Url);
+
+impl ServiceUrl {
+    fn parse_default(s: &str) -> Self {
+        match url::Url::parse(s) {
+            Ok(u) => Self(u),
+            Err(e) => panic!("built-in default URL {s} is invalid: {e}"),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, url::ParseError> {
+        url::Url::parse(s).map(Self)
+    }
+
+    /// The full URL including any password; for connecting only.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// `host:port` for error messages (default port when the URL has none).
+    pub fn host_port(&self) -> String {
+        let host = self.0.host_str().unwrap_or("localhost");
+        match self
+            .0
+            .port_or_known_default()
+            .or_else(|| default_port(self.0.scheme()))
+        {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    /// The same URL with another path (database name), e.g. to reach the maintenance database.
+    pub fn with_path(&self, path: &str) -> ServiceUrl {
+        let mut u = self.0.clone();
+        u.set_path(path);
+        Self(u)
+    }
+
+    /// The URL's path without its leading `/` (the database name for PostgreSQL).
+    pub fn path_name(&self) -> &str {
+        self.0.path().trim_start_matches('/')
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "postgres" | "postgresql" => Some(5432),
+        "redis" => Some(6379),
+        "amqp" => Some(5672),
+        _ => None,
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // set_password only fails for URLs that cannot have one, which then had none.
+            let _ = shown.set_password(Some("[redacted]"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceUrl({self})")
+    }
+}
+
+impl Serialize for ServiceUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ServiceUrl::parse(&s).map_err(|e| serde::de::Error::custom(format!("not a URL: {e}")))
+    }
+}
+
+fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Scalar;
+    impl serde::de::Visitor<'_> for Scalar {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(Scalar)
+}

@@ -1,0 +1,34 @@
+//! `/live`, `/health`, `/ready` (CONTRACT §5).
+
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+use crate::edge::gateway::AppState;
+
+/// 200 while the process runs.
+#[get("/live")]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// 200 with version and uptime; never calls a dependency.
+#[get("/health")]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+}
+
+/// 200 when every configured dependency answers within a second; 503 otherwise or while
+/// shutting down.
+#[get("/ready")]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let (ready, body) = state.readiness.report().await;
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,3 @@
+//! One controller per concern, as in the plan's `controllers/` directory.
+pub mod health_controller;
+pub mod metrics_controller;

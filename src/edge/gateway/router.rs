@@ -1,0 +1,43 @@
+//! Every route of the gateway, and the request-level rules shared by all of them (JSON body
+//! limit and JSON errors in the contract's error format).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::controllers::{health_controller, metrics_controller};
+use super::error::ApiError;
+
+/// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
+pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(json_limit)
+            .error_handler(json_error),
+    )
+    .service(health_controller::live)
+    .service(health_controller::health)
+    .service(health_controller::ready)
+    .service(metrics_controller::metrics);
+}
+
+/// Unknown routes answer in the contract's error format too.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let api = match &err {
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => {
+            ApiError::PayloadTooLarge(format!("JSON body larger than the limit: {err}"))
+        }
+        E::ContentType => {
+            ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
+        }
+        E::Deserialize(e) if e.is_data() => ApiError::Validation {
+            field: "body".into(),
+            message: e.to_string(),
+        },
+        _ => ApiError::BadRequest(format!("invalid JSON body: {err}")),
+    };
+    api.into()
+}

@@ -1,0 +1,72 @@
+//! The HTTP server. It takes a bound listener (tests bind port 0 and read the port back) and the
+//! process's [`Shutdown`]; on shutdown it stops accepting, finishes in-flight requests within
+//! the grace period and returns.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+
+use super::{observe, router};
+use crate::config::Config;
+use crate::health::Readiness;
+use crate::repo::Repo;
+use crate::shutdown::Shutdown;
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub repo: Repo,
+    pub readiness: Readiness,
+    pub started: Instant,
+}
+
+pub struct Server {
+    inner: actix_web::dev::Server,
+    port: u16,
+}
+
+impl Server {
+    pub fn build(
+        listener: TcpListener,
+        state: AppState,
+        shutdown: Shutdown,
+    ) -> std::io::Result<Server> {
+        let port = listener.local_addr()?.port();
+        let server_cfg = state.config.server.clone();
+        let json_limit = server_cfg.json_body_limit;
+        let data = web::Data::new(state);
+        let mut http = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(from_fn(observe::observe))
+                .configure(|cfg| router::routes(cfg, json_limit))
+                .default_service(web::to(router::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(server_cfg.shutdown_grace_secs)
+        .listen(listener)?;
+        if server_cfg.workers > 0 {
+            http = http.workers(server_cfg.workers);
+        }
+        let inner = http.run();
+        let handle = inner.handle();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            handle.stop(true).await;
+        });
+        Ok(Server { inner, port })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until shutdown has completed.
+    pub async fn run(self) -> std::io::Result<()> {
+        self.inner.await
+    }
+}

@@ -1,0 +1,2 @@
+//! The edge: everything that faces clients over HTTP.
+pub mod gateway;

@@ -1,0 +1,84 @@
+//! Liveness and readiness (CONTRACT §5), shared by `vsm serve` and `vsm work`.
+//!
+//! Readiness asks every configured dependency in parallel, each bounded by one second, and is
+//! false while the process is shutting down. A dependency joins by implementing [`Probe`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, join_all};
+use serde_json::{Map, Value, json};
+
+use crate::repo::Repo;
+use crate::shutdown::Shutdown;
+
+/// How long one dependency may take to answer before it counts as down.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One dependency readiness depends on.
+pub trait Probe: Send + Sync {
+    /// Name in the `/ready` report (`database`, `redis`, …).
+    fn name(&self) -> &'static str;
+    /// `Ok` when the dependency answered; `Err` with a short, secret-free reason otherwise.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+impl Probe for Repo {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.ping().await.map(|_| ()).map_err(|e| e.to_string()) })
+    }
+}
+
+/// The process's readiness: its probes and its shutdown state.
+#[derive(Clone)]
+pub struct Readiness {
+    probes: Arc<Vec<Box<dyn Probe>>>,
+    shutdown: Shutdown,
+}
+
+impl Readiness {
+    pub fn new(probes: Vec<Box<dyn Probe>>, shutdown: Shutdown) -> Self {
+        Self {
+            probes: Arc::new(probes),
+            shutdown,
+        }
+    }
+
+    /// Runs every probe; `(ready, report)` where `report` is the JSON body of `/ready`.
+    pub async fn report(&self) -> (bool, Value) {
+        let results = join_all(self.probes.iter().map(|p| async move {
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(PROBE_TIMEOUT, p.check()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+            };
+            (p.name(), outcome, started.elapsed())
+        }))
+        .await;
+        let mut ready = !self.shutdown.is_triggered();
+        let mut checks = Map::new();
+        for (name, outcome, latency) in results {
+            let latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+            let check = match outcome {
+                Ok(()) => json!({"status": "ok", "latency_ms": latency_ms}),
+                Err(error) => {
+                    ready = false;
+                    json!({"status": "unavailable", "latency_ms": latency_ms, "error": error})
+                }
+            };
+            checks.insert(name.to_owned(), check);
+        }
+        let mut body = json!({
+            "status": if ready { "ok" } else { "unavailable" },
+            "checks": checks,
+        });
+        if self.shutdown.is_triggered() {
+            body["reason"] = json!("shutting down");
+        }
+        (ready, body)
+    }
+}

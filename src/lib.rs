@@ -1,0 +1,13 @@
+//! vsm: the foundation of a Viable System Model organisation (S1 Operations … S5 Policy).
+//! One binary, one PostgreSQL; see ARCHITECTURE.md for how the modules fit together.
+
+pub mod cli;
+pub mod config;
+pub mod edge;
+pub mod health;
+pub mod metrics;
+pub mod migrate;
+pub mod repo;
+pub mod schemas;
+pub mod shutdown;
+pub mod telemetry;

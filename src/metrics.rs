@@ -1,0 +1,147 @@
+//! Prometheus metrics (CONTRACT §5). One registry per process; every metric keeps the plan's
+//! `cybernetic_` prefix, and labels are bounded (route templates, never raw paths).
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds, from sub-millisecond (health, cached lookups) to the 10 s tail.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// `cybernetic_requests_total{method,path,status}`
+    pub requests: IntCounterVec,
+    /// `cybernetic_request_duration_seconds{method,path}`
+    pub request_duration: HistogramVec,
+    /// `cybernetic_db_pool_connections{state="idle|in_use"}`
+    pub db_pool_connections: IntGaugeVec,
+    /// `cybernetic_db_pool_max_connections`
+    pub db_pool_max: IntGauge,
+    /// `cybernetic_db_pool_waiting`: callers waiting for a connection.
+    pub db_pool_waiting: IntGauge,
+    /// `cybernetic_db_query_duration_seconds{result}`
+    pub db_query_duration: HistogramVec,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("cybernetic_requests_total", "HTTP requests handled"),
+            &["method", "path", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cybernetic_request_duration_seconds",
+                "HTTP request latency from first byte read to response ready",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "path"],
+        )
+        .expect("valid metric");
+        let db_pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "cybernetic_db_pool_connections",
+                "Open database connections in this process's pool, by state",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let db_pool_max = IntGauge::new(
+            "cybernetic_db_pool_max_connections",
+            "Largest number of connections the pool may open",
+        )
+        .expect("valid metric");
+        let db_pool_waiting = IntGauge::new(
+            "cybernetic_db_pool_waiting",
+            "Callers waiting for a database connection",
+        )
+        .expect("valid metric");
+        let db_query_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cybernetic_db_query_duration_seconds",
+                "Database statement latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["result"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "cybernetic_build_info",
+                "Build of the running binary (always 1)",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(db_pool_connections.clone()),
+            Box::new(db_pool_max.clone()),
+            Box::new(db_pool_waiting.clone()),
+            Box::new(db_query_duration.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            db_pool_connections,
+            db_pool_max,
+            db_pool_waiting,
+            db_query_duration,
+        }
+    }
+
+    /// The whole registry in Prometheus text format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// Times every statement on a database connection (diesel's instrumentation hook). A connection
+/// runs one statement at a time, so one start instant suffices.
+#[derive(Default)]
+pub struct QueryTimer {
+    started: Option<Instant>,
+}
+
+impl Instrumentation for QueryTimer {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::StartQuery { .. } => self.started = Some(Instant::now()),
+            InstrumentationEvent::FinishQuery { error, .. } => {
+                if let Some(started) = self.started.take() {
+                    let result = if error.is_some() { "error" } else { "ok" };
+                    METRICS
+                        .db_query_duration
+                        .with_label_values(&[result])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
+        }
+    }
+}

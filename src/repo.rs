@@ -1,0 +1,483 @@
+//! The database: one deadpool pool of diesel-async connections, and the one narrow door to
+//! tenant data (plan §3.1 `repo.ex`).
+//!
+//! Every pooled connection runs as the application role (`SET ROLE vsm_app` when it is opened),
+//! which has no `BYPASSRLS`, so row-level security decides what it sees. Tenant data is reached
+//! only through [`Repo::tenant_tx`]: it opens a transaction, sets `app.current_tenant` with a
+//! bound parameter (transaction-local, so it can never leak to the next user of the pooled
+//! connection) and hands out the connection for the length of that transaction.
+
+use std::time::{Duration, Instant};
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Bytea, Text};
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager,
+};
+use futures_util::FutureExt;
+use uuid::Uuid;
+
+use crate::config::{DatabaseConfig, ServiceUrl};
+
+/// A connection as handed out by the door; schema functions take `&mut Conn`.
+pub type Conn = AsyncPgConnection;
+
+/// What can go wrong talking to the database, typed so callers can map it (the HTTP layer maps
+/// `Validation` to 422, `Conflict` to 409, `NotFound` to 404, `Unavailable` to 503).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A row the caller asked for does not exist (or belongs to another tenant).
+    #[error("not found")]
+    NotFound,
+    /// A field rule (CHECK constraint or NOT NULL) was broken.
+    #[error("invalid {field}: {message}")]
+    Validation {
+        field: &'static str,
+        message: &'static str,
+    },
+    /// A uniqueness rule was broken (`what` says which).
+    #[error("conflict: {what}")]
+    Conflict { what: String },
+    /// The database could not be reached in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the database said; details are logged, not shown to API clients.
+    #[error("database error: {0}")]
+    Other(DieselError),
+}
+
+/// Field rules by constraint name: the migration names every CHECK so a violation maps to the
+/// field it guards.
+const CHECKS: &[(&str, &str, &str)] = &[
+    (
+        "tenants_slug_format",
+        "slug",
+        "must match ^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$",
+    ),
+    ("tenants_name_length", "name", "must be 1 to 200 characters"),
+    (
+        "tenants_settings_object",
+        "settings",
+        "must be a JSON object",
+    ),
+    (
+        "api_keys_name_length",
+        "name",
+        "must be 1 to 200 characters",
+    ),
+    (
+        "api_keys_key_hash_length",
+        "key_hash",
+        "must be a sha256 digest",
+    ),
+    ("system_states_system_range", "system", "must be 1 to 5"),
+    (
+        "system_states_version_positive",
+        "version",
+        "must be at least 1",
+    ),
+    (
+        "system_states_state_object",
+        "state",
+        "must be a JSON object",
+    ),
+    (
+        "episodes_title_length",
+        "title",
+        "must be 1 to 500 characters",
+    ),
+    (
+        "episodes_status_valid",
+        "status",
+        "must be pending, analyzing, complete or error",
+    ),
+    (
+        "policies_name_length",
+        "name",
+        "must be 1 to 200 characters",
+    ),
+    (
+        "policies_priority_nonnegative",
+        "priority",
+        "must be 0 or more",
+    ),
+    (
+        "policies_effective_window",
+        "effective_from",
+        "must not be after effective_until",
+    ),
+    ("artifacts_path_length", "path", "must be 1 to 1024 bytes"),
+    ("artifacts_size_nonnegative", "size", "must be 0 or more"),
+    (
+        "artifacts_sha256_hex",
+        "sha256",
+        "must be 64 lowercase hex digits",
+    ),
+    (
+        "artifacts_storage_backend_valid",
+        "storage_backend",
+        "must be local, s3 or memory",
+    ),
+    ("task_log_attempt_positive", "attempt", "must be at least 1"),
+    (
+        "task_log_duration_nonnegative",
+        "duration_ms",
+        "must be 0 or more",
+    ),
+    (
+        "task_log_state_valid",
+        "state",
+        "is not a final attempt state",
+    ),
+];
+
+/// Unique indexes by name, and what a clash on them means to a user.
+const UNIQUES: &[(&str, &str)] = &[
+    ("tenants_slug_key", "a tenant with this slug already exists"),
+    ("api_keys_key_hash_key", "this API key already exists"),
+    (
+        "system_states_tenant_system_version_key",
+        "the system state changed concurrently (version already taken)",
+    ),
+    (
+        "policies_tenant_name_key",
+        "a policy with this name already exists",
+    ),
+    (
+        "artifacts_tenant_path_key",
+        "an artifact with this path already exists",
+    ),
+];
+
+impl From<DieselError> for DbError {
+    fn from(e: DieselError) -> Self {
+        match e {
+            DieselError::NotFound => DbError::NotFound,
+            DieselError::DatabaseError(kind, info) => {
+                let constraint = info.constraint_name().unwrap_or_default();
+                match kind {
+                    DatabaseErrorKind::CheckViolation => {
+                        match CHECKS.iter().find(|(name, _, _)| *name == constraint) {
+                            Some((_, field, message)) => DbError::Validation { field, message },
+                            None => DbError::Other(DieselError::DatabaseError(kind, info)),
+                        }
+                    }
+                    DatabaseErrorKind::NotNullViolation => DbError::Validation {
+                        field: column_name(info.column_name()),
+                        message: "is required",
+                    },
+                    DatabaseErrorKind::UniqueViolation => {
+                        let what = UNIQUES
+                            .iter()
+                            .find(|(name, _)| *name == constraint)
+                            .map(|(_, what)| (*what).to_owned())
+                            .unwrap_or_else(|| format!("unique constraint {constraint}"));
+                        DbError::Conflict { what }
+                    }
+                    DatabaseErrorKind::ClosedConnection => {
+                        DbError::Unavailable(info.message().to_owned())
+                    }
+                    _ => DbError::Other(DieselError::DatabaseError(kind, info)),
+                }
+            }
+            other => DbError::Other(other),
+        }
+    }
+}
+
+fn column_name(column: Option<&str>) -> &'static str {
+    // Leak-free mapping to a static name: only columns that exist in our schema are named.
+    const COLUMNS: &[&str] = &[
+        "slug",
+        "name",
+        "title",
+        "content",
+        "rules",
+        "state",
+        "system",
+        "path",
+        "size",
+        "sha256",
+        "content_type",
+        "storage_backend",
+        "tenant_id",
+    ];
+    column
+        .and_then(|c| COLUMNS.iter().find(|k| **k == c).copied())
+        .unwrap_or("field")
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// The process's database handle: cheap to clone.
+#[derive(Clone)]
+pub struct Repo {
+    pool: Pool<AsyncPgConnection>,
+    url: ServiceUrl,
+}
+
+impl Repo {
+    /// Builds the pool and proves the database answers, so start-up fails with one clear line
+    /// instead of the first request.
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Repo, DbError> {
+        let repo = Self::connect_lazy(cfg)?;
+        let started = Instant::now();
+        let _probe = repo.pool.get().await.map_err(|e| {
+            DbError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {} after {:.1}s: {}",
+                cfg.url.host_port(),
+                started.elapsed().as_secs_f64(),
+                pool_error_cause(&e)
+            ))
+        })?;
+        Ok(repo)
+    }
+
+    /// Builds the pool without opening a connection.
+    pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Repo, DbError> {
+        let role = cfg.app_role.clone();
+        let timeout = cfg.connect_timeout();
+        let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+        manager_config.custom_setup =
+            Box::new(move |url| establish_as(url.to_owned(), role.clone(), timeout).boxed());
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            cfg.url.expose(),
+            manager_config,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size.max(1))
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        Ok(Repo {
+            pool,
+            url: cfg.url.clone(),
+        })
+    }
+
+    /// The narrow door: opens a transaction whose tenant context is `tenant`. Row-level security
+    /// limits every statement on it to that tenant's rows. [`TenantTx::commit`] commits; dropping
+    /// it without committing (an early `?`, a cancelled request) rolls back.
+    pub async fn tenant_tx(&self, tenant: Uuid) -> Result<TenantTx, DbError> {
+        let mut conn = self.pool.get().await?;
+        AnsiTransactionManager::begin_transaction(&mut *conn).await?;
+        let mut tx = TenantTx {
+            conn: Some(conn),
+            tenant,
+        };
+        set_tenant(&mut tx, tenant).await?;
+        Ok(tx)
+    }
+
+    /// Resolves an API key's sha256 to `(api_key_id, tenant_id)`; `None` if unknown or revoked.
+    /// Runs through a SECURITY DEFINER function because no tenant is known yet.
+    pub async fn resolve_api_key(&self, key_hash: &[u8]) -> Result<Option<(Uuid, Uuid)>, DbError> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            api_key_id: Uuid,
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            tenant_id: Uuid,
+        }
+        let mut conn = self.pool.get().await?;
+        let row: Option<Row> =
+            diesel::sql_query("SELECT api_key_id, tenant_id FROM vsm_resolve_api_key($1)")
+                .bind::<Bytea, _>(key_hash)
+                .get_result(&mut conn)
+                .await
+                .map(Some)
+                .or_else(|e| match e {
+                    DieselError::NotFound => Ok(None),
+                    e => Err(e),
+                })?;
+        Ok(row.map(|r| (r.api_key_id, r.tenant_id)))
+    }
+
+    /// Round trip to the database; `Ok(latency)` when it answers.
+    pub async fn ping(&self) -> Result<Duration, DbError> {
+        let started = Instant::now();
+        let mut conn = self.pool.get().await?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Pool size, idle connections and waiting callers, for the pool gauges.
+    pub fn pool_status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
+    /// The configured URL (password redacted when displayed).
+    pub fn url(&self) -> &ServiceUrl {
+        &self.url
+    }
+}
+
+/// An open transaction with a tenant context, from [`Repo::tenant_tx`]. It dereferences to the
+/// connection, so schema functions take `&mut tx`.
+pub struct TenantTx {
+    /// `Some` until commit, rollback or drop hands the connection back.
+    conn: Option<PooledConn>,
+    tenant: Uuid,
+}
+
+type PooledConn = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
+
+impl TenantTx {
+    /// The tenant this transaction acts for.
+    pub fn tenant_id(&self) -> Uuid {
+        self.tenant
+    }
+
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        if let Some(mut conn) = self.conn.take() {
+            AnsiTransactionManager::commit_transaction(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<(), DbError> {
+        if let Some(mut conn) = self.conn.take() {
+            AnsiTransactionManager::rollback_transaction(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for TenantTx {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        // Invariant: `conn` is only taken by commit/rollback/drop, which consume the TenantTx.
+        self.conn.as_deref().expect("TenantTx used after it ended")
+    }
+}
+
+impl std::ops::DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn
+            .as_deref_mut()
+            .expect("TenantTx used after it ended")
+    }
+}
+
+impl Drop for TenantTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // Roll back off the dropping task, then the connection goes back to the pool. Without a
+        // runtime the connection is dropped while still in its transaction: the pool discards
+        // such connections and PostgreSQL aborts the transaction when it closes.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = AnsiTransactionManager::rollback_transaction(&mut *conn).await {
+                    tracing::warn!(error = %e, "rollback of an abandoned transaction failed");
+                }
+            });
+        }
+    }
+}
+
+/// Sets the transaction's tenant. The value is a bound parameter, never spliced into SQL.
+async fn set_tenant(conn: &mut Conn, tenant: Uuid) -> Result<(), DieselError> {
+    diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
+        .bind::<Text, _>(tenant.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Why a connection could not be opened, in one line with the underlying cause
+/// (e.g. "connection refused"), which diesel's own error type drops.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    /// The server answered that the database does not exist (SQLSTATE 3D000).
+    pub missing_database: bool,
+    pub message: String,
+}
+
+/// Opens one connection to `url` (as its login role), bounded by `timeout`.
+pub async fn establish(url: &str, timeout: Duration) -> Result<AsyncPgConnection, ConnectError> {
+    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            return Err(ConnectError {
+                missing_database: e.code()
+                    == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
+                message: error_chain(&e),
+            });
+        }
+        Err(_) => {
+            return Err(ConnectError {
+                missing_database: false,
+                message: format!("timed out after {}s", timeout.as_secs()),
+            });
+        }
+    };
+    AsyncPgConnection::try_from_client_and_connection(client, connection)
+        .await
+        .map_err(|e| ConnectError {
+            missing_database: false,
+            message: e.to_string(),
+        })
+}
+
+/// An error and its sources on one line: "error connecting to server: Connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Opens one pooled connection and switches it to the application role.
+async fn establish_as(
+    url: String,
+    role: String,
+    timeout: Duration,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut conn = establish(&url, timeout)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.message))?;
+    conn.set_instrumentation(crate::metrics::QueryTimer::default());
+    if !role.is_empty() {
+        // Identifiers cannot be bound parameters; quote it as PostgreSQL's quote_ident would.
+        let sql = format!("SET ROLE \"{}\"", role.replace('"', "\"\""));
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| {
+                diesel::ConnectionError::BadConnection(format!("cannot SET ROLE {role}: {e}"))
+            })?;
+    }
+    Ok(conn)
+}
+
+/// The innermost cause of a pool error, e.g. "connection refused".
+pub fn pool_error_cause(e: &PoolError) -> String {
+    use diesel_async::pooled_connection::PoolError as Inner;
+    use diesel_async::pooled_connection::deadpool::PoolError as Outer;
+    match e {
+        Outer::Backend(Inner::ConnectionError(c)) => c.to_string(),
+        Outer::Backend(Inner::QueryError(q)) => q.to_string(),
+        Outer::Timeout(_) => "timed out".to_owned(),
+        other => other.to_string(),
+    }
+}

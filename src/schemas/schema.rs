@@ -1,0 +1,117 @@
+//! Diesel table definitions, kept by hand in step with `migrations/`
+//! (the `migrations_match_schema` test compares them with the live database).
+
+diesel::table! {
+    tenants (id) {
+        id -> Uuid,
+        slug -> Text,
+        name -> Text,
+        settings -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        key_hash -> Bytea,
+        key_prefix -> Text,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    system_states (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        system -> Int2,
+        state -> Jsonb,
+        version -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    episodes (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        title -> Text,
+        content -> Text,
+        source -> Nullable<Text>,
+        kind -> Nullable<Text>,
+        tags -> Array<Text>,
+        status -> Text,
+        analysis -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    policies (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        rules -> Jsonb,
+        active -> Bool,
+        priority -> Int4,
+        effective_from -> Nullable<Timestamptz>,
+        effective_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    artifacts (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        path -> Text,
+        size -> Int8,
+        sha256 -> Text,
+        content_type -> Text,
+        storage_backend -> Text,
+        metadata -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    task_log (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        job_id -> Uuid,
+        worker -> Text,
+        queue -> Text,
+        attempt -> Int4,
+        state -> Text,
+        duration_ms -> Int8,
+        error -> Nullable<Text>,
+        inserted_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(system_states -> tenants (tenant_id));
+diesel::joinable!(episodes -> tenants (tenant_id));
+diesel::joinable!(policies -> tenants (tenant_id));
+diesel::joinable!(artifacts -> tenants (tenant_id));
+diesel::joinable!(task_log -> tenants (tenant_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    api_keys,
+    system_states,
+    episodes,
+    policies,
+    artifacts,
+    task_log,
+);

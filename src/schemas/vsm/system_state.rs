@@ -1,0 +1,83 @@
+//! System states S1–S5. An update never changes a row: it appends `version + 1`, so the history
+//! of every system is kept and concurrent writers cannot silently overwrite each other (the
+//! unique `(tenant_id, system, version)` index turns a race into a `Conflict`).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::repo::{Conn, DbError};
+use crate::schemas::schema::system_states;
+
+/// Names of the five systems, indexed by `system - 1`.
+pub const SYSTEM_NAMES: [&str; 5] = [
+    "Operations",
+    "Coordination",
+    "Control",
+    "Intelligence",
+    "Policy",
+];
+
+#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[diesel(table_name = system_states, check_for_backend(diesel::pg::Pg))]
+pub struct SystemState {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub system: i16,
+    pub state: serde_json::Value,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = system_states)]
+struct NewSystemState<'a> {
+    id: Uuid,
+    tenant_id: Uuid,
+    system: i16,
+    state: &'a serde_json::Value,
+    version: i32,
+}
+
+/// The latest state of `system`, if it was ever set.
+pub async fn latest(conn: &mut Conn, system: i16) -> Result<Option<SystemState>, DbError> {
+    Ok(system_states::table
+        .filter(system_states::system.eq(system))
+        .order(system_states::version.desc())
+        .select(SystemState::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Appends a new state for `system`. With `expected_version`, the write only happens if the
+/// latest version is exactly that (0 = never set); otherwise `Conflict`.
+pub async fn append(
+    conn: &mut Conn,
+    tenant_id: Uuid,
+    system: i16,
+    state: &serde_json::Value,
+    expected_version: Option<i32>,
+) -> Result<SystemState, DbError> {
+    let current = latest(conn, system).await?.map_or(0, |s| s.version);
+    if let Some(expected) = expected_version
+        && expected != current
+    {
+        return Err(DbError::Conflict {
+            what: format!("expected version {expected} but the current version is {current}"),
+        });
+    }
+    Ok(diesel::insert_into(system_states::table)
+        .values(NewSystemState {
+            id: Uuid::now_v7(),
+            tenant_id,
+            system,
+            state,
+            version: current + 1,
+        })
+        .returning(SystemState::as_returning())
+        .get_result(conn)
+        .await?)
+}
