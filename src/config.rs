@@ -207,6 +207,10 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         for (name, value) in env {
+            // `REDIS_URL=` in an env file means "not set", not "set to nothing".
+            if value.is_empty() {
+                continue;
+            }
             if let Some(key) = env_key(&name)? {
                 figment = figment.merge(EnvVar { name, key, value });
             }
@@ -437,4 +441,171 @@ fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         }
     }
     d.deserialize_any(Scalar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, body) in files {
+            std::fs::write(dir.path().join(name), body).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn defaults_need_nothing_but_postgres() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults load");
+        assert_eq!(
+            c.database.url.expose(),
+            "postgres://postgres@127.0.0.1:5432/vsm"
+        );
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:4000");
+        assert!(c.redis.url.is_none() && c.rabbitmq.url.is_none());
+        assert_eq!(c.server.shutdown_grace_secs, 25);
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let dir = dir_with(&[
+            (
+                "default.toml",
+                "[server]\nworkers = 1\nshutdown_grace_secs = 1\njson_body_limit = 1\n[database]\npool_size = 1",
+            ),
+            (
+                "staging.toml",
+                "[server]\nworkers = 2\nshutdown_grace_secs = 2",
+            ),
+            ("extra.toml", "[server]\nworkers = 3"),
+        ]);
+        let extra = dir.path().join("extra.toml");
+        let c = Config::load_from(
+            dir.path(),
+            Some(&extra),
+            env(&[
+                ("VSM_ENV", "staging"),
+                ("VSM_DATABASE__POOL_SIZE", "7"),
+                ("VSM_LISTEN", "127.0.0.1:9999"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.server.json_body_limit, 1); // default.toml
+        assert_eq!(c.server.shutdown_grace_secs, 2); // $VSM_ENV file over default.toml
+        assert_eq!(c.server.workers, 3); // --config over $VSM_ENV file
+        assert_eq!(c.database.pool_size, 7); // environment over everything
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn contract_environment_variables_map_to_their_keys() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://u:pw@db:5432/x"),
+                ("REDIS_URL", "redis://cache:6379"),
+                ("RABBITMQ_URL", "amqp://guest:guest@mq:5672/%2f"),
+                ("VSM_ADMIN_TOKEN", "12345"),
+                ("VSM_LOG", "debug"),
+                ("VSM_LOG_FORMAT", "json"),
+                ("TELEGRAM_BOT_TOKEN", "123:abc"),
+                ("TELEGRAM_WEBHOOK_SECRET", "s3cret"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.database.url.host_port(), "db:5432");
+        assert_eq!(
+            c.redis.url.as_ref().map(|u| u.host_port()).as_deref(),
+            Some("cache:6379")
+        );
+        assert_eq!(
+            c.rabbitmq.url.as_ref().map(|u| u.host_port()).as_deref(),
+            Some("mq:5672")
+        );
+        // A numeric-looking token is still text.
+        assert_eq!(
+            c.server.admin_token.as_ref().map(Secret::expose),
+            Some("12345")
+        );
+        assert_eq!(c.log.filter, "debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(
+            c.telegram.bot_token.as_ref().map(Secret::expose),
+            Some("123:abc")
+        );
+    }
+
+    #[test]
+    fn empty_environment_values_mean_unset() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[("REDIS_URL", "")])).expect("load");
+        assert!(c.redis.url.is_none());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://app:hunter2@db/vsm"),
+                ("RABBITMQ_URL", "amqp://guest:mqpass@mq:5672/%2f"),
+                ("VSM_ADMIN_TOKEN", "admintoken"),
+                ("TELEGRAM_BOT_TOKEN", "bottoken"),
+                ("TELEGRAM_WEBHOOK_SECRET", "hooksecret"),
+            ]),
+        )
+        .expect("load");
+        let shown = format!(
+            "{c:?} {} {}",
+            c.database.url,
+            c.server
+                .admin_token
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        for secret in ["hunter2", "mqpass", "admintoken", "bottoken", "hooksecret"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:[redacted]@db/vsm")
+                || shown.contains("postgres://app:%5Bredacted%5D@db/vsm"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_source() {
+        let dir = dir_with(&[("default.toml", "[database]\npool_size = \"lots\"\n")]);
+        let err = Config::load_from(dir.path(), None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.pool_size"), "{err}");
+        assert!(err.contains("default.toml"), "{err}");
+
+        let dir = dir_with(&[("default.toml", "[serverr]\nlisten = \"0.0.0.0:1\"\n")]);
+        let err = Config::load_from(dir.path(), None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serverr"), "{err}");
+
+        let err = Config::load_from(dir_with(&[]).path(), None, env(&[("VSM_LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VSM_LISTN"), "{err}");
+    }
 }

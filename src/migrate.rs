@@ -133,7 +133,14 @@ fn apply(
     Ok(report)
 }
 
-/// The full name (`2026-11-28-000001_foundation`) of an embedded migration's version.
+/// Full names (`2026-11-28-000001_foundation`) of the migrations in the binary, oldest first.
+pub fn embedded() -> Result<Vec<String>, MigrateError> {
+    let all = MigrationSource::<Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| MigrateError::Migration(e.to_string()))?;
+    Ok(all.iter().map(|m| m.name().to_string()).collect())
+}
+
+/// The full name of the embedded migration with `version` (`20261128000001`).
 fn name_of(version: &str) -> Result<String, MigrateError> {
     let all = MigrationSource::<Pg>::migrations(&MIGRATIONS)
         .map_err(|e| MigrateError::Migration(e.to_string()))?;

@@ -1,0 +1,425 @@
+//! Row-level security holds for the application role (CONTRACT §3).
+
+mod common;
+
+use common::TestDb;
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use uuid::Uuid;
+use vsm::repo::Repo;
+use vsm::schemas::jobs::task_log::{self, NewTaskLogEntry};
+use vsm::schemas::storage::artifact::{self, NewArtifact};
+use vsm::schemas::storage::tenant;
+use vsm::schemas::vsm::episode::{self, NewEpisode};
+use vsm::schemas::vsm::policy::{self, NewPolicy};
+use vsm::schemas::vsm::system_state;
+
+const TENANT_TABLES: &[&str] = &[
+    "api_keys",
+    "system_states",
+    "episodes",
+    "policies",
+    "artifacts",
+    "task_log",
+];
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Counts {
+    #[diesel(sql_type = BigInt)]
+    total: i64,
+    #[diesel(sql_type = BigInt)]
+    own: i64,
+}
+
+async fn count(conn: &mut AsyncPgConnection, sql: &str) -> Result<i64, diesel::result::Error> {
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .await
+        .map(|c| c.n)
+}
+
+/// One row in every tenant table for `tenant`; returns the episode id.
+async fn populate(repo: &Repo, tenant: Uuid) -> Uuid {
+    let mut tx = repo.tenant_tx(tenant).await.unwrap();
+    system_state::append(&mut tx, tenant, 1, &json!({"load": 1}), None)
+        .await
+        .unwrap();
+    let ep = episode::insert(
+        &mut tx,
+        &NewEpisode {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            title: "incident".into(),
+            content: "text".into(),
+            source: None,
+            kind: None,
+            tags: vec!["a".into()],
+        },
+    )
+    .await
+    .unwrap();
+    policy::insert(
+        &mut tx,
+        &NewPolicy {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            name: "p".into(),
+            description: None,
+            rules: json!({}),
+            active: true,
+            priority: 1,
+            effective_from: None,
+            effective_until: None,
+        },
+    )
+    .await
+    .unwrap();
+    artifact::insert(
+        &mut tx,
+        &NewArtifact {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            path: "reports/a.txt".into(),
+            size: 3,
+            sha256: "a".repeat(64),
+            content_type: "text/plain".into(),
+            storage_backend: "local".into(),
+        },
+    )
+    .await
+    .unwrap();
+    task_log::insert(
+        &mut tx,
+        &NewTaskLogEntry {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            job_id: Uuid::now_v7(),
+            worker: "episode_analyzer".into(),
+            queue: "analysis".into(),
+            attempt: 1,
+            state: "completed".into(),
+            duration_ms: 5,
+            error: None,
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    ep.id
+}
+
+struct World {
+    db: TestDb,
+    repo: Repo,
+    a: Uuid,
+    b: Uuid,
+    b_episode: Uuid,
+}
+
+async fn world() -> World {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (a, _) = tenant::create(&repo, "tenant-a", None).await.unwrap();
+    let (b, _) = tenant::create(&repo, "tenant-b", None).await.unwrap();
+    populate(&repo, a.id).await;
+    let b_episode = populate(&repo, b.id).await;
+    World {
+        db,
+        repo,
+        a: a.id,
+        b: b.id,
+        b_episode,
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_rows_without_any_where() {
+    let w = world().await;
+    let mut tx = w.repo.tenant_tx(w.a).await.unwrap();
+    for table in TENANT_TABLES {
+        let c: Counts = diesel::sql_query(format!(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE tenant_id = $1) AS own FROM {table}"
+        ))
+        .bind::<diesel::sql_types::Uuid, _>(w.a)
+        .get_result(&mut *tx)
+        .await
+        .unwrap();
+        assert!(c.total > 0, "{table}: tenant A sees none of its rows");
+        assert_eq!(c.total, c.own, "{table}: tenant A sees other tenants' rows");
+    }
+    let ids: Vec<Uuid> = {
+        use diesel::prelude::*;
+        use vsm::schemas::schema::tenants;
+        diesel_async::RunQueryDsl::load(tenants::table.select(tenants::id), &mut *tx)
+            .await
+            .unwrap()
+    };
+    assert_eq!(ids, vec![w.a]);
+    // The whole database really holds both tenants' rows.
+    let mut owner = w.db.owner_conn().await;
+    assert_eq!(
+        count(&mut owner, "SELECT count(*) AS n FROM episodes")
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn writing_another_tenants_rows_is_refused() {
+    let w = world().await;
+    // Insert a row that claims tenant B while acting for A.
+    let mut tx = w.repo.tenant_tx(w.a).await.unwrap();
+    let err = episode::insert(
+        &mut tx,
+        &NewEpisode {
+            id: Uuid::now_v7(),
+            tenant_id: w.b,
+            title: "smuggled".into(),
+            content: String::new(),
+            source: None,
+            kind: None,
+            tags: vec![],
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("row-level security"),
+        "unexpected error: {err}"
+    );
+    drop(tx);
+
+    // B's rows are invisible to A's updates and deletes.
+    let mut tx = w.repo.tenant_tx(w.a).await.unwrap();
+    let updated = diesel::sql_query("UPDATE episodes SET title = 'hijacked' WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(w.b_episode)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(updated, 0);
+    let deleted = diesel::sql_query("DELETE FROM episodes WHERE tenant_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(w.b)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0);
+    // Moving A's own row to B is refused by WITH CHECK.
+    let moved = diesel::sql_query("UPDATE episodes SET tenant_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(w.b)
+        .execute(&mut *tx)
+        .await;
+    assert!(moved.is_err(), "moving a row to another tenant succeeded");
+    drop(tx);
+
+    let mut owner = w.db.owner_conn().await;
+    assert_eq!(
+        count(
+            &mut owner,
+            "SELECT count(*) AS n FROM episodes WHERE title = 'hijacked' OR title = 'smuggled'"
+        )
+        .await
+        .unwrap(),
+        0
+    );
+}
+
+/// A connection as the application role with no tenant context at all.
+async fn app_role_conn(db: &TestDb) -> AsyncPgConnection {
+    let mut conn = db.owner_conn().await;
+    diesel::sql_query("SET ROLE vsm_app")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn without_tenant_context_nothing_is_visible() {
+    let w = world().await;
+    let mut conn = app_role_conn(&w.db).await;
+    for table in TENANT_TABLES.iter().chain(&["tenants"]) {
+        let n = count(&mut conn, &format!("SELECT count(*) AS n FROM {table}"))
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table} visible without a tenant context");
+    }
+    // After a transaction-local context ends, the setting is '' rather than unset: still nothing.
+    diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+    diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
+        .bind::<Text, _>(w.a.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM episodes")
+            .await
+            .unwrap(),
+        1
+    );
+    diesel::sql_query("COMMIT")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM episodes")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_tenant_value_is_an_error_never_a_widening() {
+    let w = world().await;
+    let mut conn = app_role_conn(&w.db).await;
+    for bad in ["not-a-uuid", "' OR true --", "*"] {
+        diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+        diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
+            .bind::<Text, _>(bad)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let result = count(&mut conn, "SELECT count(*) AS n FROM episodes").await;
+        assert!(result.is_err(), "{bad:?} gave {result:?}");
+        diesel::sql_query("ROLLBACK")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tenant_context_does_not_leak_to_the_next_user_of_a_pooled_connection() {
+    let w = world().await;
+    // Pool of one: the second transaction reuses the first one's connection.
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    let tx = repo.tenant_tx(w.a).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = repo.tenant_tx(w.b).await.unwrap();
+    let n = count(&mut tx, "SELECT count(*) AS n FROM episodes WHERE tenant_id <> current_setting('app.current_tenant')::uuid")
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let mine = count(&mut tx, "SELECT count(*) AS n FROM episodes")
+        .await
+        .unwrap();
+    assert_eq!(mine, 1);
+}
+
+#[tokio::test]
+async fn a_dropped_transaction_rolls_back() {
+    let w = world().await;
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    {
+        let mut tx = repo.tenant_tx(w.a).await.unwrap();
+        diesel::sql_query("DELETE FROM episodes")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // dropped without commit
+    }
+    let mut tx = repo.tenant_tx(w.a).await.unwrap();
+    assert_eq!(
+        count(&mut tx, "SELECT count(*) AS n FROM episodes")
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn every_table_with_a_tenant_column_has_forced_rls_and_the_app_role_cannot_bypass() {
+    let w = world().await;
+    let mut owner = w.db.owner_conn().await;
+    #[derive(diesel::QueryableByName, Debug)]
+    struct Table {
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = Bool)]
+        enabled: bool,
+        #[diesel(sql_type = Bool)]
+        forced: bool,
+    }
+    let tables: Vec<Table> = diesel::sql_query(
+        "SELECT c.relname::text AS name, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'r'
+           AND (c.relname = 'tenants' OR EXISTS (
+             SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))",
+    )
+    .load(&mut owner)
+    .await
+    .unwrap();
+    // every tenant table plus `tenants` itself
+    assert!(tables.len() > TENANT_TABLES.len(), "{tables:?}");
+    for t in &tables {
+        assert!(t.enabled && t.forced, "{} lacks forced RLS", t.name);
+    }
+    let bypass = count(
+        &mut owner,
+        "SELECT count(*) AS n FROM pg_roles WHERE rolname = 'vsm_app' AND (rolbypassrls OR rolsuper)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(bypass, 0);
+    // The pool really runs as vsm_app.
+    let mut tx = w.repo.tenant_tx(w.a).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Role {
+        #[diesel(sql_type = Text)]
+        role: String,
+    }
+    let role: Role = diesel::sql_query("SELECT current_user::text AS role")
+        .get_result(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(role.role, "vsm_app");
+}
+
+#[tokio::test]
+async fn api_keys_resolve_by_hash_and_stop_after_revocation() {
+    let w = world().await;
+    let (t, key) = tenant::create(&w.repo, "tenant-c", Some("C"))
+        .await
+        .unwrap();
+    let hash = vsm::schemas::storage::api_key::hash(&key.key);
+    assert_eq!(
+        w.repo.resolve_api_key(&hash).await.unwrap(),
+        Some((key.id, t.id))
+    );
+    assert_eq!(w.repo.resolve_api_key(&[0u8; 32]).await.unwrap(), None);
+    // Only the hash is stored.
+    let mut owner = w.db.owner_conn().await;
+    let plain = count(
+        &mut owner,
+        &format!(
+            "SELECT count(*) AS n FROM api_keys WHERE key_prefix = '{}' OR encode(key_hash, 'escape') LIKE '%{}%'",
+            key.key, &key.key[4..]
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain, 0);
+    let mut tx = w.repo.tenant_tx(t.id).await.unwrap();
+    vsm::schemas::storage::api_key::revoke(&mut tx, key.id)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(w.repo.resolve_api_key(&hash).await.unwrap(), None);
+}

@@ -1,0 +1,105 @@
+//! The gateway in-process: readiness follows its dependencies and shutdown (CONTRACT §1, §5).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use vsm::config::{Config, DatabaseConfig, ServiceUrl};
+use vsm::edge::gateway::{AppState, Server};
+use vsm::health::Readiness;
+use vsm::repo::Repo;
+use vsm::shutdown::Shutdown;
+
+struct Spawned {
+    base: String,
+    shutdown: Shutdown,
+    readiness: Readiness,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn spawn(repo: Repo) -> Spawned {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let shutdown = Shutdown::new();
+    let readiness = Readiness::new(vec![Box::new(repo.clone())], shutdown.clone());
+    let mut config = Config::default();
+    config.server.workers = 1;
+    config.server.shutdown_grace_secs = 5;
+    let state = AppState {
+        config: Arc::new(config),
+        repo,
+        readiness: readiness.clone(),
+        started: Instant::now(),
+    };
+    let server = Server::build(listener, state, shutdown.clone()).unwrap();
+    let base = format!("http://127.0.0.1:{}", server.port());
+    let done = tokio::spawn(server.run());
+    Spawned {
+        base,
+        shutdown,
+        readiness,
+        done,
+    }
+}
+
+#[tokio::test]
+async fn ready_is_503_naming_the_database_when_it_does_not_answer() {
+    let cfg = DatabaseConfig {
+        url: ServiceUrl::parse("postgres://postgres@127.0.0.1:1/vsm").unwrap(),
+        connect_timeout_secs: 1,
+        ..DatabaseConfig::default()
+    };
+    let s = spawn(Repo::connect_lazy(&cfg).unwrap());
+    let started = Instant::now();
+    let res = reqwest::get(format!("{}/ready", s.base)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["database"]["status"], "unavailable");
+    assert!(body["checks"]["database"]["latency_ms"].is_number());
+    // Liveness and health never depend on the database.
+    assert_eq!(
+        reqwest::get(format!("{}/health", s.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/live", s.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.shutdown.trigger();
+}
+
+#[tokio::test]
+async fn shutdown_turns_readiness_off_and_stops_the_server() {
+    let db = TestDb::migrated().await;
+    let s = spawn(db.repo().await);
+    assert_eq!(
+        reqwest::get(format!("{}/ready", s.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.shutdown.trigger();
+    let (ready, body) = s.readiness.report().await;
+    assert!(!ready);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["reason"], "shutting down");
+    tokio::time::timeout(Duration::from_secs(5), s.done)
+        .await
+        .expect("server stops within the grace period")
+        .unwrap()
+        .unwrap();
+}
