@@ -49,6 +49,9 @@ pub struct DatabaseConfig {
     /// applies to them. Default `vsm_app` (created by the migrations). Set it to `""` only
     /// when `url` already logs in as a role without `BYPASSRLS`.
     pub app_role: String,
+    /// Role that cross-tenant machinery (event relay, job engine) switches to per transaction
+    /// (`SET LOCAL ROLE`). Default `vsm_system` (created by the migrations).
+    pub system_role: String,
 }
 
 impl Default for DatabaseConfig {
@@ -58,6 +61,7 @@ impl Default for DatabaseConfig {
             pool_size: 16,
             connect_timeout_secs: 5,
             app_role: "vsm_app".to_owned(),
+            system_role: "vsm_system".to_owned(),
         }
     }
 }

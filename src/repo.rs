@@ -220,6 +220,7 @@ impl From<PoolError> for DbError {
 pub struct Repo {
     pool: Pool<AsyncPgConnection>,
     url: ServiceUrl,
+    system_role: String,
 }
 
 impl Repo {
@@ -261,21 +262,39 @@ impl Repo {
         Ok(Repo {
             pool,
             url: cfg.url.clone(),
+            system_role: cfg.system_role.clone(),
         })
     }
 
     /// The narrow door: opens a transaction whose tenant context is `tenant`. Row-level security
-    /// limits every statement on it to that tenant's rows. [`TenantTx::commit`] commits; dropping
+    /// limits every statement on it to that tenant's rows. [`Tx::commit`] commits; dropping
     /// it without committing (an early `?`, a cancelled request) rolls back.
-    pub async fn tenant_tx(&self, tenant: Uuid) -> Result<TenantTx, DbError> {
+    pub async fn tenant_tx(&self, tenant: Uuid) -> Result<Tx, DbError> {
+        let mut tx = self.begin(Some(tenant)).await?;
+        diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
+            .bind::<Text, _>(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// A transaction for cross-tenant machinery (event relay, job engine): it runs as the system
+    /// role, which sees the infrastructure tables granted to it and no tenant data table.
+    pub async fn system_tx(&self) -> Result<Tx, DbError> {
+        let mut tx = self.begin(None).await?;
+        // Identifiers cannot be bound parameters; quote it as PostgreSQL's quote_ident would.
+        let sql = format!("SET LOCAL ROLE {}", quote_ident(&self.system_role));
+        diesel::sql_query(sql).execute(&mut *tx).await?;
+        Ok(tx)
+    }
+
+    async fn begin(&self, tenant: Option<Uuid>) -> Result<Tx, DbError> {
         let mut conn = self.pool.get().await?;
         AnsiTransactionManager::begin_transaction(&mut *conn).await?;
-        let mut tx = TenantTx {
+        Ok(Tx {
             conn: Some(conn),
             tenant,
-        };
-        set_tenant(&mut tx, tenant).await?;
-        Ok(tx)
+        })
     }
 
     /// Resolves an API key's sha256 to `(api_key_id, tenant_id)`; `None` if unknown or revoked.
@@ -321,19 +340,20 @@ impl Repo {
     }
 }
 
-/// An open transaction with a tenant context, from [`Repo::tenant_tx`]. It dereferences to the
+/// An open transaction from [`Repo::tenant_tx`] or [`Repo::system_tx`]. It dereferences to the
 /// connection, so schema functions take `&mut tx`.
-pub struct TenantTx {
+pub struct Tx {
     /// `Some` until commit, rollback or drop hands the connection back.
     conn: Option<PooledConn>,
-    tenant: Uuid,
+    /// The tenant context; `None` for a system transaction.
+    tenant: Option<Uuid>,
 }
 
 type PooledConn = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
 
-impl TenantTx {
-    /// The tenant this transaction acts for.
-    pub fn tenant_id(&self) -> Uuid {
+impl Tx {
+    /// The tenant this transaction acts for (`None` for a system transaction).
+    pub fn tenant_id(&self) -> Option<Uuid> {
         self.tenant
     }
 
@@ -352,23 +372,21 @@ impl TenantTx {
     }
 }
 
-impl std::ops::Deref for TenantTx {
+impl std::ops::Deref for Tx {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        // Invariant: `conn` is only taken by commit/rollback/drop, which consume the TenantTx.
-        self.conn.as_deref().expect("TenantTx used after it ended")
+        // Invariant: `conn` is only taken by commit/rollback/drop, which consume the Tx.
+        self.conn.as_deref().expect("Tx used after it ended")
     }
 }
 
-impl std::ops::DerefMut for TenantTx {
+impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut Conn {
-        self.conn
-            .as_deref_mut()
-            .expect("TenantTx used after it ended")
+        self.conn.as_deref_mut().expect("Tx used after it ended")
     }
 }
 
-impl Drop for TenantTx {
+impl Drop for Tx {
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else {
             return;
@@ -386,13 +404,9 @@ impl Drop for TenantTx {
     }
 }
 
-/// Sets the transaction's tenant. The value is a bound parameter, never spliced into SQL.
-async fn set_tenant(conn: &mut Conn, tenant: Uuid) -> Result<(), DieselError> {
-    diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
-        .bind::<Text, _>(tenant.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Quotes an identifier as PostgreSQL's `quote_ident` would.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Why a connection could not be opened, in one line with the underlying cause
@@ -458,8 +472,8 @@ async fn establish_as(
         .map_err(|e| diesel::ConnectionError::BadConnection(e.message))?;
     conn.set_instrumentation(crate::metrics::QueryTimer::default());
     if !role.is_empty() {
-        // Identifiers cannot be bound parameters; quote it as PostgreSQL's quote_ident would.
-        let sql = format!("SET ROLE \"{}\"", role.replace('"', "\"\""));
+        // Identifiers cannot be bound parameters.
+        let sql = format!("SET ROLE {}", quote_ident(&role));
         diesel::sql_query(sql)
             .execute(&mut conn)
             .await

@@ -423,3 +423,40 @@ async fn api_keys_resolve_by_hash_and_stop_after_revocation() {
     tx.commit().await.unwrap();
     assert_eq!(w.repo.resolve_api_key(&hash).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn the_system_role_cannot_read_tenant_data() {
+    let w = world().await;
+    for table in TENANT_TABLES.iter().chain(&["tenants"]) {
+        let mut tx = w.repo.system_tx().await.unwrap();
+        match count(&mut tx, &format!("SELECT count(*) AS n FROM {table}")).await {
+            Ok(n) => assert_eq!(n, 0, "system role sees {table}"),
+            Err(e) => assert!(e.to_string().contains("permission denied"), "{table}: {e}"),
+        }
+    }
+    let mut tx = w.repo.system_tx().await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Role {
+        #[diesel(sql_type = Text)]
+        role: String,
+    }
+    let role: Role = diesel::sql_query("SELECT current_user::text AS role")
+        .get_result(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(role.role, "vsm_system");
+    tx.commit().await.unwrap();
+    // The role is transaction-local: the pooled connection is back to vsm_app afterwards.
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    repo.system_tx().await.unwrap().commit().await.unwrap();
+    let mut tx = repo.tenant_tx(w.a).await.unwrap();
+    let role: Role = diesel::sql_query("SELECT current_user::text AS role")
+        .get_result(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(role.role, "vsm_app");
+}

@@ -8,6 +8,6 @@ DROP TABLE IF EXISTS api_keys;
 DROP TABLE IF EXISTS tenants;
 DROP FUNCTION IF EXISTS vsm_current_tenant();
 DROP FUNCTION IF EXISTS vsm_uuid_v7();
--- The vsm_app role is cluster-wide and may serve other databases: only this database's
+-- The roles are cluster-wide and may serve other databases: only this database's
 -- privileges go.
-REVOKE USAGE ON SCHEMA public FROM vsm_app;
+REVOKE USAGE ON SCHEMA public FROM vsm_app, vsm_system;

@@ -166,24 +166,31 @@ BEGIN
 END
 $$;
 
--- The application role: no login, no BYPASSRLS. Roles are cluster-wide, so it may already exist
--- (another database, or a concurrent migration of one); either is fine.
+-- The roles connections run as; neither can log in or bypass row-level security.
+--   vsm_app     serves tenants: sees exactly the rows of the transaction's tenant.
+--   vsm_system  runs cross-tenant machinery (event relay, job engine): it is granted only the
+--               infrastructure tables those need, never tenant data tables.
+-- Roles are cluster-wide, so they may already exist (another database, or a concurrent
+-- migration of one); either is fine.
 DO $$
+DECLARE r text;
 BEGIN
-  CREATE ROLE vsm_app NOLOGIN NOBYPASSRLS;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-  NULL;
+  FOREACH r IN ARRAY ARRAY['vsm_app', 'vsm_system'] LOOP
+    BEGIN
+      EXECUTE format('CREATE ROLE %I NOLOGIN NOBYPASSRLS', r);
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+      NULL;
+    END;
+    -- Let the migrating (login) role SET ROLE to it; superusers may already.
+    BEGIN
+      EXECUTE format('GRANT %I TO %I', r, current_user);
+    EXCEPTION WHEN others THEN
+      NULL;
+    END;
+  END LOOP;
 END
 $$;
--- Let the migrating role SET ROLE to vsm_app (superusers may already; granting is harmless).
-DO $$
-BEGIN
-  EXECUTE format('GRANT vsm_app TO %I', current_user);
-EXCEPTION WHEN others THEN
-  NULL;
-END
-$$;
-GRANT USAGE ON SCHEMA public TO vsm_app;
+GRANT USAGE ON SCHEMA public TO vsm_app, vsm_system;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, api_keys, system_states, episodes, policies, artifacts, task_log TO vsm_app;
 GRANT EXECUTE ON FUNCTION vsm_uuid_v7(), vsm_current_tenant() TO vsm_app;
 
