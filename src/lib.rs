@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod migrate;

@@ -105,6 +105,27 @@ diesel::joinable!(episodes -> tenants (tenant_id));
 diesel::joinable!(policies -> tenants (tenant_id));
 diesel::joinable!(artifacts -> tenants (tenant_id));
 diesel::joinable!(task_log -> tenants (tenant_id));
+diesel::joinable!(events -> tenants (tenant_id));
+
+diesel::table! {
+    events (id) {
+        id -> Uuid,
+        seq -> Nullable<Int8>,
+        tenant_id -> Nullable<Uuid>,
+        topic -> Text,
+        payload -> Jsonb,
+        inserted_at -> Timestamptz,
+        sequenced_at -> Nullable<Timestamptz>,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    event_retention (id) {
+        id -> Int2,
+        pruned_through -> Int8,
+    }
+}
 
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
@@ -114,4 +135,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     policies,
     artifacts,
     task_log,
+    events,
+    event_retention,
 );

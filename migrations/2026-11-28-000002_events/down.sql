@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS event_retention;
+DROP TABLE IF EXISTS events;
+DROP SEQUENCE IF EXISTS event_seq;

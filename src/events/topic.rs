@@ -1,0 +1,119 @@
+//! Topic names and subscription filters: a topic is `<domain>.<action>` (lowercase letters,
+//! digits, `_`); a filter is an exact topic or `<domain>.*`.
+
+/// Why a topic or filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid topic {0:?}: expected <domain>.<action> or <domain>.* in lowercase")]
+pub struct BadTopic(pub String);
+
+fn is_word(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Checks a topic an event is recorded under.
+pub fn validate(topic: &str) -> Result<(), BadTopic> {
+    match topic.split_once('.') {
+        Some((domain, action)) if is_word(domain) && is_word(action) => Ok(()),
+        _ => Err(BadTopic(topic.to_owned())),
+    }
+}
+
+/// One subscription filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    Exact(String),
+    /// `domain.*`: every action of the domain.
+    Domain(String),
+}
+
+impl Filter {
+    pub fn parse(s: &str) -> Result<Filter, BadTopic> {
+        match s.split_once('.') {
+            Some((domain, "*")) if is_word(domain) => Ok(Filter::Domain(domain.to_owned())),
+            _ => validate(s).map(|()| Filter::Exact(s.to_owned())),
+        }
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Filter::Exact(t) => t == topic,
+            Filter::Domain(d) => topic
+                .strip_prefix(d.as_str())
+                .is_some_and(|rest| rest.starts_with('.')),
+        }
+    }
+
+    pub fn as_string(&self) -> String {
+        match self {
+            Filter::Exact(t) => t.clone(),
+            Filter::Domain(d) => format!("{d}.*"),
+        }
+    }
+}
+
+/// A set of filters; empty means every topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters(pub Vec<Filter>);
+
+impl Filters {
+    /// Parses a comma-separated list (`episode.created,policy.*`); blank means all.
+    pub fn parse(list: &str) -> Result<Filters, BadTopic> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Filter::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Filters)
+    }
+
+    pub fn matches(&self, topic: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|f| f.matches(topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        for ok in ["system.state", "episode.created", "a1.b_2"] {
+            assert!(validate(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "system",
+            "System.state",
+            "system.",
+            ".state",
+            "a.b.c",
+            "a.*",
+            "1a.b",
+            "a b.c",
+        ] {
+            assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let f = Filters::parse("episode.created, policy.*").unwrap();
+        assert!(f.matches("episode.created"));
+        assert!(f.matches("policy.triggered"));
+        assert!(!f.matches("episode.analyzed"));
+        assert!(!f.matches("policyx.created"));
+        assert!(Filters::parse("").unwrap().matches("anything.at_all"));
+        for bad in [
+            "*",
+            "policy.**",
+            "*.created",
+            "Policy.*",
+            "a.b.c",
+            "episode",
+        ] {
+            assert!(Filters::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
