@@ -6,14 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::edge::gateway::{AppState, Server};
-use crate::health::Readiness;
+use crate::edge::gateway::launch;
 use crate::migrate::{self, Action};
 use crate::repo::{DbError, Repo};
 use crate::schemas::storage::tenant;
@@ -200,14 +198,9 @@ async fn serve(config: Config) -> Result<(), Failure> {
     shutdown
         .trigger_on_signals()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
-    let state = AppState {
-        readiness: Readiness::new(vec![Box::new(repo.clone())], shutdown.clone()),
-        config: config.clone(),
-        repo,
-        started: Instant::now(),
-    };
-    let server = Server::build(listener, state, shutdown)
-        .map_err(|e| Failure::runtime(format!("cannot start the HTTP server: {e}")))?;
+    let server = launch(config.clone(), repo, listener, shutdown)
+        .await
+        .map_err(Failure::runtime)?;
     tracing::info!(listen = %listen, port = server.port(), "serving");
     server
         .run()

@@ -29,6 +29,16 @@ pub struct Metrics {
     pub db_pool_waiting: IntGauge,
     /// `cybernetic_db_query_duration_seconds{result}`
     pub db_query_duration: HistogramVec,
+    /// `cybernetic_sse_connections`: open SSE streams on this instance.
+    pub sse_connections: IntGauge,
+    /// `cybernetic_events_recorded_total{topic}`: committed events the relay sequenced.
+    pub events_recorded: IntCounterVec,
+    /// `cybernetic_events_published_total{topic}`: events confirmed published (broker or in-process).
+    pub events_published: IntCounterVec,
+    /// `cybernetic_events_delivered_total{topic}`: event frames written to SSE clients.
+    pub events_delivered: IntCounterVec,
+    /// `cybernetic_event_relay_lag_seconds`: from the event's commit to its publication.
+    pub event_relay_lag: prometheus::Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -77,6 +87,34 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let sse_connections = IntGauge::new(
+            "cybernetic_sse_connections",
+            "Open SSE event streams on this instance",
+        )
+        .expect("valid metric");
+        let topic_counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("valid metric")
+        };
+        let events_recorded = topic_counter(
+            "cybernetic_events_recorded_total",
+            "Committed events sequenced by the relay",
+        );
+        let events_published = topic_counter(
+            "cybernetic_events_published_total",
+            "Events confirmed published by the relay",
+        );
+        let events_delivered = topic_counter(
+            "cybernetic_events_delivered_total",
+            "Event frames written to SSE clients of this instance",
+        );
+        let event_relay_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "cybernetic_event_relay_lag_seconds",
+                "Seconds from an event's commit to its publication",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_build_info",
@@ -96,6 +134,11 @@ impl Metrics {
             Box::new(db_pool_max.clone()),
             Box::new(db_pool_waiting.clone()),
             Box::new(db_query_duration.clone()),
+            Box::new(sse_connections.clone()),
+            Box::new(events_recorded.clone()),
+            Box::new(events_published.clone()),
+            Box::new(events_delivered.clone()),
+            Box::new(event_relay_lag.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -110,6 +153,11 @@ impl Metrics {
             db_pool_max,
             db_pool_waiting,
             db_query_duration,
+            sse_connections,
+            events_recorded,
+            events_published,
+            events_delivered,
+            event_relay_lag,
         }
     }
 

@@ -1,10 +1,11 @@
 //! The edge gateway (plan §3.3): the HTTP server, its router, the middleware every request
 //! passes through, and one controller per concern.
 
+pub mod auth;
 pub mod controllers;
 pub mod error;
 pub mod observe;
 pub mod router;
 pub mod server;
 
-pub use server::{AppState, Server};
+pub use server::{AppState, Server, launch};

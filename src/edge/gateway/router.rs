@@ -3,7 +3,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::controllers::{health_controller, metrics_controller};
+use super::controllers::{events_controller, health_controller, metrics_controller};
 use super::error::ApiError;
 
 /// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
@@ -16,7 +16,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(health_controller::live)
     .service(health_controller::health)
     .service(health_controller::ready)
-    .service(metrics_controller::metrics);
+    .service(metrics_controller::metrics)
+    .service(events_controller::events);
 }
 
 /// Unknown routes answer in the contract's error format too.

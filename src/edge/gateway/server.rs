@@ -9,9 +9,11 @@ use std::time::Instant;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
+use super::auth::KeyCache;
 use super::{observe, router};
 use crate::config::Config;
-use crate::health::Readiness;
+use crate::events::hub::Hub;
+use crate::health::{Probe, Readiness};
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 
@@ -20,7 +22,37 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub repo: Repo,
     pub readiness: Readiness,
+    /// This instance's SSE subscribers.
+    pub hub: Hub,
+    /// Recently resolved API keys.
+    pub keys: KeyCache,
+    pub shutdown: Shutdown,
     pub started: Instant,
+}
+
+/// Starts everything `vsm serve` runs on `listener`: the event machinery and the HTTP server.
+pub async fn launch(
+    config: Arc<Config>,
+    repo: Repo,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Server, String> {
+    let events = crate::events::start(&config, &repo, &shutdown)
+        .await
+        .map_err(|e| format!("cannot start the event relay: {e}"))?;
+    let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(repo.clone())];
+    probes.extend(events.probes);
+    let state = AppState {
+        readiness: Readiness::new(probes, shutdown.clone()),
+        config,
+        repo,
+        hub: events.hub,
+        keys: KeyCache::default(),
+        shutdown: shutdown.clone(),
+        started: Instant::now(),
+    };
+    Server::build(listener, state, shutdown)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))
 }
 
 pub struct Server {

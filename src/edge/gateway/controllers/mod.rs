@@ -1,3 +1,4 @@
 //! One controller per concern, as in the plan's `controllers/` directory.
+pub mod events_controller;
 pub mod health_controller;
 pub mod metrics_controller;
