@@ -39,6 +39,8 @@ pub struct Metrics {
     pub events_delivered: IntCounterVec,
     /// `cybernetic_event_relay_lag_seconds`: from the event's commit to its publication.
     pub event_relay_lag: prometheus::Histogram,
+    /// `cybernetic_event_relay_leader`: 1 while this process's relay leads.
+    pub event_relay_leader: IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -115,6 +117,11 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let event_relay_leader = IntGauge::new(
+            "cybernetic_event_relay_leader",
+            "1 while this process runs the leading event relay",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_build_info",
@@ -139,6 +146,7 @@ impl Metrics {
             Box::new(events_published.clone()),
             Box::new(events_delivered.clone()),
             Box::new(event_relay_lag.clone()),
+            Box::new(event_relay_leader.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -158,6 +166,7 @@ impl Metrics {
             events_published,
             events_delivered,
             event_relay_lag,
+            event_relay_leader,
         }
     }
 

@@ -417,3 +417,57 @@ async fn shutdown_ends_streams_with_a_final_disconnected_event() {
     assert!(last.data.contains("shutdown"), "{last:?}");
     assert!(client.next(Duration::from_secs(2)).await.is_none());
 }
+
+#[tokio::test]
+async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
+    let db = TestDb::migrated().await;
+    let exchange = unique_exchange();
+    // A separate `vsm serve` process starts first and leads the relay...
+    let port = common::free_port();
+    let mut leader = common::vsm()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", db.url())
+        .env("RABBITMQ_URL", RABBITMQ_URL)
+        .env("VSM_EVENTS__EXCHANGE", &exchange)
+        .env("VSM_EVENTS__RELAY_POLL_MS", "100")
+        .spawn()
+        .unwrap();
+    let leader_base = format!("http://127.0.0.1:{port}");
+    common::wait_ready(&leader_base).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !reqwest::get(format!("{leader_base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("cybernetic_event_relay_leader 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process never led"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    common::wait_ready(&b.base).await;
+    let (t, key) = tenant_with_key(&b.repo, "failover").await;
+    let mut client = SseClient::connect(&b.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    record(&b.repo, t, "episode.created", 1).await;
+    assert_eq!(n_of(&client.next_event(WAIT).await.unwrap()), 1);
+
+    // ...and dies without a chance to clean up.
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    for n in 2..=4 {
+        record(&b.repo, t, "episode.created", n).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(n_of(
+            &client.next_event(WAIT).await.expect("the survivor relays"),
+        ));
+    }
+    assert_eq!(got, vec![2, 3, 4]);
+}

@@ -132,6 +132,14 @@ impl Relay {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!("event relay leading");
+        METRICS.event_relay_leader.set(1);
+        let result = self.relay(&mut conn).await;
+        METRICS.event_relay_leader.set(0);
+        result
+    }
+
+    /// Leads until the lock connection is lost (`Err`) or shutdown (`Ok`).
+    async fn relay(&mut self, conn: &mut Conn) -> Result<(), String> {
         let mut notifications = pin!(conn.notifications_stream());
         let mut backoff = Backoff::default();
         loop {
