@@ -471,3 +471,23 @@ async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
     }
     assert_eq!(got, vec![2, 3, 4]);
 }
+
+#[tokio::test]
+async fn a_stream_ends_after_its_maximum_duration_and_resumes_where_it_left_off() {
+    let db = TestDb::migrated().await;
+    let mut config = instance_config(&db, None);
+    config.events.max_stream_secs = 1;
+    let a = Instance::start(config).await;
+    let (t, key) = tenant_with_key(&a.repo, "long").await;
+    let mut client = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    record(&a.repo, t, "episode.created", 1).await;
+    let first = client.next_event(WAIT).await.unwrap();
+    let end = client.next_event(WAIT).await.unwrap();
+    assert_eq!(end.event.as_deref(), Some("disconnected"));
+    assert!(end.data.contains("max_duration"), "{end:?}");
+    record(&a.repo, t, "episode.created", 2).await;
+    let mut again = SseClient::connect(&a.base, &key, "", first.id).await;
+    expect_connected(&mut again).await;
+    assert_eq!(n_of(&again.next_event(WAIT).await.unwrap()), 2);
+}
