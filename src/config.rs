@@ -35,6 +35,8 @@ pub struct Config {
     pub telegram: TelegramConfig,
     /// Event relay, fan-out and the SSE stream.
     pub events: EventsConfig,
+    /// Per-API-key request rate limit.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[database]`
@@ -185,6 +187,25 @@ impl Default for EventsConfig {
             client_buffer: 1024,
             retry_ms: 3000,
             relay_poll_ms: 1000,
+        }
+    }
+}
+
+/// `[rate_limit]`: a token bucket per API key, shared through Redis when `REDIS_URL` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per key. Default 50. 0 disables the limit.
+    pub requests_per_second: f64,
+    /// Requests a key may make at once before the rate applies. Default 100.
+    pub burst: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50.0,
+            burst: 100.0,
         }
     }
 }

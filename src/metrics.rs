@@ -41,6 +41,8 @@ pub struct Metrics {
     pub event_relay_lag: prometheus::Histogram,
     /// `cybernetic_event_relay_leader`: 1 while this process's relay leads.
     pub event_relay_leader: IntGauge,
+    /// `cybernetic_rate_limiter_errors_total`: limiter calls that failed open (Redis trouble).
+    pub rate_limiter_errors: prometheus::IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -122,6 +124,11 @@ impl Metrics {
             "1 while this process runs the leading event relay",
         )
         .expect("valid metric");
+        let rate_limiter_errors = prometheus::IntCounter::new(
+            "cybernetic_rate_limiter_errors_total",
+            "Rate-limit checks that failed open because Redis could not be reached",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_build_info",
@@ -147,6 +154,7 @@ impl Metrics {
             Box::new(events_delivered.clone()),
             Box::new(event_relay_lag.clone()),
             Box::new(event_relay_leader.clone()),
+            Box::new(rate_limiter_errors.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -167,6 +175,7 @@ impl Metrics {
             events_delivered,
             event_relay_lag,
             event_relay_leader,
+            rate_limiter_errors,
         }
     }
 

@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use super::auth::KeyCache;
+use super::rate_limit::RateLimiter;
 use super::{observe, router};
 use crate::config::Config;
 use crate::events::hub::Hub;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Recently resolved API keys.
     pub keys: KeyCache,
+    /// Per-key request rate limit.
+    pub limiter: Arc<RateLimiter>,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -40,14 +43,19 @@ pub async fn launch(
     let events = crate::events::start(&config, &repo, &shutdown)
         .await
         .map_err(|e| format!("cannot start the event relay: {e}"))?;
+    let limiter = RateLimiter::new(&config.rate_limit, config.redis.url.as_ref())?;
     let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(repo.clone())];
     probes.extend(events.probes);
+    if let Some(redis) = limiter.probe() {
+        probes.push(Box::new(redis));
+    }
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
         config,
         repo,
         hub: events.hub,
         keys: KeyCache::default(),
+        limiter: Arc::new(limiter),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };
