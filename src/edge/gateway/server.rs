@@ -87,6 +87,8 @@ impl Server {
         })
         .disable_signals()
         .shutdown_timeout(server_cfg.shutdown_grace_secs)
+        // Room for a burst of (re)connecting SSE clients; the kernel caps it at somaxconn.
+        .backlog(4096)
         .listen(listener)?;
         if server_cfg.workers > 0 {
             http = http.workers(server_cfg.workers);
