@@ -4,6 +4,7 @@
 pub mod controllers;
 pub mod error;
 pub mod observe;
+pub mod ops;
 pub mod router;
 pub mod server;
 
