@@ -37,10 +37,6 @@ impl Worker for HealthCheck {
         3
     }
 
-    fn unique_for(&self) -> Option<Duration> {
-        Some(Duration::from_secs(60))
-    }
-
     fn timeout(&self) -> Duration {
         Duration::from_secs(30)
     }
