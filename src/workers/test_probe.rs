@@ -3,7 +3,8 @@
 //!
 //! Per execution it appends `<job id> <attempt> <jobs of this worker running in this process,
 //! itself included>` to `<jobs.test_probe_dir>/<pid>.log`, then sleeps `args.sleep_ms`
-//! (default 0). Each line is one `write` to a file opened with `O_APPEND`, so a `kill -9`
+//! (default 0) on attempts up to `args.sleep_attempts` (default all). Each line is one
+//! `write` to a file opened with `O_APPEND`, so a `kill -9`
 //! never leaves half a line.
 
 use std::io::Write;
@@ -69,7 +70,12 @@ impl Worker for TestProbe {
                 .get("sleep_ms")
                 .and_then(|v| v.as_u64())
                 .unwrap_or(0);
-            if sleep_ms > 0 {
+            let sleep_attempts = job
+                .args
+                .get("sleep_attempts")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(i64::MAX);
+            if sleep_ms > 0 && i64::from(job.attempt) <= sleep_attempts {
                 tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
             }
             Ok(Outcome::Complete)

@@ -148,3 +148,35 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Polls `sql` (a `count(*) AS n`) every 50 ms until it returns `expected` or `within` passes.
+pub async fn wait_for_count(
+    owner: &mut AsyncPgConnection,
+    sql: &str,
+    expected: i64,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = count(owner, sql).await;
+        if n == expected {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            #[derive(diesel::QueryableByName, Debug)]
+            struct Row {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                row: String,
+            }
+            let jobs: Vec<Row> = diesel::sql_query(
+                "SELECT concat_ws(' ', id, state, queue, worker, attempt, attempted_by, errors) AS row \
+                 FROM jobs ORDER BY id LIMIT 20",
+            )
+            .load(owner)
+            .await
+            .unwrap_or_default();
+            panic!("timed out waiting for {sql} = {expected} (last {n}); jobs: {jobs:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
