@@ -319,7 +319,7 @@ async fn vsm_all_runs_the_workers_too() {
     wait_for_count(
         &mut owner,
         "SELECT count(*) AS n FROM jobs WHERE state = 'completed'",
-        3 as i64,
+        3,
         Duration::from_secs(20),
     )
     .await;
