@@ -565,3 +565,324 @@ impl Compare {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const WORKERS: &[&str] = &["health_check", "episode_analyzer"];
+
+    fn rules_with_if(cond: Value) -> Value {
+        json!({"when": {"topics": ["episode.analyzed"]}, "if": cond, "then": [{"publish": {"topic": "ops.alert"}}]})
+    }
+
+    fn rejected(rules: Value) -> RuleError {
+        validate(&rules, WORKERS).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn a_complete_rule_validates() {
+        let r = validate(
+            &json!({
+                "when": {"topics": ["episode.analyzed", "system.*"]},
+                "if": {"all": [
+                    {"field": "data.analysis.sentiment.label", "op": "eq", "value": "negative"},
+                    {"not": {"field": "data.tags", "op": "contains", "value": "test"}},
+                    {"any": [{"field": "data.n", "op": "gte", "value": 3}, {"field": "topic", "op": "matches", "value": "^system\\."}]},
+                ]},
+                "then": [
+                    {"notify": {"channel": "telegram", "to": "12345", "template": "hi"}},
+                    {"enqueue": {"worker": "health_check", "args": {}}},
+                    {"publish": {"topic": "ops.escalated", "data": {"level": 2}}},
+                    {"set_state": {"system": 3, "merge": {"alert": true}}},
+                ],
+            }),
+            WORKERS,
+        )
+        .unwrap();
+        assert_eq!(r.actions.len(), 4);
+        assert!(r.topics.matches("system.health"));
+        // `if` may be left out.
+        validate(
+            &json!({"when": {"topics": ["a.b"]}, "then": [{"publish": {"topic": "c.d"}}]}),
+            WORKERS,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn each_kind_of_bad_rule_is_rejected_with_its_json_path() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!([]), "rules"),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"publish": {"topic": "c.d"}}], "else": 1}),
+                "rules.else",
+            ),
+            (
+                json!({"then": [{"publish": {"topic": "c.d"}}]}),
+                "rules.when",
+            ),
+            (
+                json!({"when": {}, "then": [{"publish": {"topic": "c.d"}}]}),
+                "rules.when.topics",
+            ),
+            (
+                json!({"when": {"topics": []}, "then": [{"publish": {"topic": "c.d"}}]}),
+                "rules.when.topics",
+            ),
+            (
+                json!({"when": {"topics": ["ok.topic", "Bad"]}, "then": [{"publish": {"topic": "c.d"}}]}),
+                "rules.when.topics[1]",
+            ),
+            (
+                json!({"when": {"topics": [7]}, "then": [{"publish": {"topic": "c.d"}}]}),
+                "rules.when.topics[0]",
+            ),
+            (json!({"when": {"topics": ["a.b"]}}), "rules.then"),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": []}),
+                "rules.then",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"explode": {}}]}),
+                "rules.then[0].explode",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"publish": {"topic": "c.d"}, "notify": {}}]}),
+                "rules.then[0]",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"notify": {"channel": "pigeon", "to": "x", "template": "t"}}]}),
+                "rules.then[0].notify.channel",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"notify": {"channel": "telegram", "template": "t"}}]}),
+                "rules.then[0].notify.to",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"notify": {"channel": "telegram", "to": "x", "template": ""}}]}),
+                "rules.then[0].notify.template",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"enqueue": {"worker": "rm_rf"}}]}),
+                "rules.then[0].enqueue.worker",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"enqueue": {"worker": "health_check", "args": [1]}}]}),
+                "rules.then[0].enqueue.args",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"publish": {"topic": "nope"}}]}),
+                "rules.then[0].publish.topic",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"publish": {"topic": "c.d", "data": "x"}}]}),
+                "rules.then[0].publish.data",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"set_state": {"system": 6, "merge": {}}}]}),
+                "rules.then[0].set_state.system",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"set_state": {"system": 1}}]}),
+                "rules.then[0].set_state.merge",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"set_state": {"system": 1, "merge": {}, "x": 1}}]}),
+                "rules.then[0].set_state.x",
+            ),
+            (rules_with_if(json!("yes")), "rules.if"),
+            (rules_with_if(json!({})), "rules.if"),
+            (rules_with_if(json!({"all": []})), "rules.if.all"),
+            (
+                rules_with_if(json!({"any": {"field": "data.a"}})),
+                "rules.if.any",
+            ),
+            (
+                rules_with_if(json!({"all": [{"xor": []}]})),
+                "rules.if.all[0].xor",
+            ),
+            (
+                rules_with_if(json!({"not": {"field": "data.a", "op": "between", "value": 1}})),
+                "rules.if.not.op",
+            ),
+            (
+                rules_with_if(json!({"field": "secret.a", "op": "eq", "value": 1})),
+                "rules.if.field",
+            ),
+            (
+                rules_with_if(json!({"field": "data..a", "op": "eq", "value": 1})),
+                "rules.if.field",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "value": 1})),
+                "rules.if.op",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "eq"})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "gt", "value": [1]})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "in", "value": 1})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "in", "value": [{"x": 1}]})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "contains", "value": {"x": 1}})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "matches", "value": "(unclosed"})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "exists", "value": "yes"})),
+                "rules.if.value",
+            ),
+            (
+                rules_with_if(json!({"field": "data.a", "op": "eq", "value": 1, "also": 2})),
+                "rules.if.also",
+            ),
+        ];
+        for (rules, path) in cases {
+            let e = rejected(rules.clone());
+            assert_eq!(e.path, path, "{rules}: {e}");
+            assert!(!e.message.is_empty());
+        }
+        let mut deep = json!({"field": "data.a", "op": "exists"});
+        for _ in 0..MAX_DEPTH + 1 {
+            deep = json!({"not": deep});
+        }
+        assert!(rejected(rules_with_if(deep)).message.contains("deeper"));
+    }
+
+    fn eval(cond: Value, data: Value) -> Truth {
+        let rules = validate(&rules_with_if(cond), WORKERS).unwrap();
+        let event = json!({"topic": "episode.analyzed", "event_id": 42, "data": data});
+        rules.condition.unwrap().eval(&event)
+    }
+
+    use Truth::{False as F, True as T, Unknown as U};
+
+    #[test]
+    fn every_op_compares_like_values_and_is_unknown_on_a_type_mismatch() {
+        let data = json!({"n": 5, "s": "beta", "b": true, "z": null, "tags": ["x", "y"], "o": {"k": [10, 20]}});
+        let cases: Vec<(&str, Value, Truth)> = vec![
+            ("eq", json!(5), T),
+            ("eq", json!(5.0), T),
+            ("eq", json!(6), F),
+            ("eq", json!("5"), U),
+            ("ne", json!(6), T),
+            ("ne", json!(5), F),
+            ("ne", json!("5"), U),
+            ("gt", json!(4), T),
+            ("gt", json!(5), F),
+            ("gt", json!("4"), U),
+            ("gte", json!(5), T),
+            ("gte", json!(6), F),
+            ("lt", json!(6), T),
+            ("lt", json!(5), F),
+            ("lte", json!(5), T),
+            ("lte", json!(4), F),
+            ("in", json!([1, 5]), T),
+            ("in", json!([1, 2]), F),
+            ("in", json!(["5"]), U),
+        ];
+        for (op, value, expected) in cases {
+            assert_eq!(
+                eval(
+                    json!({"field": "data.n", "op": op, "value": value}),
+                    data.clone()
+                ),
+                expected,
+                "n {op} {value}"
+            );
+        }
+        let cases: Vec<(&str, &str, Value, Truth)> = vec![
+            ("data.s", "gt", json!("alpha"), T),
+            ("data.s", "lt", json!("alpha"), F),
+            ("data.s", "contains", json!("et"), T),
+            ("data.s", "contains", json!("zz"), F),
+            ("data.s", "contains", json!(1), U),
+            ("data.n", "contains", json!(1), U),
+            ("data.tags", "contains", json!("y"), T),
+            ("data.tags", "contains", json!("q"), F),
+            ("data.s", "matches", json!("^b.t"), T),
+            ("data.s", "matches", json!("^a"), F),
+            ("data.n", "matches", json!("5"), U),
+            ("data.b", "eq", json!(true), T),
+            ("data.b", "gt", json!(1), U),
+            ("data.z", "eq", json!(null), T),
+            ("data.o.k.1", "eq", json!(20), T),
+            ("data.o.k.9", "eq", json!(20), U),
+            ("data.missing", "eq", json!(1), U),
+            ("data.missing", "ne", json!(1), U),
+            ("topic", "eq", json!("episode.analyzed"), T),
+            ("event_id", "gt", json!(41), T),
+        ];
+        for (field, op, value, expected) in cases {
+            assert_eq!(
+                eval(
+                    json!({"field": field, "op": op, "value": value}),
+                    data.clone()
+                ),
+                expected,
+                "{field} {op} {value}"
+            );
+        }
+        for (field, value, expected) in [
+            ("data.n", json!(true), T),
+            ("data.missing", json!(true), F),
+            ("data.missing", json!(false), T),
+            ("data.z", json!(true), F),
+        ] {
+            assert_eq!(
+                eval(
+                    json!({"field": field, "op": "exists", "value": value}),
+                    data.clone()
+                ),
+                expected,
+                "{field} exists {value}"
+            );
+        }
+        assert_eq!(eval(json!({"field": "data.n", "op": "exists"}), data), T);
+    }
+
+    #[test]
+    fn all_any_not_use_three_valued_logic_so_nothing_unknown_is_true() {
+        let t = json!({"field": "data.n", "op": "eq", "value": 1});
+        let f = json!({"field": "data.n", "op": "eq", "value": 2});
+        let u = json!({"field": "data.n", "op": "eq", "value": "1"});
+        let data = json!({"n": 1});
+        let e = |c: Value| eval(c, data.clone());
+        assert_eq!(e(json!({"all": [t, t]})), T);
+        assert_eq!(e(json!({"all": [t, f]})), F);
+        assert_eq!(e(json!({"all": [t, u]})), U);
+        assert_eq!(e(json!({"all": [u, f]})), F);
+        assert_eq!(e(json!({"any": [f, t]})), T);
+        assert_eq!(e(json!({"any": [f, f]})), F);
+        assert_eq!(e(json!({"any": [f, u]})), U);
+        assert_eq!(e(json!({"any": [u, t]})), T);
+        assert_eq!(e(json!({"not": t})), F);
+        assert_eq!(e(json!({"not": f})), T);
+        // A type mismatch stays unknown under negation: it never becomes true.
+        assert_eq!(e(json!({"not": u})), U);
+        assert_eq!(e(json!({"not": {"not": u}})), U);
+        let rules = validate(&rules_with_if(json!({"not": u})), WORKERS).unwrap();
+        assert!(!rules.triggers("episode.analyzed", &json!({"data": data})));
+        let rules = validate(&rules_with_if(json!({"not": f})), WORKERS).unwrap();
+        assert!(rules.triggers("episode.analyzed", &json!({"data": data})));
+        assert!(
+            !rules.triggers("episode.created", &json!({"data": data})),
+            "topic must match"
+        );
+    }
+}
