@@ -159,6 +159,7 @@ impl Engine {
             Box::new(move |id| cancel_target.stop_running(id)),
             shutdown.clone(),
         )));
+        services.push(tokio::spawn(watch_cancels(inner.clone(), shutdown.clone())));
         services.push(tokio::spawn(super::heartbeat::run(
             inner.repo.clone(),
             inner.opts.node.clone(),
@@ -290,6 +291,34 @@ impl Inner {
             if let Ok(all) = rt.slots.acquire_many(rt.limit as u32).await {
                 drop(all);
             }
+        }
+    }
+}
+
+/// Every poll interval, stops running jobs that were cancelled: the fallback for a cancel
+/// NOTIFY missed while the listener was (re)connecting.
+async fn watch_cancels(inner: Arc<Inner>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(inner.opts.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let ids: Vec<Uuid> = lock(&inner.running).keys().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let cancelled = async {
+            let mut tx = inner.repo.system_tx().await?;
+            let found = storage::cancelled_among(&mut tx, &ids).await?;
+            tx.commit().await?;
+            Ok::<_, DbError>(found)
+        }
+        .await;
+        match cancelled {
+            Ok(found) => found.into_iter().for_each(|id| inner.stop_running(id)),
+            Err(e) => tracing::debug!(error = %e, "checking for cancelled jobs failed"),
         }
     }
 }

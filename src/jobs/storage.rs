@@ -645,6 +645,17 @@ pub async fn cancel(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
     Ok(job)
 }
 
+/// Those of `ids` that have been cancelled (the polling fallback for missed cancel
+/// notifications).
+pub async fn cancelled_among(conn: &mut Conn, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+    Ok(jobs::table
+        .filter(jobs::id.eq_any(ids))
+        .filter(jobs::state.eq(state::CANCELLED))
+        .select(jobs::id)
+        .load(conn)
+        .await?)
+}
+
 /// Makes a job that is not executing available now (a discarded job gets one more attempt).
 pub async fn retry(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
     let job: Option<Job> = diesel::sql_query(
