@@ -777,4 +777,77 @@ mod tests {
             .to_string();
         assert!(err.contains("VSM_LISTN"), "{err}");
     }
+
+    #[test]
+    fn jobs_defaults_overrides_and_validation() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults");
+        let queues: Vec<(&str, usize)> = c
+            .jobs
+            .queues
+            .iter()
+            .map(|(q, n)| (q.as_str(), *n))
+            .collect();
+        assert_eq!(
+            queues,
+            [
+                ("analysis", 5),
+                ("critical", 20),
+                ("default", 10),
+                ("notifications", 5)
+            ]
+        );
+        assert_eq!(c.jobs.cron.len(), 1);
+        assert_eq!(c.jobs.cron[0].expression, "0 * * * *");
+        assert!(c.jobs.rescue_after_secs <= 60);
+        assert_eq!(c.jobs.prune_after_days, 7);
+
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[
+                ("VSM_JOBS__QUEUES__ANALYSIS", "8"),
+                ("VSM_JOBS__POLL_INTERVAL_MS", "250"),
+            ]),
+        )
+        .expect("overrides");
+        assert_eq!(c.jobs.queues["analysis"], 8);
+        assert_eq!(c.jobs.poll_interval_ms, 250);
+
+        for (vars, key) in [
+            (
+                vec![("VSM_JOBS__RESCUE_AFTER_SECS", "61")],
+                "jobs.rescue_after_secs",
+            ),
+            (
+                vec![
+                    ("VSM_JOBS__HEARTBEAT_INTERVAL_SECS", "30"),
+                    ("VSM_JOBS__RESCUE_AFTER_SECS", "20"),
+                ],
+                "jobs.rescue_after_secs",
+            ),
+            (
+                vec![("VSM_JOBS__QUEUES__DEFAULT", "0")],
+                "jobs.queues.default",
+            ),
+            (
+                vec![("VSM_JOBS__POLL_INTERVAL_MS", "0")],
+                "jobs.poll_interval_ms",
+            ),
+            (vec![("VSM_JOBS__BOGUS", "1")], "bogus"),
+        ] {
+            let err = Config::load_from(dir.path(), None, env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
+        let dir = dir_with(&[(
+            "default.toml",
+            "[[jobs.cron]]\nname = \"x\"\nexpression = \"every hour\"\nworker = \"health_check\"\n",
+        )]);
+        let err = Config::load_from(dir.path(), None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jobs.cron[0].expression"), "{err}");
+    }
 }

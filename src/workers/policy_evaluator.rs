@@ -242,9 +242,14 @@ async fn active_policies(conn: &mut Conn) -> Result<Vec<(Uuid, String, Value)>, 
         .await?)
 }
 
-/// Whether the event should be evaluated at all.
+/// Whether the event should be evaluated at all. Evaluations' own traces are not: their
+/// `policy.triggered` events and the `job.*` events of `policy_evaluator` jobs (otherwise a
+/// policy on `job.*` would evaluate its own evaluations forever).
 fn evaluable(event: &RelayedEvent) -> bool {
+    let own_job_event = event.topic.starts_with("job.")
+        && event.payload.get("worker").and_then(Value::as_str) == Some(NAME);
     event.tenant_id.is_some()
+        && !own_job_event
         && event.topic != "policy.triggered"
         && event
             .payload
