@@ -12,8 +12,11 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::edge::gateway::auth::KeyCache;
 use crate::edge::gateway::ops::OpsServer;
-use crate::edge::gateway::{AppState, Server};
+use crate::edge::gateway::rate_limit::RateLimiter;
+use crate::edge::gateway::{AppState, launch};
+use crate::events::hub::Hub;
 use crate::health::Readiness;
 use crate::jobs::{Engine, EngineOptions, Registry};
 use crate::migrate::{self, Action};
@@ -245,14 +248,9 @@ async fn serve(config: Config, workers: bool) -> Result<(), Failure> {
     shutdown
         .trigger_on_signals()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
-    let state = AppState {
-        readiness: Readiness::new(vec![Box::new(repo.clone())], shutdown.clone()),
-        config: config.clone(),
-        repo: repo.clone(),
-        started: Instant::now(),
-    };
-    let server = Server::build(listener, state, shutdown.clone())
-        .map_err(|e| Failure::runtime(format!("cannot start the HTTP server: {e}")))?;
+    let server = launch(config.clone(), repo.clone(), listener, shutdown.clone())
+        .await
+        .map_err(Failure::runtime)?;
     tracing::info!(listen = %listen, port = server.port(), "serving");
     let engine = async {
         match registry {
@@ -294,10 +292,16 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
     shutdown
         .trigger_on_signals()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
+    // The listener serves only health and metrics; the API's pieces stay idle.
+    let limiter = RateLimiter::new(&config.rate_limit, None).map_err(Failure::usage)?;
     let state = AppState {
         readiness: Readiness::new(vec![Box::new(repo.clone())], shutdown.clone()),
         config: config.clone(),
         repo: repo.clone(),
+        hub: Hub::new(1, 1),
+        keys: KeyCache::default(),
+        limiter: Arc::new(limiter),
+        shutdown: shutdown.clone(),
         started: Instant::now(),
     };
     let ops = OpsServer::build(listener, state, shutdown.clone())

@@ -38,6 +38,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Episode analysis.
     pub analysis: AnalysisConfig,
+    /// Event relay, fan-out and the SSE stream.
+    pub events: EventsConfig,
+    /// Per-API-key request rate limit.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[database]`
@@ -152,6 +156,63 @@ pub struct RedisConfig {
 pub struct RabbitMqConfig {
     /// `RABBITMQ_URL`, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: Option<ServiceUrl>,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// RabbitMQ topic exchange events are published to. Default `vsm.events`.
+    pub exchange: String,
+    /// Hours of event history kept for `Last-Event-ID` replay. Default 24.
+    pub retention_hours: u64,
+    /// Open SSE streams allowed per tenant (per instance). Default 1000.
+    pub max_connections_per_tenant: usize,
+    /// Seconds between `: heartbeat` comments. Default 15.
+    pub heartbeat_secs: u64,
+    /// Longest an SSE stream stays open before it is ended with `disconnected`
+    /// (reason `max_duration`) and the client reconnects. Default 3600.
+    pub max_stream_secs: u64,
+    /// Events buffered per SSE client before it is cut off with reason `overflow`. Default 1024.
+    pub client_buffer: usize,
+    /// `retry:` hint sent to SSE clients, in milliseconds. Default 3000.
+    pub retry_ms: u64,
+    /// Relay polling fallback when no NOTIFY arrives, in milliseconds. Default 1000.
+    pub relay_poll_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            exchange: "vsm.events".to_owned(),
+            retention_hours: 24,
+            max_connections_per_tenant: 1000,
+            heartbeat_secs: 15,
+            max_stream_secs: 3600,
+            client_buffer: 1024,
+            retry_ms: 3000,
+            relay_poll_ms: 1000,
+        }
+    }
+}
+
+/// `[rate_limit]`: a token bucket per API key, shared through Redis when `REDIS_URL` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per key. Default 50. 0 disables the limit.
+    pub requests_per_second: f64,
+    /// Requests a key may make at once before the rate applies. Default 100.
+    pub burst: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50.0,
+            burst: 100.0,
+        }
+    }
 }
 
 /// `[telegram]`

@@ -43,6 +43,20 @@ pub struct Metrics {
     pub job_queue_time: HistogramVec,
     /// `cybernetic_job_queue_depth{queue,state}`: jobs waiting or running, sampled.
     pub job_queue_depth: IntGaugeVec,
+    /// `cybernetic_sse_connections`: open SSE streams on this instance.
+    pub sse_connections: IntGauge,
+    /// `cybernetic_events_recorded_total{topic}`: committed events the relay sequenced.
+    pub events_recorded: IntCounterVec,
+    /// `cybernetic_events_published_total{topic}`: events confirmed published (broker or in-process).
+    pub events_published: IntCounterVec,
+    /// `cybernetic_events_delivered_total{topic}`: event frames written to SSE clients.
+    pub events_delivered: IntCounterVec,
+    /// `cybernetic_event_relay_lag_seconds`: from the event's commit to its publication.
+    pub event_relay_lag: prometheus::Histogram,
+    /// `cybernetic_event_relay_leader`: 1 while this process's relay leads.
+    pub event_relay_leader: IntGauge,
+    /// `cybernetic_rate_limiter_errors_total`: limiter calls that failed open (Redis trouble).
+    pub rate_limiter_errors: prometheus::IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -125,6 +139,44 @@ impl Metrics {
             &["queue", "state"],
         )
         .expect("valid metric");
+        let sse_connections = IntGauge::new(
+            "cybernetic_sse_connections",
+            "Open SSE event streams on this instance",
+        )
+        .expect("valid metric");
+        let topic_counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("valid metric")
+        };
+        let events_recorded = topic_counter(
+            "cybernetic_events_recorded_total",
+            "Committed events sequenced by the relay",
+        );
+        let events_published = topic_counter(
+            "cybernetic_events_published_total",
+            "Events confirmed published by the relay",
+        );
+        let events_delivered = topic_counter(
+            "cybernetic_events_delivered_total",
+            "Event frames written to SSE clients of this instance",
+        );
+        let event_relay_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "cybernetic_event_relay_lag_seconds",
+                "Seconds from an event's commit to its publication",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let event_relay_leader = IntGauge::new(
+            "cybernetic_event_relay_leader",
+            "1 while this process runs the leading event relay",
+        )
+        .expect("valid metric");
+        let rate_limiter_errors = prometheus::IntCounter::new(
+            "cybernetic_rate_limiter_errors_total",
+            "Rate-limit checks that failed open because Redis could not be reached",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_build_info",
@@ -148,6 +200,13 @@ impl Metrics {
             Box::new(job_duration.clone()),
             Box::new(job_queue_time.clone()),
             Box::new(job_queue_depth.clone()),
+            Box::new(sse_connections.clone()),
+            Box::new(events_recorded.clone()),
+            Box::new(events_published.clone()),
+            Box::new(events_delivered.clone()),
+            Box::new(event_relay_lag.clone()),
+            Box::new(event_relay_leader.clone()),
+            Box::new(rate_limiter_errors.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -166,6 +225,13 @@ impl Metrics {
             job_duration,
             job_queue_time,
             job_queue_depth,
+            sse_connections,
+            events_recorded,
+            events_published,
+            events_delivered,
+            event_relay_lag,
+            event_relay_leader,
+            rate_limiter_errors,
         }
     }
 

@@ -28,7 +28,8 @@ impl Drop for Worker {
     }
 }
 
-fn start_worker(db: &TestDb, probe_dir: &Path, queue: &str) -> Worker {
+/// A `vsm work` on `queue`; a node silent for `rescue_after` seconds counts as dead.
+fn start_worker(db: &TestDb, probe_dir: &Path, queue: &str, rescue_after: u64) -> Worker {
     let port = free_port();
     let child = vsm()
         .args([
@@ -42,7 +43,7 @@ fn start_worker(db: &TestDb, probe_dir: &Path, queue: &str) -> Worker {
         .env("VSM_JOBS__TEST_WORKERS", "true")
         .env("VSM_JOBS__TEST_PROBE_DIR", probe_dir)
         .env("VSM_JOBS__HEARTBEAT_INTERVAL_SECS", "1")
-        .env("VSM_JOBS__RESCUE_AFTER_SECS", "3")
+        .env("VSM_JOBS__RESCUE_AFTER_SECS", rescue_after.to_string())
         .env("VSM_JOBS__POLL_INTERVAL_MS", "200")
         .env("VSM_SERVER__SHUTDOWN_GRACE_SECS", "5")
         .stdout(Stdio::null())
@@ -134,8 +135,10 @@ async fn two_workers_run_ten_thousand_jobs_exactly_once_within_their_limits() {
     let db = TestDb::migrated().await;
     let probes = tempfile::tempdir().unwrap();
     let queue = format!("probe={LIMIT}");
-    let mut a = start_worker(&db, probes.path(), &queue);
-    let mut b = start_worker(&db, probes.path(), &queue);
+    // A generous rescue window: on a loaded test machine a live node's heartbeat may lag, and
+    // a rescue would (rightly) run its jobs again.
+    let mut a = start_worker(&db, probes.path(), &queue, 20);
+    let mut b = start_worker(&db, probes.path(), &queue, 20);
     wait_ready(&mut a).await;
     wait_ready(&mut b).await;
     insert_probes(&db, JOBS, "probe", json!({"sleep_ms": 1})).await;
@@ -236,7 +239,7 @@ async fn jobs_of_a_killed_worker_are_finished_by_another_within_a_minute() {
     const HELD: usize = 5;
     let db = TestDb::migrated().await;
     let probes = tempfile::tempdir().unwrap();
-    let mut a = start_worker(&db, probes.path(), &format!("probe={HELD}"));
+    let mut a = start_worker(&db, probes.path(), &format!("probe={HELD}"), 3);
     wait_ready(&mut a).await;
     // Each job's first attempt blocks for a minute: A holds all of them when it dies.
     insert_probes(
@@ -255,7 +258,7 @@ async fn jobs_of_a_killed_worker_are_finished_by_another_within_a_minute() {
     )
     .await;
 
-    let b = start_worker(&db, probes.path(), &format!("probe={HELD}"));
+    let b = start_worker(&db, probes.path(), &format!("probe={HELD}"), 3);
     let _ = b.port;
     let pid = a.child.id().to_string();
     assert!(

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use common::TestDb;
 use vsm::config::{Config, DatabaseConfig, ServiceUrl};
+use vsm::edge::gateway::auth::KeyCache;
+use vsm::edge::gateway::rate_limit::RateLimiter;
 use vsm::edge::gateway::{AppState, Server};
+use vsm::events::hub::Hub;
 use vsm::health::Readiness;
 use vsm::repo::Repo;
 use vsm::shutdown::Shutdown;
@@ -27,9 +30,13 @@ fn spawn(repo: Repo) -> Spawned {
     config.server.workers = 1;
     config.server.shutdown_grace_secs = 5;
     let state = AppState {
-        config: Arc::new(config),
+        config: Arc::new(config.clone()),
         repo,
         readiness: readiness.clone(),
+        hub: Hub::new(10, 10),
+        keys: KeyCache::default(),
+        limiter: Arc::new(RateLimiter::new(&config.rate_limit, None).unwrap()),
+        shutdown: shutdown.clone(),
         started: Instant::now(),
     };
     let server = Server::build(listener, state, shutdown.clone()).unwrap();

@@ -383,7 +383,12 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
             relayed(Some(other), 9, "episode.analyzed", json!({})),
             relayed(None, 10, "system.health", json!({})),
             relayed(Some(t), 11, "policy.triggered", json!({})),
-            relayed(Some(t), 13, "job.completed", json!({"worker": "policy_evaluator"})),
+            relayed(
+                Some(t),
+                13,
+                "job.completed",
+                json!({"worker": "policy_evaluator"}),
+            ),
             relayed(
                 Some(t),
                 12,

@@ -221,3 +221,280 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Serving instances, SSE clients and a cuttable TCP proxy for the event tests.
+
+pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A `vsm serve` running in this process (the same `launch` the binary uses).
+pub struct Instance {
+    pub base: String,
+    pub shutdown: vsm::shutdown::Shutdown,
+    pub repo: vsm::repo::Repo,
+}
+
+impl Instance {
+    pub async fn start(config: vsm::config::Config) -> Instance {
+        let repo = vsm::repo::Repo::connect(&config.database)
+            .await
+            .expect("connect");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let shutdown = vsm::shutdown::Shutdown::new();
+        let server = vsm::edge::gateway::launch(
+            std::sync::Arc::new(config),
+            repo.clone(),
+            listener,
+            shutdown.clone(),
+        )
+        .await
+        .expect("launch");
+        let base = format!("http://127.0.0.1:{}", server.port());
+        tokio::spawn(server.run());
+        Instance {
+            base,
+            shutdown,
+            repo,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A configuration for `db`, with a private RabbitMQ exchange when `rabbitmq` is given (tests
+/// run in parallel and must not see each other's events).
+pub fn instance_config(db: &TestDb, rabbitmq: Option<(&str, &str)>) -> vsm::config::Config {
+    let mut config = vsm::config::Config::default();
+    config.database = db.config();
+    config.server.workers = 1;
+    config.server.shutdown_grace_secs = 2;
+    config.events.relay_poll_ms = 200;
+    if let Some((url, exchange)) = rabbitmq {
+        config.rabbitmq.url = Some(ServiceUrl::parse(url).expect("amqp url"));
+        config.events.exchange = exchange.to_owned();
+    }
+    config
+}
+
+pub fn unique_exchange() -> String {
+    format!("vsm.events.test.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// One SSE frame: an event (with id), a named control frame (`connected`, `gap`,
+/// `disconnected`), or a comment (`: heartbeat`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Frame {
+    pub id: Option<i64>,
+    pub event: Option<String>,
+    pub data: String,
+    pub comment: Option<String>,
+    pub retry: Option<u64>,
+}
+
+pub struct SseClient {
+    pub status: u16,
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    pub body_on_error: String,
+}
+
+impl SseClient {
+    pub async fn connect(
+        base: &str,
+        key: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> SseClient {
+        let mut req = reqwest::Client::new()
+            .get(format!("{base}/v1/events{query}"))
+            .bearer_auth(key);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let res = req.send().await.expect("connect SSE");
+        let status = res.status().as_u16();
+        if status != 200 {
+            let body = res.text().await.unwrap_or_default();
+            return SseClient {
+                status,
+                stream: Box::pin(futures_util::stream::empty()),
+                buf: String::new(),
+                body_on_error: body,
+            };
+        }
+        assert_eq!(
+            res.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        assert!(res.headers().get("content-encoding").is_none());
+        SseClient {
+            status,
+            stream: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+            body_on_error: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ended or nothing came within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Frame> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let raw: String = self.buf.drain(..end + 2).collect();
+                let mut frame = Frame::default();
+                for line in raw.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        frame.comment = Some(c.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        frame.id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        frame.event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        frame.data.push_str(v);
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        frame.retry = v.parse().ok();
+                    }
+                }
+                return Some(frame);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next frame that is an event with an id (skipping control frames and heartbeats).
+    pub async fn next_event(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next(left).await?;
+            if frame.id.is_some() || frame.event.as_deref() == Some("disconnected") {
+                return Some(frame);
+            }
+        }
+    }
+}
+
+/// A TCP proxy the test controls: `cut()` drops every open connection and refuses new ones
+/// until `restore()`.
+pub struct Proxy {
+    pub port: u16,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &'static str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (r, c) = (refusing.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if std::sync::atomic::AtomicBool::load(&r, Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut_rx = c.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            refusing,
+            cut,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pub async fn wait_ready(base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(res) = reqwest::get(format!("{base}/ready")).await
+            && res.status() == 200
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Another service's queue bound to the events exchange, as the README tells them to bind.
+pub struct ExternalConsumer {
+    _conn: amqprs::connection::Connection,
+    _channel: amqprs::channel::Channel,
+    rx: tokio::sync::mpsc::UnboundedReceiver<amqprs::channel::ConsumerMessage>,
+}
+
+impl ExternalConsumer {
+    pub async fn bind(exchange: &str, routing_key: &str) -> ExternalConsumer {
+        use amqprs::channel::*;
+        use amqprs::connection::*;
+        let args = OpenConnectionArguments::new("127.0.0.1", 5672, "guest", "guest");
+        let conn = Connection::open(&args).await.unwrap();
+        let channel = conn.open_channel(None).await.unwrap();
+        let mut declare = ExchangeDeclareArguments::new(exchange, "topic");
+        declare.durable = true;
+        channel.exchange_declare(declare).await.unwrap();
+        let (queue, _, _) = channel
+            .queue_declare(QueueDeclareArguments::exclusive_server_named())
+            .await
+            .unwrap()
+            .unwrap();
+        channel
+            .queue_bind(QueueBindArguments::new(&queue, exchange, routing_key))
+            .await
+            .unwrap();
+        let mut consume = BasicConsumeArguments::new(&queue, "");
+        consume.manual_ack(false);
+        let (_, rx) = channel.basic_consume_rx(consume.finish()).await.unwrap();
+        ExternalConsumer {
+            _conn: conn,
+            _channel: channel,
+            rx,
+        }
+    }
+
+    pub async fn next(&mut self, wait: Duration) -> Option<serde_json::Value> {
+        let msg = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
+        serde_json::from_slice(&msg.content?).ok()
+    }
+}

@@ -1,11 +1,15 @@
 //! The edge gateway (plan §3.3): the HTTP server, its router, the middleware every request
 //! passes through, and one controller per concern.
 
+pub mod auth;
 pub mod controllers;
 pub mod error;
 pub mod observe;
+pub mod openapi;
 pub mod ops;
+pub mod pagination;
+pub mod rate_limit;
 pub mod router;
 pub mod server;
 
-pub use server::{AppState, Server};
+pub use server::{AppState, Server, launch};

@@ -3,8 +3,12 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::controllers::{health_controller, metrics_controller};
+use super::controllers::{
+    api_keys_controller, events_controller, health_controller, metrics_controller,
+    systems_controller, tenants_controller,
+};
 use super::error::ApiError;
+use super::openapi;
 
 /// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
 pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
@@ -16,7 +20,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(health_controller::live)
     .service(health_controller::health)
     .service(health_controller::ready)
-    .service(metrics_controller::metrics);
+    .service(metrics_controller::metrics)
+    .service(openapi::openapi_json)
+    .service(tenants_controller::create)
+    .service(api_keys_controller::create)
+    .service(api_keys_controller::revoke)
+    .service(systems_controller::list)
+    .service(systems_controller::show)
+    .service(systems_controller::update)
+    .service(systems_controller::history)
+    .service(events_controller::events);
 }
 
 /// Unknown routes answer in the contract's error format too.

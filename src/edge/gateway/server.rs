@@ -9,9 +9,12 @@ use std::time::Instant;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
+use super::auth::KeyCache;
+use super::rate_limit::RateLimiter;
 use super::{observe, router};
 use crate::config::Config;
-use crate::health::Readiness;
+use crate::events::hub::Hub;
+use crate::health::{Probe, Readiness};
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 
@@ -20,7 +23,44 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub repo: Repo,
     pub readiness: Readiness,
+    /// This instance's SSE subscribers.
+    pub hub: Hub,
+    /// Recently resolved API keys.
+    pub keys: KeyCache,
+    /// Per-key request rate limit.
+    pub limiter: Arc<RateLimiter>,
+    pub shutdown: Shutdown,
     pub started: Instant,
+}
+
+/// Starts everything `vsm serve` runs on `listener`: the event machinery and the HTTP server.
+pub async fn launch(
+    config: Arc<Config>,
+    repo: Repo,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Server, String> {
+    let events = crate::events::start(&config, &repo, &shutdown)
+        .await
+        .map_err(|e| format!("cannot start the event relay: {e}"))?;
+    let limiter = RateLimiter::new(&config.rate_limit, config.redis.url.as_ref())?;
+    let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(repo.clone())];
+    probes.extend(events.probes);
+    if let Some(redis) = limiter.probe() {
+        probes.push(Box::new(redis));
+    }
+    let state = AppState {
+        readiness: Readiness::new(probes, shutdown.clone()),
+        config,
+        repo,
+        hub: events.hub,
+        keys: KeyCache::default(),
+        limiter: Arc::new(limiter),
+        shutdown: shutdown.clone(),
+        started: Instant::now(),
+    };
+    Server::build(listener, state, shutdown)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))
 }
 
 pub struct Server {
@@ -47,6 +87,8 @@ impl Server {
         })
         .disable_signals()
         .shutdown_timeout(server_cfg.shutdown_grace_secs)
+        // Room for a burst of (re)connecting SSE clients; the kernel caps it at somaxconn.
+        .backlog(4096)
         .listen(listener)?;
         if server_cfg.workers > 0 {
             http = http.workers(server_cfg.workers);

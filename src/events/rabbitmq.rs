@@ -1,0 +1,378 @@
+//! RabbitMQ fan-out: the relay publishes every event to the durable topic exchange
+//! (`events.exchange`, default `vsm.events`; routing key = topic; persistent messages; publisher
+//! confirms), and every `vsm serve` consumes from its own exclusive queue bound to it with `#`.
+//! Both reconnect by themselves with backoff; nothing is lost while the broker is away because
+//! the relay only marks events published once confirmed, and a consumer catches up from the
+//! database after it reconnects.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use amqprs::callbacks::{ChannelCallback, DefaultConnectionCallback};
+use amqprs::channel::{
+    BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments,
+    ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
+};
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use super::hub::Hub;
+use super::{Event, WireEvent, store};
+use crate::config::ServiceUrl;
+use crate::health::Probe;
+use crate::repo::Repo;
+use crate::shutdown::Shutdown;
+
+/// How long the relay waits for the broker to confirm a batch.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection arguments from an AMQP URI (`amqp://user:pass@host:port/vhost`), with the
+/// percent-encoded vhost decoded (`%2f` is the default vhost `/`).
+fn connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments, String> {
+    let u = url.url();
+    if u.scheme() != "amqp" {
+        return Err(format!(
+            "unsupported RabbitMQ URL scheme {} (expected amqp)",
+            u.scheme()
+        ));
+    }
+    let decode = |s: &str| {
+        percent_decode(s).ok_or_else(|| format!("invalid percent-encoding in RabbitMQ URL {url}"))
+    };
+    let host = u
+        .host_str()
+        .ok_or_else(|| format!("RabbitMQ URL {url} has no host"))?;
+    let user = if u.username().is_empty() {
+        "guest".to_owned()
+    } else {
+        decode(u.username())?
+    };
+    let password = decode(u.password().unwrap_or("guest"))?;
+    let vhost = match u.path().strip_prefix('/').unwrap_or("") {
+        "" => "/".to_owned(),
+        path => decode(path)?,
+    };
+    let mut args = OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &password);
+    args.virtual_host(&vhost);
+    Ok(args)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn open(url: &ServiceUrl, exchange: &str) -> Result<(Connection, Channel), String> {
+    let args = connection_args(url)?;
+    let conn = Connection::open(&args)
+        .await
+        .map_err(|e| format!("cannot connect to RabbitMQ at {}: {e}", url.host_port()))?;
+    conn.register_callback(DefaultConnectionCallback)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = conn.open_channel(None).await.map_err(|e| e.to_string())?;
+    let mut declare = ExchangeDeclareArguments::new(exchange, "topic");
+    declare.durable = true;
+    channel
+        .exchange_declare(declare)
+        .await
+        .map_err(|e| format!("cannot declare exchange {exchange}: {e}"))?;
+    Ok((conn, channel))
+}
+
+enum Confirm {
+    Ack { tag: u64, multiple: bool },
+    Nack,
+    Closed,
+}
+
+/// Forwards the channel's confirms to the publisher.
+struct Confirms(mpsc::UnboundedSender<Confirm>);
+
+#[async_trait::async_trait]
+impl ChannelCallback for Confirms {
+    async fn close(&mut self, _: &Channel, _: CloseChannel) -> Result<(), amqprs::error::Error> {
+        let _ = self.0.send(Confirm::Closed);
+        Ok(())
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        let _ = self.0.send(Confirm::Ack {
+            tag: ack.delivery_tag(),
+            multiple: ack.mutiple(),
+        });
+    }
+    async fn publish_nack(&mut self, _: &Channel, _: Nack) {
+        let _ = self.0.send(Confirm::Nack);
+    }
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+struct Link {
+    conn: Connection,
+    channel: Channel,
+    confirms: mpsc::UnboundedReceiver<Confirm>,
+    next_tag: u64,
+}
+
+/// The relay's side: publishes batches and returns once the broker confirmed all of them.
+pub struct Publisher {
+    url: ServiceUrl,
+    exchange: String,
+    link: Option<Link>,
+}
+
+impl Publisher {
+    pub fn new(url: ServiceUrl, exchange: String) -> Self {
+        Self {
+            url,
+            exchange,
+            link: None,
+        }
+    }
+
+    async fn link(&mut self) -> Result<&mut Link, String> {
+        let stale = self
+            .link
+            .as_ref()
+            .is_some_and(|l| !l.conn.is_open() || !l.channel.is_open());
+        if stale {
+            self.link = None;
+        }
+        if self.link.is_none() {
+            let (conn, channel) = open(&self.url, &self.exchange).await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            channel
+                .register_callback(Confirms(tx))
+                .await
+                .map_err(|e| e.to_string())?;
+            channel
+                .confirm_select(ConfirmSelectArguments::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(broker = %self.url.host_port(), "relay connected to RabbitMQ");
+            self.link = Some(Link {
+                conn,
+                channel,
+                confirms: rx,
+                next_tag: 1,
+            });
+        }
+        self.link
+            .as_mut()
+            .ok_or_else(|| "no RabbitMQ link".to_owned())
+    }
+
+    /// Publishes `events` in order; `Ok` only when the broker confirmed every one. On error the
+    /// link is dropped, so the next call reconnects; the caller retries the same events.
+    pub async fn publish(&mut self, events: &[Event]) -> Result<(), String> {
+        let result = self.try_publish(events).await;
+        if result.is_err() {
+            if let Some(link) = self.link.take() {
+                let _ = link.conn.close().await;
+            }
+        }
+        result
+    }
+
+    async fn try_publish(&mut self, events: &[Event]) -> Result<(), String> {
+        let exchange = self.exchange.clone();
+        let link = self.link().await?;
+        let mut outstanding = BTreeSet::new();
+        for event in events {
+            let body = serde_json::to_vec(&WireEvent::from(event)).map_err(|e| e.to_string())?;
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json")
+                .with_message_id(&event.seq.to_string())
+                .finish();
+            link.channel
+                .basic_publish(
+                    props,
+                    body,
+                    BasicPublishArguments::new(&exchange, &event.topic),
+                )
+                .await
+                .map_err(|e| format!("publish failed: {e}"))?;
+            outstanding.insert(link.next_tag);
+            link.next_tag += 1;
+        }
+        let wait = async {
+            while !outstanding.is_empty() {
+                match link.confirms.recv().await {
+                    Some(Confirm::Ack {
+                        tag,
+                        multiple: true,
+                    }) => {
+                        outstanding = outstanding.split_off(&(tag + 1));
+                    }
+                    Some(Confirm::Ack { tag, .. }) => {
+                        outstanding.remove(&tag);
+                    }
+                    Some(Confirm::Nack) => return Err("broker refused a message".to_owned()),
+                    Some(Confirm::Closed) | None => return Err("channel closed".to_owned()),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, wait)
+            .await
+            .map_err(|_| "no publisher confirm in time".to_owned())?
+    }
+}
+
+/// Whether this instance's consumer is connected (its `/ready` check).
+#[derive(Clone, Default)]
+pub struct ConsumerState {
+    connected: Arc<AtomicBool>,
+}
+
+impl Probe for ConsumerState {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        let connected = self.connected.load(Ordering::Acquire);
+        Box::pin(async move {
+            if connected {
+                Ok(())
+            } else {
+                Err("event consumer not connected".to_owned())
+            }
+        })
+    }
+}
+
+/// Consumes this instance's exclusive queue into the hub until shutdown, reconnecting with
+/// backoff. After each reconnect it first catches up from the database on everything the hub
+/// has not seen, so clients never miss what was published while the link was down.
+pub async fn consume(
+    url: ServiceUrl,
+    exchange: String,
+    hub: Hub,
+    repo: Repo,
+    state: ConsumerState,
+    shutdown: Shutdown,
+) {
+    let mut backoff = super::relay::Backoff::default();
+    while !shutdown.is_triggered() {
+        let result = tokio::select! {
+            r = consume_once(&url, &exchange, &hub, &repo, &state) => r,
+            _ = shutdown.wait() => Ok(()),
+        };
+        state.connected.store(false, Ordering::Release);
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "event consumer lost its broker link; reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.delay()) => {}
+                _ = shutdown.wait() => {}
+            }
+        } else {
+            backoff.reset();
+        }
+    }
+}
+
+async fn consume_once(
+    url: &ServiceUrl,
+    exchange: &str,
+    hub: &Hub,
+    repo: &Repo,
+    state: &ConsumerState,
+) -> Result<(), String> {
+    let (conn, channel) = open(url, exchange).await?;
+    let (queue, _, _) = channel
+        .queue_declare(QueueDeclareArguments::exclusive_server_named())
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "queue_declare returned no queue".to_owned())?;
+    channel
+        .queue_bind(QueueBindArguments::new(&queue, exchange, "#"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut args = BasicConsumeArguments::new(&queue, "");
+    args.manual_ack(false);
+    let (_tag, mut rx) = channel
+        .basic_consume_rx(args.finish())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Bound and consuming: anything published from now on is in `rx`. Fill in what came before.
+    catch_up(repo, hub).await?;
+    state.connected.store(true, Ordering::Release);
+    tracing::info!(broker = %url.host_port(), %queue, "event consumer connected");
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else {
+                    return Err("consumer channel closed".to_owned());
+                };
+                let Some(body) = msg.content else { continue };
+                match serde_json::from_slice::<WireEvent>(&body) {
+                    Ok(wire) => hub.dispatch([Event::from(wire)]),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed event message"),
+                }
+            }
+            _ = conn.listen_network_io_failure() => {
+                return Err("network failure".to_owned());
+            }
+        }
+    }
+}
+
+/// Dispatches every sequenced event after the hub's high-water mark, read as the system role.
+pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), String> {
+    loop {
+        let after = hub.last_seq();
+        let mut tx = repo.system_tx().await.map_err(|e| e.to_string())?;
+        let page = store::after(&mut tx, after, 1000)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        let full = page.len() == 1000;
+        hub.dispatch(page);
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_urls_decode_the_vhost_and_credentials() {
+        let parse = |s: &str| connection_args(&ServiceUrl::parse(s).unwrap());
+        let a = parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(a.get_virtual_host(), "/");
+        assert_eq!((a.get_host(), a.get_port()), ("127.0.0.1", 5672));
+        assert_eq!(
+            parse("amqp://u:p%40ss@mq/prod").unwrap().get_virtual_host(),
+            "prod"
+        );
+        assert_eq!(parse("amqp://mq").unwrap().get_virtual_host(), "/");
+        assert!(parse("http://mq").is_err());
+    }
+}

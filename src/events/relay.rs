@@ -1,0 +1,255 @@
+//! The relay: moves committed events out of the outbox. Exactly one relay leads across all
+//! instances (a session-level PostgreSQL advisory lock held on a dedicated connection); the
+//! others wait and take over within `events.relay_poll_ms` when the leader's connection goes
+//! (process death closes it). The leader is woken by LISTEN/NOTIFY at each commit and polls as
+//! a fallback. Each step sequences new events (public ids in commit-observation order),
+//! publishes every sequenced-but-unpublished event in id order, and marks them published only
+//! once the fan-out confirmed them, so a crash or a broker outage at any point loses nothing.
+
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel::sql_types::{BigInt, Bool};
+use diesel_async::RunQueryDsl;
+use futures_util::{FutureExt, StreamExt};
+
+use super::hub::Hub;
+use super::rabbitmq::Publisher;
+use super::{Event, NOTIFY_CHANNEL, store};
+use crate::config::{DatabaseConfig, EventsConfig};
+use crate::metrics::METRICS;
+use crate::repo::{Conn, Repo};
+use crate::shutdown::Shutdown;
+
+/// Session advisory lock held by the leading relay ("vsm_rela").
+const RELAY_LOCK: i64 = 0x7673_6d5f_7265_6c61;
+/// Events per sequencing / publishing batch.
+const BATCH: i64 = 500;
+/// How often the leader prunes history older than the retention period.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Where published events go.
+pub enum Fanout {
+    /// Straight to this process's hub (no `RABBITMQ_URL`: a single instance).
+    InProcess(Hub),
+    /// To the `vsm.events` exchange, from where every instance's consumer takes them.
+    RabbitMq(Publisher),
+}
+
+impl Fanout {
+    async fn publish(&mut self, events: &[Event]) -> Result<(), String> {
+        match self {
+            Fanout::InProcess(hub) => {
+                hub.dispatch(events.iter().cloned());
+                Ok(())
+            }
+            Fanout::RabbitMq(publisher) => publisher.publish(events).await,
+        }
+    }
+}
+
+/// Exponential backoff between reconnect attempts, 100 ms up to 5 s.
+#[derive(Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn delay(&mut self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
+        self.attempt += 1;
+        Duration::from_millis(ms)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+pub struct Relay {
+    repo: Repo,
+    database: DatabaseConfig,
+    events: EventsConfig,
+    fanout: Fanout,
+    shutdown: Shutdown,
+    last_prune: Option<Instant>,
+}
+
+impl Relay {
+    pub fn new(
+        repo: Repo,
+        database: DatabaseConfig,
+        events: EventsConfig,
+        fanout: Fanout,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            repo,
+            database,
+            events,
+            fanout,
+            shutdown,
+            last_prune: None,
+        }
+    }
+
+    fn poll(&self) -> Duration {
+        Duration::from_millis(self.events.relay_poll_ms.max(10))
+    }
+
+    /// Runs until shutdown: waits for leadership, leads until the lock connection is lost, and
+    /// starts over.
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::default();
+        while !self.shutdown.is_triggered() {
+            match self.lead().await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "event relay stopped leading; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.delay()) => {}
+                        _ = self.shutdown.wait() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lead(&mut self) -> Result<(), String> {
+        let mut conn =
+            crate::repo::establish(self.database.url.expose(), self.database.connect_timeout())
+                .await
+                .map_err(|e| e.to_string())?;
+        while !try_lock(&mut conn).await? {
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll()) => {}
+                _ = self.shutdown.wait() => return Ok(()),
+            }
+        }
+        diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!("event relay leading");
+        METRICS.event_relay_leader.set(1);
+        let result = self.relay(&mut conn).await;
+        METRICS.event_relay_leader.set(0);
+        result
+    }
+
+    /// Leads until the lock connection is lost (`Err`) or shutdown (`Ok`).
+    async fn relay(&mut self, conn: &mut Conn) -> Result<(), String> {
+        let mut notifications = pin!(conn.notifications_stream());
+        let mut backoff = Backoff::default();
+        loop {
+            let more = match self.step().await {
+                Ok(more) => {
+                    backoff.reset();
+                    more
+                }
+                Err(e) => {
+                    // Still the leader: wait and retry the same events (nothing is marked
+                    // published until the fan-out confirmed it).
+                    tracing::warn!(error = %e, "event relay step failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.delay()) => {}
+                        _ = self.shutdown.wait() => return Ok(()),
+                    }
+                    continue;
+                }
+            };
+            self.maybe_prune().await;
+            if more {
+                continue;
+            }
+            tokio::select! {
+                n = notifications.next() => match n {
+                    Some(Ok(_)) => {
+                        // Coalesce a burst of commits into one step.
+                        while let Some(Some(Ok(_))) = notifications.next().now_or_never() {}
+                    }
+                    // The lock connection is gone, and with it the lock: stop leading.
+                    Some(Err(e)) => return Err(format!("relay lock connection failed: {e}")),
+                    None => return Err("relay lock connection closed".to_owned()),
+                },
+                _ = tokio::time::sleep(self.poll()) => {}
+                _ = self.shutdown.wait() => return Ok(()),
+            }
+        }
+    }
+
+    /// Sequences and publishes one batch; `true` when a batch was full (more may be waiting).
+    pub async fn step(&mut self) -> Result<bool, String> {
+        let err = |e: crate::repo::DbError| e.to_string();
+        let mut tx = self.repo.system_tx().await.map_err(err)?;
+        let sequenced = store::sequence(&mut tx, BATCH).await.map_err(err)?;
+        let pending = store::unpublished(&mut tx, BATCH).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        for e in &sequenced {
+            METRICS.events_recorded.with_label_values(&[&e.topic]).inc();
+        }
+        if pending.is_empty() {
+            return Ok(sequenced.len() as i64 == BATCH);
+        }
+        self.fanout.publish(&pending).await?;
+        let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
+        let mut tx = self.repo.system_tx().await.map_err(err)?;
+        store::mark_published(&mut tx, &seqs).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        let now = Utc::now();
+        for e in &pending {
+            METRICS
+                .events_published
+                .with_label_values(&[&e.topic])
+                .inc();
+            let lag = (now - e.occurred_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            METRICS.event_relay_lag.observe(lag.max(0.0));
+        }
+        Ok(sequenced.len() as i64 == BATCH || pending.len() as i64 == BATCH)
+    }
+
+    async fn maybe_prune(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let before = Utc::now()
+            - chrono::Duration::hours(i64::try_from(self.events.retention_hours).unwrap_or(24));
+        match prune(&self.repo, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned old events"),
+            Err(e) => tracing::warn!(error = %e, "event pruning failed"),
+        }
+    }
+}
+
+/// Deletes published events recorded before `before`, in batches.
+pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, String> {
+    let mut total = 0;
+    loop {
+        let mut tx = repo.system_tx().await.map_err(|e| e.to_string())?;
+        let n = store::prune(&mut tx, before, 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        total += n;
+        if n < 10_000 {
+            return Ok(total);
+        }
+    }
+}
+
+async fn try_lock(conn: &mut Conn) -> Result<bool, String> {
+    #[derive(diesel::QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = Bool)]
+        locked: bool,
+    }
+    let l: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+        .bind::<BigInt, _>(RELAY_LOCK)
+        .get_result(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(l.locked)
+}

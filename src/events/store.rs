@@ -1,0 +1,151 @@
+//! All events SQL: sequencing, publishing bookkeeping, pruning (relay, as `vsm_system`) and
+//! replay (SSE, through the tenant door).
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Int8, Jsonb, Nullable, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::Event;
+use crate::repo::{Conn, DbError};
+
+/// Advisory lock serialising sequencing transactions, so ids are handed out in one order even
+/// if two relays ever overlap during a failover.
+const SEQUENCE_LOCK: i64 = 0x7673_6d5f_7365_7121; // "vsm_seq!"
+
+#[derive(diesel::QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Int8)]
+    seq: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    tenant_id: Option<Uuid>,
+    #[diesel(sql_type = Text)]
+    topic: String,
+    #[diesel(sql_type = Jsonb)]
+    payload: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    inserted_at: DateTime<Utc>,
+}
+
+impl From<Row> for Event {
+    fn from(r: Row) -> Event {
+        Event::new(r.seq, r.tenant_id, r.topic, r.payload, r.inserted_at)
+    }
+}
+
+/// Gives the oldest unsequenced (committed) events their public ids, in insertion order.
+/// Run by the relay in a system transaction.
+pub async fn sequence(conn: &mut Conn, limit: i64) -> Result<Vec<Event>, DbError> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<BigInt, _>(SEQUENCE_LOCK)
+        .execute(conn)
+        .await?;
+    let rows: Vec<Row> = diesel::sql_query(
+        "UPDATE events e SET seq = s.seq, sequenced_at = clock_timestamp()
+         FROM (SELECT id, nextval('event_seq') AS seq
+               FROM (SELECT id FROM events WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE) b
+               ORDER BY id) s
+         WHERE e.id = s.id
+         RETURNING e.seq, e.tenant_id, e.topic, e.payload, e.inserted_at",
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    let mut events: Vec<Event> = rows.into_iter().map(Event::from).collect();
+    events.sort_by_key(|e| e.seq);
+    Ok(events)
+}
+
+/// Sequenced events not yet confirmed published, oldest first.
+pub async fn unpublished(conn: &mut Conn, limit: i64) -> Result<Vec<Event>, DbError> {
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT seq, tenant_id, topic, payload, inserted_at FROM events
+         WHERE seq IS NOT NULL AND published_at IS NULL ORDER BY seq LIMIT $1",
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(Event::from).collect())
+}
+
+pub async fn mark_published(conn: &mut Conn, seqs: &[i64]) -> Result<(), DbError> {
+    diesel::sql_query(
+        "UPDATE events SET published_at = clock_timestamp() WHERE seq = ANY($1) AND published_at IS NULL",
+    )
+    .bind::<Array<BigInt>, _>(seqs)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes published events recorded before `before` (a batch at a time) and raises the
+/// retention watermark to the highest id deleted. Returns how many went.
+pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: i64) -> Result<usize, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Pruned {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let pruned: Pruned = diesel::sql_query(
+        "WITH gone AS (
+           DELETE FROM events WHERE id IN (
+             SELECT id FROM events WHERE inserted_at < $1 AND published_at IS NOT NULL
+             ORDER BY inserted_at LIMIT $2)
+           RETURNING seq),
+         mark AS (
+           UPDATE event_retention
+           SET pruned_through = GREATEST(pruned_through, (SELECT max(seq) FROM gone))
+           WHERE EXISTS (SELECT 1 FROM gone))
+         SELECT count(*) AS n FROM gone",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
+    .get_result(conn)
+    .await?;
+    Ok(usize::try_from(pruned.n).unwrap_or(0))
+}
+
+/// The highest event id ever pruned: replay from below it has lost history.
+pub async fn pruned_through(conn: &mut Conn) -> Result<i64, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct W {
+        #[diesel(sql_type = BigInt)]
+        pruned_through: i64,
+    }
+    let w: Option<W> = diesel::sql_query("SELECT pruned_through FROM event_retention")
+        .get_result(conn)
+        .await
+        .map(Some)
+        .or_else(|e| match e {
+            diesel::result::Error::NotFound => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(w.map_or(0, |w| w.pruned_through))
+}
+
+/// The highest event id sequenced so far (0 when none).
+pub async fn last_seq(conn: &mut Conn) -> Result<i64, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct M {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+    }
+    let m: M = diesel::sql_query("SELECT coalesce(max(seq), 0) AS seq FROM events")
+        .get_result(conn)
+        .await?;
+    Ok(m.seq)
+}
+
+/// Events after `after` visible in the transaction (a tenant's own and the system-wide ones
+/// under row-level security; all of them for the system role), oldest first.
+pub async fn after(conn: &mut Conn, after: i64, limit: i64) -> Result<Vec<Event>, DbError> {
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT seq, tenant_id, topic, payload, inserted_at FROM events
+         WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind::<BigInt, _>(after)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(Event::from).collect())
+}

@@ -1,0 +1,493 @@
+//! Events end to end (CONTRACT §6): outbox → relay → RabbitMQ or in-process → SSE, against real
+//! PostgreSQL and RabbitMQ.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Frame, Instance, Proxy, RABBITMQ_URL, SseClient, TestDb, instance_config, unique_exchange,
+};
+use serde_json::json;
+use uuid::Uuid;
+use vsm::repo::Repo;
+use vsm::schemas::storage::tenant;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn tenant_with_key(repo: &Repo, slug: &str) -> (Uuid, String) {
+    let (t, key) = tenant::create(repo, slug, None).await.unwrap();
+    (t.id, key.key)
+}
+
+/// Commits one event for `tenant` and returns the payload marker `n`.
+async fn record(repo: &Repo, tenant: Uuid, topic: &str, n: i64) {
+    let mut tx = repo.tenant_tx(tenant).await.unwrap();
+    vsm::events::record(&mut tx, tenant, topic, &json!({"n": n}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn n_of(frame: &Frame) -> i64 {
+    serde_json::from_str::<serde_json::Value>(&frame.data).unwrap()["n"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The tenant's committed events in id order, as (id, n).
+async fn committed(db: &TestDb) -> Vec<(i64, i64)> {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct R {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = db.owner_conn().await;
+    let rows: Vec<R> = diesel::sql_query(
+        "SELECT seq, (payload->>'n')::bigint AS n FROM events WHERE seq IS NOT NULL ORDER BY seq",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| (r.seq, r.n)).collect()
+}
+
+async fn expect_connected(client: &mut SseClient) {
+    let retry = client.next(WAIT).await.expect("retry hint");
+    assert!(retry.retry.is_some(), "{retry:?}");
+    let connected = client.next(WAIT).await.expect("connected frame");
+    assert_eq!(
+        connected.event.as_deref(),
+        Some("connected"),
+        "{connected:?}"
+    );
+    assert!(connected.id.is_none());
+}
+
+#[tokio::test]
+async fn an_event_committed_through_one_instance_reaches_a_subscriber_on_the_other() {
+    let db = TestDb::migrated().await;
+    let exchange = unique_exchange();
+    let a = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    let b = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    let (t, key) = tenant_with_key(&a.repo, "acme").await;
+    // Both instances must be consuming before the event is produced.
+    common::wait_ready(&a.base).await;
+    common::wait_ready(&b.base).await;
+    let mut on_b = SseClient::connect(&b.base, &key, "?topics=episode.*", None).await;
+    assert_eq!(on_b.status, 200);
+    expect_connected(&mut on_b).await;
+    let mut on_a = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut on_a).await;
+
+    record(&a.repo, t, "episode.created", 1).await;
+    for client in [&mut on_b, &mut on_a] {
+        let frame = client.next_event(WAIT).await.expect("event arrives");
+        assert_eq!(frame.event.as_deref(), Some("episode.created"));
+        assert_eq!(n_of(&frame), 1);
+        assert!(frame.id.unwrap() > 0);
+    }
+}
+
+#[tokio::test]
+async fn without_rabbitmq_a_single_instance_streams() {
+    let db = TestDb::migrated().await;
+    let a = Instance::start(instance_config(&db, None)).await;
+    let (t, key) = tenant_with_key(&a.repo, "solo").await;
+    let mut client = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    for n in 1..=3 {
+        record(&a.repo, t, "system.state", n).await;
+    }
+    let got: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(n_of(&client.next_event(WAIT).await.expect("event")));
+        }
+        v
+    };
+    assert_eq!(got, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn replay_after_reconnecting_to_either_instance_is_gapless_and_duplicate_free() {
+    let db = TestDb::migrated().await;
+    let exchange = unique_exchange();
+    let a = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    let b = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    let (t, key) = tenant_with_key(&a.repo, "replay").await;
+    common::wait_ready(&a.base).await;
+    common::wait_ready(&b.base).await;
+    const TOTAL: i64 = 300;
+
+    let mut first = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut first).await;
+    // Produce continuously from two concurrent writers while the client reads and hops.
+    let producer = {
+        let repo = a.repo.clone();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for w in 0..2 {
+                let repo = repo.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..TOTAL / 2 {
+                        record(&repo, t, "episode.created", w * 1000 + i).await;
+                        if i % 10 == 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    };
+    let mut seen: Vec<(i64, i64)> = Vec::new();
+    while seen.len() < 60 {
+        let f = first.next_event(WAIT).await.expect("event on A");
+        seen.push((f.id.unwrap(), n_of(&f)));
+    }
+    drop(first);
+    // Resume on A, then hop to B, each time from the last id received.
+    for (base, until) in [(&a.base, 140usize), (&b.base, TOTAL as usize)] {
+        let last = seen.last().unwrap().0;
+        let mut client = SseClient::connect(base, &key, "", Some(last)).await;
+        expect_connected(&mut client).await;
+        while seen.len() < until {
+            let f = client.next_event(WAIT).await.expect("event after resume");
+            seen.push((f.id.unwrap(), n_of(&f)));
+        }
+    }
+    producer.await.unwrap();
+    assert_eq!(seen, committed(&db).await);
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_emits_nothing() {
+    let db = TestDb::migrated().await;
+    let a = Instance::start(instance_config(&db, None)).await;
+    let (t, key) = tenant_with_key(&a.repo, "rollback").await;
+    let mut client = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    let mut tx = a.repo.tenant_tx(t).await.unwrap();
+    vsm::events::record(&mut tx, t, "episode.created", &json!({"n": 1}))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    {
+        let mut tx = a.repo.tenant_tx(t).await.unwrap();
+        vsm::events::record(&mut tx, t, "episode.created", &json!({"n": 2}))
+            .await
+            .unwrap();
+        // dropped without commit
+    }
+    record(&a.repo, t, "episode.created", 3).await;
+    let f = client.next_event(WAIT).await.expect("the committed event");
+    assert_eq!(n_of(&f), 3);
+    assert_eq!(committed(&db).await.len(), 1);
+}
+
+#[tokio::test]
+async fn events_left_by_a_dead_relay_are_published_by_the_next_one() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (t, _) = tenant_with_key(&repo, "handover").await;
+    // The dead relay sequenced these (committed ids) but never published them...
+    for n in 1..=3 {
+        record(&repo, t, "episode.created", n).await;
+    }
+    let mut tx = repo.system_tx().await.unwrap();
+    let sequenced = vsm::events::store::sequence(&mut tx, 100).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(sequenced.len(), 3);
+    // ...and these were committed after it died.
+    for n in 4..=5 {
+        record(&repo, t, "episode.created", n).await;
+    }
+    // Another service's queue bound to the exchange sees all of them once a relay runs again.
+    let exchange = unique_exchange();
+    let mut external = common::ExternalConsumer::bind(&exchange, "episode.*").await;
+    let _next = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let wire = external.next(WAIT).await.expect("published event");
+        got.push(wire["payload"]["n"].as_i64().unwrap());
+        assert_eq!(wire["topic"], "episode.created");
+        assert_eq!(wire["tenant_id"], t.to_string());
+    }
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_cut_broker_connection_loses_nothing_and_delivery_resumes_by_itself() {
+    let db = TestDb::migrated().await;
+    let exchange = unique_exchange();
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let via_proxy = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let a = Instance::start(instance_config(&db, Some((&via_proxy, &exchange)))).await;
+    let (t, key) = tenant_with_key(&a.repo, "cut").await;
+    common::wait_ready(&a.base).await;
+    let mut client = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    record(&a.repo, t, "system.state", 1).await;
+    assert_eq!(n_of(&client.next_event(WAIT).await.unwrap()), 1);
+
+    proxy.cut();
+    for n in 2..=10 {
+        record(&a.repo, t, "system.state", n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    for n in 11..=12 {
+        record(&a.repo, t, "system.state", n).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 11 {
+        let f = client
+            .next_event(Duration::from_secs(20))
+            .await
+            .expect("delivery resumes");
+        assert_ne!(f.event.as_deref(), Some("disconnected"), "{f:?}");
+        got.push(n_of(&f));
+    }
+    assert_eq!(got, (2..=12).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_tenant_never_receives_another_tenants_events() {
+    let db = TestDb::migrated().await;
+    let exchange = unique_exchange();
+    let a = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    let (ta, _) = tenant_with_key(&a.repo, "tenant-a").await;
+    let (tb, key_b) = tenant_with_key(&a.repo, "tenant-b").await;
+    common::wait_ready(&a.base).await;
+    let mut all = SseClient::connect(&a.base, &key_b, "", None).await;
+    let mut wildcard = SseClient::connect(&a.base, &key_b, "?topics=episode.*", None).await;
+    expect_connected(&mut all).await;
+    expect_connected(&mut wildcard).await;
+    for n in 1..=5 {
+        record(&a.repo, ta, "episode.created", n).await;
+    }
+    record(&a.repo, tb, "episode.created", 100).await;
+    for client in [&mut all, &mut wildcard] {
+        let f = client.next_event(WAIT).await.unwrap();
+        assert_eq!(n_of(&f), 100, "B saw A's event first: {f:?}");
+    }
+    let mut replay = SseClient::connect(&a.base, &key_b, "", Some(0)).await;
+    expect_connected(&mut replay).await;
+    let f = replay.next_event(WAIT).await.unwrap();
+    assert_eq!(n_of(&f), 100);
+    assert!(
+        replay
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_caps_heartbeats_and_gaps() {
+    let db = TestDb::migrated().await;
+    let mut config = instance_config(&db, None);
+    config.events.heartbeat_secs = 1;
+    config.events.max_connections_per_tenant = 2;
+    let a = Instance::start(config).await;
+    let (t, key) = tenant_with_key(&a.repo, "edges").await;
+
+    // Authentication.
+    let res = reqwest::get(format!("{}/v1/events", a.base)).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let bad_key = SseClient::connect(&a.base, "vsm_nope", "", None).await;
+    assert_eq!(bad_key.status, 401);
+    // Topic syntax and Last-Event-ID.
+    for query in [
+        "?topics=Episode.created",
+        "?topics=*",
+        "?topics=a.b.c",
+        "?last_event_id=abc",
+    ] {
+        let c = SseClient::connect(&a.base, &key, query, None).await;
+        assert_eq!(c.status, 400, "{query}");
+        assert!(
+            c.body_on_error.contains("bad_request"),
+            "{}",
+            c.body_on_error
+        );
+    }
+    // Heartbeats, then the cap.
+    let mut one = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut one).await;
+    let beat = one.next(Duration::from_secs(3)).await.expect("heartbeat");
+    assert_eq!(beat.comment.as_deref(), Some("heartbeat"));
+    let _two = SseClient::connect(&a.base, &key, "", None).await;
+    let three = SseClient::connect(&a.base, &key, "", None).await;
+    assert_eq!(three.status, 429);
+    assert!(three.body_on_error.contains("rate_limited"));
+
+    // History pruned past the client's id: `gap` first, then what is left.
+    record(&a.repo, t, "episode.created", 1).await;
+    assert_eq!(n_of(&one.next_event(WAIT).await.unwrap()), 1);
+    // (Delivery can precede the relay marking the event published; only published events go.)
+    let deadline = std::time::Instant::now() + WAIT;
+    while vsm::events::relay::prune(&a.repo, chrono::Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "event never pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    record(&a.repo, t, "episode.created", 2).await;
+    assert_eq!(n_of(&one.next_event(WAIT).await.unwrap()), 2);
+    drop(one);
+    // The server notices the closed stream at its next write (a heartbeat at the latest).
+    let mut late = loop {
+        let c = SseClient::connect(&a.base, &key, "?last_event_id=0", None).await;
+        if c.status == 200 {
+            break c;
+        }
+        assert_eq!(c.status, 429);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    expect_connected(&mut late).await;
+    let gap = late.next(WAIT).await.unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    assert!(gap.id.is_none());
+    assert_eq!(n_of(&late.next_event(WAIT).await.unwrap()), 2);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_with_overflow() {
+    let db = TestDb::migrated().await;
+    let mut config = instance_config(&db, None);
+    config.events.client_buffer = 16;
+    let a = Instance::start(config).await;
+    let (t, key) = tenant_with_key(&a.repo, "slow").await;
+    let mut slow = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut slow).await;
+    // 64 KiB payloads: a few hundred of them overrun the socket buffers and the client buffer.
+    let blob = "x".repeat(64 * 1024);
+    const SENT: usize = 400;
+    let mut tx = a.repo.tenant_tx(t).await.unwrap();
+    for n in 0..SENT {
+        vsm::events::record(
+            &mut tx,
+            t,
+            "artifact.stored",
+            &json!({"n": n, "blob": blob}),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // Give the relay time to push everything at the client that is not reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = 0;
+    let last = loop {
+        let f = slow
+            .next_event(WAIT)
+            .await
+            .expect("stream ends with a frame");
+        if f.id.is_none() {
+            break f;
+        }
+        received += 1;
+    };
+    assert_eq!(last.event.as_deref(), Some("disconnected"));
+    assert!(last.data.contains("overflow"), "{last:?}");
+    assert!(received < SENT, "received {received} of {SENT}");
+    assert!(slow.next(Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_with_a_final_disconnected_event() {
+    let db = TestDb::migrated().await;
+    let a = Instance::start(instance_config(&db, None)).await;
+    let (_, key) = tenant_with_key(&a.repo, "bye").await;
+    let mut client = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    a.shutdown.trigger();
+    let last = client.next_event(WAIT).await.expect("final frame");
+    assert_eq!(last.event.as_deref(), Some("disconnected"));
+    assert!(last.data.contains("shutdown"), "{last:?}");
+    assert!(client.next(Duration::from_secs(2)).await.is_none());
+}
+
+#[tokio::test]
+async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
+    let db = TestDb::migrated().await;
+    let exchange = unique_exchange();
+    // A separate `vsm serve` process starts first and leads the relay...
+    let port = common::free_port();
+    let mut leader = common::vsm()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", db.url())
+        .env("RABBITMQ_URL", RABBITMQ_URL)
+        .env("VSM_EVENTS__EXCHANGE", &exchange)
+        .env("VSM_EVENTS__RELAY_POLL_MS", "100")
+        .spawn()
+        .unwrap();
+    let leader_base = format!("http://127.0.0.1:{port}");
+    common::wait_ready(&leader_base).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !reqwest::get(format!("{leader_base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("cybernetic_event_relay_leader 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process never led"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = Instance::start(instance_config(&db, Some((RABBITMQ_URL, &exchange)))).await;
+    common::wait_ready(&b.base).await;
+    let (t, key) = tenant_with_key(&b.repo, "failover").await;
+    let mut client = SseClient::connect(&b.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    record(&b.repo, t, "episode.created", 1).await;
+    assert_eq!(n_of(&client.next_event(WAIT).await.unwrap()), 1);
+
+    // ...and dies without a chance to clean up.
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    for n in 2..=4 {
+        record(&b.repo, t, "episode.created", n).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(n_of(
+            &client.next_event(WAIT).await.expect("the survivor relays"),
+        ));
+    }
+    assert_eq!(got, vec![2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_stream_ends_after_its_maximum_duration_and_resumes_where_it_left_off() {
+    let db = TestDb::migrated().await;
+    let mut config = instance_config(&db, None);
+    config.events.max_stream_secs = 1;
+    let a = Instance::start(config).await;
+    let (t, key) = tenant_with_key(&a.repo, "long").await;
+    let mut client = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut client).await;
+    record(&a.repo, t, "episode.created", 1).await;
+    let first = client.next_event(WAIT).await.unwrap();
+    let end = client.next_event(WAIT).await.unwrap();
+    assert_eq!(end.event.as_deref(), Some("disconnected"));
+    assert!(end.data.contains("max_duration"), "{end:?}");
+    record(&a.repo, t, "episode.created", 2).await;
+    let mut again = SseClient::connect(&a.base, &key, "", first.id).await;
+    expect_connected(&mut again).await;
+    assert_eq!(n_of(&again.next_event(WAIT).await.unwrap()), 2);
+}
