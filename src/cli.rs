@@ -301,6 +301,7 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
         hub: Hub::new(1, 1),
         keys: KeyCache::default(),
         limiter: Arc::new(limiter),
+        workers: registry.clone(),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

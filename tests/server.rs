@@ -36,6 +36,7 @@ fn spawn(repo: Repo) -> Spawned {
         hub: Hub::new(10, 10),
         keys: KeyCache::default(),
         limiter: Arc::new(RateLimiter::new(&config.rate_limit, None).unwrap()),
+        workers: vsm::workers::registry(&config),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

@@ -29,6 +29,8 @@ pub struct AppState {
     pub keys: KeyCache,
     /// Per-key request rate limit.
     pub limiter: Arc<RateLimiter>,
+    /// The workers this build knows (policy `enqueue` actions are validated against them).
+    pub workers: crate::jobs::Registry,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -49,6 +51,7 @@ pub async fn launch(
     if let Some(redis) = limiter.probe() {
         probes.push(Box::new(redis));
     }
+    let workers = crate::workers::registry(&config);
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
         config,
@@ -56,6 +59,7 @@ pub async fn launch(
         hub: events.hub,
         keys: KeyCache::default(),
         limiter: Arc::new(limiter),
+        workers,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };
