@@ -11,4 +11,5 @@ pub mod migrate;
 pub mod repo;
 pub mod schemas;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;

@@ -34,6 +34,10 @@ fn spawn(repo: Repo) -> Spawned {
         readiness: readiness.clone(),
         hub: Hub::new(10, 10),
         keys: KeyCache::default(),
+        storage: vsm::storage::Storage::new(
+            std::sync::Arc::new(vsm::storage::adapters::memory::build()),
+            1024,
+        ),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

@@ -3,7 +3,9 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::controllers::{events_controller, health_controller, metrics_controller};
+use super::controllers::{
+    artifacts_controller, events_controller, health_controller, metrics_controller,
+};
 use super::error::ApiError;
 
 /// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
@@ -17,7 +19,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(health_controller::health)
     .service(health_controller::ready)
     .service(metrics_controller::metrics)
-    .service(events_controller::events);
+    .service(events_controller::events)
+    .service(artifacts_controller::list)
+    .service(artifacts_controller::upload)
+    .service(artifacts_controller::download)
+    .service(artifacts_controller::remove);
 }
 
 /// Unknown routes answer in the contract's error format too.

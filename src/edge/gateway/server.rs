@@ -16,6 +16,7 @@ use crate::events::hub::Hub;
 use crate::health::{Probe, Readiness};
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
+use crate::storage::Storage;
 
 /// Shared by every request handler.
 pub struct AppState {
@@ -26,6 +27,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Recently resolved API keys.
     pub keys: KeyCache,
+    /// The artifact storage backend.
+    pub storage: Storage,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -37,17 +40,21 @@ pub async fn launch(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Server, String> {
+    let storage = Storage::from_config(&config.storage)
+        .map_err(|e| format!("cannot open storage ({}): {e}", config.storage.backend.as_str()))?;
     let events = crate::events::start(&config, &repo, &shutdown)
         .await
         .map_err(|e| format!("cannot start the event relay: {e}"))?;
     let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(repo.clone())];
     probes.extend(events.probes);
+    probes.push(Box::new(storage.clone()));
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
         config,
         repo,
         hub: events.hub,
         keys: KeyCache::default(),
+        storage,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

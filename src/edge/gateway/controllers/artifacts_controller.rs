@@ -1,0 +1,391 @@
+//! `/v1/artifacts` (CONTRACT §4, §8): streamed uploads and downloads of a tenant's artifacts.
+//!
+//! The artifact path is the request path after `/v1/artifacts/`, percent-decoded exactly once,
+//! then checked against the path rules ([`crate::storage::validate_path`]); a refused path is a
+//! 400 naming the rule. Another tenant's artifact is simply not found (404).
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, delete, get, put, route, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::edge::gateway::AppState;
+use crate::edge::gateway::auth::Authenticated;
+use crate::edge::gateway::error::ApiError;
+use crate::schemas::storage::artifact::{self as rows, Artifact};
+use crate::storage::artifact::{self, ArtifactError};
+use crate::storage::{ByteStream, Storage, StorageError, object_key, validate_path};
+
+const PREFIX: &str = "/v1/artifacts/";
+/// Body chunks in flight between the connection and the storage task.
+const CHANNEL_CHUNKS: usize = 8;
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+const FALLBACK_TYPE: &str = "application/octet-stream";
+
+/// The artifact path of the request, decoded and validated.
+fn artifact_path(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::BadRequest("invalid artifact path: not UTF-8".into()))?;
+    validate_path(&decoded).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(decoded.into_owned())
+}
+
+/// Everything the API shows of an artifact.
+fn artifact_json(a: &Artifact) -> serde_json::Value {
+    json!({
+        "id": a.id,
+        "path": a.path,
+        "size": a.size,
+        "sha256": a.sha256,
+        "content_type": a.content_type,
+        "storage_backend": a.storage_backend,
+        "metadata": a.metadata,
+        "created_at": a.created_at,
+        "updated_at": a.updated_at,
+    })
+}
+
+impl From<ArtifactError> for ApiError {
+    fn from(e: ArtifactError) -> Self {
+        match e {
+            ArtifactError::Db(e) => e.into(),
+            ArtifactError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// Why an upload failed.
+enum UploadError {
+    Mismatch { expected: String, actual: String },
+    Artifact(ArtifactError),
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Mismatch { expected, actual } => ApiError::BadRequest(format!(
+                "checksum mismatch: x-checksum-sha256 is {expected} but the body's sha256 is \
+                 {actual}; nothing was stored"
+            )),
+            UploadError::Artifact(e) => e.into(),
+        }
+    }
+}
+
+/// What the connection hands the storage task.
+enum Chunk {
+    Data(web::Bytes),
+    /// The body ended where the request said it would.
+    End,
+    Failed(String),
+}
+
+/// The receiving end as a body stream. A channel closed without [`Chunk::End`] means the
+/// request was cancelled half-way: an error, never a (truncated) end of the body.
+fn body_stream(rx: mpsc::Receiver<Chunk>) -> ByteStream<'static> {
+    futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Chunk::Data(b)) => Some((Ok(b), Some(rx))),
+            Some(Chunk::End) => None,
+            Some(Chunk::Failed(e)) => Some((Err(StorageError::Body(e)), None)),
+            None => Some((
+                Err(StorageError::Body("the upload was cancelled".into())),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
+
+fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
+            .map_err(|_| ApiError::BadRequest(format!("{name} is not valid ASCII"))),
+    }
+}
+
+/// `PUT /v1/artifacts/{path}`: the raw body becomes the artifact (201 with its metadata).
+#[put("/v1/artifacts/{path:.*}")]
+pub async fn upload(
+    req: HttpRequest,
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let path = artifact_path(&req)?;
+    let storage = state.storage.clone();
+    let limit = storage.max_object_bytes();
+    if let Some(len) = header_str(&req, "content-length")? {
+        let len: u64 = len
+            .parse()
+            .map_err(|_| ApiError::BadRequest("invalid Content-Length".into()))?;
+        if len > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "artifact larger than the limit of {limit} bytes"
+            )));
+        }
+    }
+    let expected = match header_str(&req, "x-checksum-sha256")? {
+        None => None,
+        Some(v) if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(v.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "x-checksum-sha256 must be 64 hex digits (the body's sha256)".into(),
+            ));
+        }
+    };
+    // application/octet-stream says nothing more than no type at all: sniff then.
+    let declared = header_str(&req, "content-type")?
+        .filter(|t| !t.eq_ignore_ascii_case(FALLBACK_TYPE))
+        .map(|t| {
+            if t.len() <= 255 {
+                Ok(t.to_owned())
+            } else {
+                Err(ApiError::BadRequest("Content-Type is too long".into()))
+            }
+        })
+        .transpose()?;
+
+    // The storage work runs in its own task: a client that goes away cancels this handler,
+    // but never a publish half-way (the staged object, row and event stay together).
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let repo = state.repo.clone();
+    let tenant = auth.tenant_id;
+    let task = tokio::spawn(async move {
+        let staged = storage
+            .stage(body_stream(rx))
+            .await
+            .map_err(|e| UploadError::Artifact(e.into()))?;
+        if let Some(expected) = expected
+            && expected != staged.sha256
+        {
+            storage.discard(&staged).await;
+            return Err(UploadError::Mismatch {
+                expected,
+                actual: staged.sha256.clone(),
+            });
+        }
+        let content_type = declared
+            .or_else(|| staged.sniffed.map(str::to_owned))
+            .unwrap_or_else(|| FALLBACK_TYPE.to_owned());
+        artifact::publish(&repo, &storage, tenant, &path, &staged, &content_type)
+            .await
+            .map_err(UploadError::Artifact)
+    });
+
+    let mut ended = true;
+    while let Some(chunk) = payload.next().await {
+        let message = match chunk {
+            Ok(bytes) => Chunk::Data(bytes),
+            Err(e) => Chunk::Failed(e.to_string()),
+        };
+        let failed = matches!(message, Chunk::Failed(_));
+        // A closed channel: the task stopped reading (too large); its result says why.
+        if tx.send(message).await.is_err() || failed {
+            ended = false;
+            break;
+        }
+    }
+    if ended {
+        let _ = tx.send(Chunk::End).await;
+    }
+    drop(tx);
+    let (row, _replaced) = task
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("upload task failed: {e}")))??;
+    Ok(HttpResponse::Created().json(artifact_json(&row)))
+}
+
+/// A `Range: bytes=…` header resolved against an object of `size` bytes: `Ok(None)` serves
+/// the whole object (no header, or several ranges, which we answer in full as RFC 9110
+/// allows), `Err` is 416.
+fn byte_range(req: &HttpRequest, size: u64) -> Result<Option<std::ops::Range<u64>>, ApiError> {
+    let Some(value) = req.headers().get(header::RANGE) else {
+        return Ok(None);
+    };
+    let unsatisfiable = || ApiError::RangeNotSatisfiable { size };
+    let spec = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .ok_or_else(unsatisfiable)?;
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (start, end) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        // bytes=-N: the last N bytes.
+        let n: u64 = end.parse().map_err(|_| unsatisfiable())?;
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable());
+        }
+        size.saturating_sub(n)..size
+    } else {
+        let start: u64 = start.parse().map_err(|_| unsatisfiable())?;
+        let end: u64 = if end.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            end.parse::<u64>().map_err(|_| unsatisfiable())?
+        };
+        if start >= size || end < start {
+            return Err(unsatisfiable());
+        }
+        start..end.min(size - 1) + 1
+    };
+    Ok(Some(range))
+}
+
+/// `GET`/`HEAD /v1/artifacts/{path}`: the bytes (or the `Range` asked for) with `ETag`
+/// (the sha256), `Content-Length`, `Last-Modified` and `Content-Type`.
+#[route("/v1/artifacts/{path:.*}", method = "GET", method = "HEAD")]
+pub async fn download(
+    req: HttpRequest,
+    auth: Authenticated,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let path = artifact_path(&req)?;
+    let row = artifact::find(&state.repo, auth.tenant_id, &path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no artifact at this path".into()))?;
+    let size = u64::try_from(row.size).unwrap_or_default();
+    let etag = format!("\"{}\"", row.sha256);
+    let mut res = HttpResponse::build(StatusCode::OK);
+    res.insert_header((header::ETAG, etag.clone()))
+        .insert_header((
+            header::LAST_MODIFIED,
+            httpdate::fmt_http_date(row.updated_at.into()),
+        ))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&row.content_type)
+                .unwrap_or(HeaderValue::from_static(FALLBACK_TYPE)),
+        ));
+    let not_modified = header_str(&req, "if-none-match")?
+        .is_some_and(|v| v == "*" || v.split(',').any(|t| t.trim() == etag));
+    if not_modified {
+        return Ok(res.status(StatusCode::NOT_MODIFIED).finish());
+    }
+    let range = byte_range(&req, size)?;
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    if let Some(r) = &range {
+        res.status(StatusCode::PARTIAL_CONTENT).insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", r.start, r.end - 1),
+        ));
+    }
+    if req.method() == Method::HEAD {
+        return Ok(res.body(SizedStream::new(
+            length,
+            futures_util::stream::empty::<Result<web::Bytes, StorageError>>(),
+        )));
+    }
+    if length == 0 {
+        return Ok(res.body(web::Bytes::new()));
+    }
+    let body = open(&state.storage, auth.tenant_id, &row, range).await?;
+    Ok(res.body(SizedStream::new(length, body)))
+}
+
+async fn open(
+    storage: &Storage,
+    tenant: Uuid,
+    row: &Artifact,
+    range: Option<std::ops::Range<u64>>,
+) -> Result<ByteStream<'static>, ApiError> {
+    match storage.get_stream(&object_key(tenant, &row.path), range).await {
+        Ok(body) => Ok(body.stream),
+        Err(StorageError::NotFound(_)) => Err(ApiError::Internal(anyhow::anyhow!(
+            "artifact {} has a row but no object",
+            row.id
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `DELETE /v1/artifacts/{path}`: removes row and object (204).
+#[delete("/v1/artifacts/{path:.*}")]
+pub async fn remove(
+    req: HttpRequest,
+    auth: Authenticated,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let path = artifact_path(&req)?;
+    let (repo, storage, tenant) = (state.repo.clone(), state.storage.clone(), auth.tenant_id);
+    // Like a publish, a delete is finished even when the client goes away.
+    let removed = tokio::spawn(async move { artifact::remove(&repo, &storage, tenant, &path).await })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("delete task failed: {e}")))??;
+    match removed {
+        Some(_) => Ok(HttpResponse::NoContent().finish()),
+        None => Err(ApiError::NotFound("no artifact at this path".into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Only paths starting with this (plain string prefix, not a glob).
+    pub prefix: Option<String>,
+    /// Page size, 1 to 500; default 50.
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/artifacts?prefix=&limit=&cursor=`: the tenant's artifacts in path order.
+#[get("/v1/artifacts")]
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into()))?,
+    };
+    let prefix = query.prefix.clone().unwrap_or_default();
+    if prefix.len() > crate::storage::MAX_PATH_BYTES || prefix.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "prefix must be at most 1024 bytes without control characters".into(),
+        ));
+    }
+    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            hex::decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
+        ),
+    };
+    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    let mut rows = rows::list(&mut tx, &prefix, after.as_deref(), limit + 1).await?;
+    tx.commit().await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| hex::encode(r.path.as_bytes()))
+    } else {
+        None
+    };
+    let items: Vec<_> = rows.iter().map(artifact_json).collect();
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next_cursor})))
+}
