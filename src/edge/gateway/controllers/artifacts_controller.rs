@@ -127,15 +127,14 @@ pub async fn upload(
     let path = artifact_path(&req)?;
     let storage = state.storage.clone();
     let limit = storage.max_object_bytes();
-    if let Some(len) = header_str(&req, "content-length")? {
-        let len: u64 = len
-            .parse()
-            .map_err(|_| ApiError::BadRequest("invalid Content-Length".into()))?;
-        if len > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "artifact larger than the limit of {limit} bytes"
-            )));
-        }
+    let declared_length = header_str(&req, "content-length")?
+        .map(|len| len.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("invalid Content-Length".into()))?;
+    if declared_length.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "artifact larger than the limit of {limit} bytes"
+        )));
     }
     let expected = match header_str(&req, "x-checksum-sha256")? {
         None => None,
@@ -188,9 +187,13 @@ pub async fn upload(
     });
 
     let mut ended = true;
+    let mut received: u64 = 0;
     while let Some(chunk) = payload.next().await {
         let message = match chunk {
-            Ok(bytes) => Chunk::Data(bytes),
+            Ok(bytes) => {
+                received += bytes.len() as u64;
+                Chunk::Data(bytes)
+            }
             Err(e) => Chunk::Failed(e.to_string()),
         };
         let failed = matches!(message, Chunk::Failed(_));
@@ -201,7 +204,15 @@ pub async fn upload(
         }
     }
     if ended {
-        let _ = tx.send(Chunk::End).await;
+        // actix ends the body quietly when the client closes its side half-way, so a body
+        // shorter than its Content-Length is how a disconnect shows.
+        let last = match declared_length {
+            Some(n) if n != received => Chunk::Failed(format!(
+                "the body ended after {received} of the {n} bytes of its Content-Length"
+            )),
+            _ => Chunk::End,
+        };
+        let _ = tx.send(last).await;
     }
     drop(tx);
     let (row, _replaced) = task
