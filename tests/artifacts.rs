@@ -171,7 +171,10 @@ async fn upload_and_download_round_trip_with_headers_and_events() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-length"], body.len().to_string().as_str());
+    assert_eq!(
+        res.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
     assert_eq!(res.headers()["etag"], h["etag"]);
     assert!(res.bytes().await.unwrap().is_empty());
 
@@ -286,7 +289,13 @@ async fn list_pages_by_prefix_with_a_cursor() {
     let app = App::start().await;
     let (_, key) = app.tenant("lists").await;
     for p in [
-        "reports/e", "reports/a", "reports/c", "reports/b", "reports/d", "other/x", "reportsx",
+        "reports/e",
+        "reports/a",
+        "reports/c",
+        "reports/b",
+        "reports/d",
+        "other/x",
+        "reportsx",
     ] {
         assert_eq!(app.put(&key, p, b"x").await.status(), 201);
     }
@@ -308,7 +317,13 @@ async fn list_pages_by_prefix_with_a_cursor() {
     assert_eq!(pages, 3);
     assert_eq!(
         seen,
-        ["reports/a", "reports/b", "reports/c", "reports/d", "reports/e"]
+        [
+            "reports/a",
+            "reports/b",
+            "reports/c",
+            "reports/d",
+            "reports/e"
+        ]
     );
     // Default limit and no prefix: everything.
     let (_, all) = app.list(&key, "").await;
@@ -355,7 +370,10 @@ async fn tenant_b_cannot_read_list_or_delete_tenant_a_artifacts() {
     let app = App::start().await;
     let (a, key_a) = app.tenant("tenant-a").await;
     let (b, key_b) = app.tenant("tenant-b").await;
-    assert_eq!(app.put(&key_a, "secret.txt", b"A's secret").await.status(), 201);
+    assert_eq!(
+        app.put(&key_a, "secret.txt", b"A's secret").await.status(),
+        201
+    );
 
     assert_eq!(app.get(&key_b, "secret.txt").await.status(), 404);
     let head = app
@@ -378,7 +396,10 @@ async fn tenant_b_cannot_read_list_or_delete_tenant_a_artifacts() {
     assert_eq!(del.status(), 404);
 
     // B's artifact of the same name is B's own object; A's is untouched.
-    assert_eq!(app.put(&key_b, "secret.txt", b"B's own").await.status(), 201);
+    assert_eq!(
+        app.put(&key_b, "secret.txt", b"B's own").await.status(),
+        201
+    );
     assert_eq!(
         app.get(&key_a, "secret.txt").await.bytes().await.unwrap(),
         &b"A's secret"[..]
@@ -421,9 +442,8 @@ async fn path_attacks_are_refused_and_nothing_is_written_outside_the_tenant_pref
     ];
     for (path, rule) in &attacks {
         for method in ["PUT", "GET", "DELETE"] {
-            let head = format!(
-                "{method} /v1/artifacts/{path} HTTP/1.1\r\nAuthorization: Bearer {key}"
-            );
+            let head =
+                format!("{method} /v1/artifacts/{path} HTTP/1.1\r\nAuthorization: Bearer {key}");
             let (status, response) = raw_request(&app.instance.base, &head, b"pwned").await;
             assert_eq!(status, 400, "{method} {path}: {response}");
             assert!(response.contains("bad_request"), "{response}");
@@ -452,7 +472,10 @@ async fn a_checksum_mismatch_stores_nothing() {
     assert_eq!(res.status(), 400);
     let err: Value = res.json().await.unwrap();
     assert!(
-        err["error"]["message"].as_str().unwrap().contains("checksum mismatch"),
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
         "{err}"
     );
     let bad = app
@@ -493,7 +516,9 @@ async fn uploads_over_the_limit_get_413_and_store_nothing() {
         .http
         .put(app.url("big"))
         .bearer_auth(&key)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     // The server may answer and close before the client has sent everything.
@@ -559,7 +584,10 @@ async fn ready_checks_storage_and_metrics_count_operations() {
     let app = App::start().await;
     let (_, key) = app.tenant("observed").await;
     assert_eq!(app.put(&key, "m.txt", b"measure me").await.status(), 201);
-    assert_eq!(app.get(&key, "m.txt").await.bytes().await.unwrap().len(), 10);
+    assert_eq!(
+        app.get(&key, "m.txt").await.bytes().await.unwrap().len(),
+        10
+    );
     let ready: Value = reqwest::get(format!("{}/ready", app.instance.base))
         .await
         .unwrap()

@@ -44,7 +44,10 @@ async fn s3() -> Fixture {
 
 /// `n` bytes of a repeating, position-dependent pattern, as a stream of `chunk`-byte pieces.
 fn pattern_stream(n: usize, chunk: usize) -> ByteStream<'static> {
-    let piece: Bytes = (0..chunk).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+    let piece: Bytes = (0..chunk)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
     let pieces = n.div_ceil(chunk);
     futures_util::stream::iter((0..pieces).map(move |i| {
         let len = chunk.min(n - i * chunk);
@@ -96,10 +99,7 @@ mod suite {
         a.store("t/x", Bytes::from_static(b"second")).await.unwrap();
         assert_eq!(a.retrieve("t/x").await.unwrap(), "second");
         assert_eq!(a.head("t/x").await.unwrap().size, 6);
-        let n = a
-            .put_stream("t/x", pattern_stream(10, 3))
-            .await
-            .unwrap();
+        let n = a.put_stream("t/x", pattern_stream(10, 3)).await.unwrap();
         assert_eq!(n, 10);
         assert_eq!(a.head("t/x").await.unwrap().size, 10);
     }
@@ -126,9 +126,8 @@ mod suite {
             after = page.last().map(|o| o.key.clone());
             seen.extend(page.into_iter().map(|o| (o.key, o.size)));
         }
-        let expected: Vec<(String, u64)> = (0..7)
-            .map(|i| (format!("p/a/{i}.txt"), i as u64))
-            .collect();
+        let expected: Vec<(String, u64)> =
+            (0..7).map(|i| (format!("p/a/{i}.txt"), i as u64)).collect();
         assert_eq!(seen, expected);
         let b: Vec<String> = a
             .list("p/b", None, 10)
@@ -220,7 +219,10 @@ mod suite {
             h.update(&chunk);
         }
         assert_eq!(got, SIZE);
-        assert_eq!(hex::encode(h.finalize()), pattern_sha(SIZE, 1024 * 1024 + 7));
+        assert_eq!(
+            hex::encode(h.finalize()),
+            pattern_sha(SIZE, 1024 * 1024 + 7)
+        );
         let tail = a
             .get_stream("big/object", Some(SIZE as u64 - 10..SIZE as u64))
             .await
@@ -233,9 +235,10 @@ mod suite {
     /// upload had switched to multipart.
     pub async fn failed_stream_leaves_nothing(a: &dyn Adapter) {
         for (key, before_failure) in [("f/small", 1000usize), ("f/multipart", 12 << 20)] {
-            let body = pattern_stream(before_failure, 1 << 20).chain(futures_util::stream::once(
-                async { Err(StorageError::Body("client went away".into())) },
-            ));
+            let body =
+                pattern_stream(before_failure, 1 << 20).chain(futures_util::stream::once(async {
+                    Err(StorageError::Body("client went away".into()))
+                }));
             let err = a.put_stream(key, body.boxed()).await.unwrap_err();
             assert!(matches!(err, StorageError::Body(_)), "{err}");
             assert!(!a.exists(key).await.unwrap(), "{key}");

@@ -72,7 +72,9 @@ pub fn validate_path(path: &str) -> Result<(), PathError> {
         return Err(PathError("path is longer than 1024 bytes"));
     }
     if path.starts_with('/') {
-        return Err(PathError("path must not start with '/' (absolute paths are refused)"));
+        return Err(PathError(
+            "path must not start with '/' (absolute paths are refused)",
+        ));
     }
     if path.contains('\0') {
         return Err(PathError("path must not contain NUL"));

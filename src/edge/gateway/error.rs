@@ -84,9 +84,9 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::NotFound(_) => ApiError::NotFound("not found".into()),
-            StorageError::TooLarge { limit } => {
-                ApiError::PayloadTooLarge(format!("artifact larger than the limit of {limit} bytes"))
-            }
+            StorageError::TooLarge { limit } => ApiError::PayloadTooLarge(format!(
+                "artifact larger than the limit of {limit} bytes"
+            )),
             StorageError::Body(reason) => {
                 ApiError::BadRequest(format!("request body failed: {reason}"))
             }

@@ -40,8 +40,12 @@ pub async fn launch(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Server, String> {
-    let storage = Storage::from_config(&config.storage)
-        .map_err(|e| format!("cannot open storage ({}): {e}", config.storage.backend.as_str()))?;
+    let storage = Storage::from_config(&config.storage).map_err(|e| {
+        format!(
+            "cannot open storage ({}): {e}",
+            config.storage.backend.as_str()
+        )
+    })?;
     let events = crate::events::start(&config, &repo, &shutdown)
         .await
         .map_err(|e| format!("cannot start the event relay: {e}"))?;

@@ -87,11 +87,13 @@ pub async fn upsert(conn: &mut Conn, new: &NewArtifact) -> Result<Artifact, DbEr
 
 /// Deletes the artifact at `path`, returning it (`None` if there was none).
 pub async fn delete(conn: &mut Conn, path: &str) -> Result<Option<Artifact>, DbError> {
-    Ok(diesel::delete(artifacts::table.filter(artifacts::path.eq(path)))
-        .returning(Artifact::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?)
+    Ok(
+        diesel::delete(artifacts::table.filter(artifacts::path.eq(path)))
+            .returning(Artifact::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?,
+    )
 }
 
 /// Up to `limit` artifacts whose path starts with `prefix`, in path order, after the path

@@ -39,7 +39,7 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn Adapter>, StorageError> {
     let adapter = match cfg.backend {
         StorageBackend::Local => local::build(&cfg.root)?,
         StorageBackend::S3 => s3::build(&cfg.s3)?,
-        StorageBackend::Memory => memory::build(),
+        StorageBackend::Memory => memory::shared(),
     };
     Ok(Arc::new(adapter))
 }
@@ -183,7 +183,10 @@ impl ObjectStoreAdapter {
             // object_store reads files 8 KiB per blocking task; larger reads are much cheaper.
             GetResultPayload::File(file, _) => file_stream(file, range.clone(), backend),
             GetResultPayload::Stream(s) => s
-                .map_err(move |e| StorageError::Backend { backend: backend.as_str(), source: e })
+                .map_err(move |e| StorageError::Backend {
+                    backend: backend.as_str(),
+                    source: e,
+                })
                 .boxed(),
         };
         let label = self.label();
@@ -210,7 +213,9 @@ impl ObjectStoreAdapter {
     ) -> Result<Vec<ObjectInfo>, StorageError> {
         let prefix = self.path(prefix)?;
         let listing = match after {
-            Some(after) => self.store.list_with_offset(Some(&prefix), &self.path(after)?),
+            Some(after) => self
+                .store
+                .list_with_offset(Some(&prefix), &self.path(after)?),
             None => self.store.list(Some(&prefix)),
         };
         let mut items: Vec<ObjectInfo> = match self.backend {
@@ -275,7 +280,10 @@ fn file_stream(
             .await
             .map_err(|e| io(std::io::Error::other(e)))?;
             let (file, buf) = read.map_err(io)?;
-            Ok(Some((Bytes::from(buf), (Some(file), pos + want as u64, end))))
+            Ok(Some((
+                Bytes::from(buf),
+                (Some(file), pos + want as u64, end),
+            )))
         },
     )
     .boxed()

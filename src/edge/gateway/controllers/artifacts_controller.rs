@@ -319,7 +319,10 @@ async fn open(
     row: &Artifact,
     range: Option<std::ops::Range<u64>>,
 ) -> Result<ByteStream<'static>, ApiError> {
-    match storage.get_stream(&object_key(tenant, &row.path), range).await {
+    match storage
+        .get_stream(&object_key(tenant, &row.path), range)
+        .await
+    {
         Ok(body) => Ok(body.stream),
         Err(StorageError::NotFound(_)) => Err(ApiError::Internal(anyhow::anyhow!(
             "artifact {} has a row but no object",
@@ -339,9 +342,10 @@ pub async fn remove(
     let path = artifact_path(&req)?;
     let (repo, storage, tenant) = (state.repo.clone(), state.storage.clone(), auth.tenant_id);
     // Like a publish, a delete is finished even when the client goes away.
-    let removed = tokio::spawn(async move { artifact::remove(&repo, &storage, tenant, &path).await })
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("delete task failed: {e}")))??;
+    let removed =
+        tokio::spawn(async move { artifact::remove(&repo, &storage, tenant, &path).await })
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("delete task failed: {e}")))??;
     match removed {
         Some(_) => Ok(HttpResponse::NoContent().finish()),
         None => Err(ApiError::NotFound("no artifact at this path".into())),
