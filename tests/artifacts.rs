@@ -673,3 +673,22 @@ async fn the_s3_backend_serves_the_same_api() {
     assert_eq!(res.status(), 204);
     assert_eq!(app.get(&key, "big/on-s3.bin").await.status(), 404);
 }
+
+#[tokio::test]
+async fn on_the_local_backend_a_path_cannot_be_both_artifact_and_folder() {
+    let app = App::start().await;
+    let (t, key) = app.tenant("folders").await;
+    assert_eq!(app.put(&key, "a", b"file").await.status(), 201);
+    let res = app.put(&key, "a/b", b"under a file").await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(app.put(&key, "c/d", b"in a folder").await.status(), 201);
+    assert_eq!(app.put(&key, "c", b"over a folder").await.status(), 409);
+    let mut rows: Vec<String> = app.rows().await.into_iter().map(|(_, p)| p).collect();
+    rows.sort();
+    assert_eq!(rows, ["a", "c/d"]);
+    wait_for("staged uploads are removed", || {
+        app.files() == [format!("tenants/{t}/a"), format!("tenants/{t}/c/d")]
+    })
+    .await;
+    assert_eq!(app.topics().await.len(), 2);
+}

@@ -348,3 +348,55 @@ fn path_rules_refuse_each_attack_with_its_own_message() {
         validate_path(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
     }
 }
+
+/// Property: every path the rules accept becomes an object inside its tenant's prefix, with
+/// exactly its own segments — whatever mix of dots, slashes, percent signs and odd characters
+/// it is made of. Random paths from a hostile alphabet; each accepted one is stored on the local
+/// backend and must land under `<root>/tenants/<tenant>/`.
+#[tokio::test]
+async fn accepted_paths_never_leave_the_tenant_prefix() {
+    use rand::{Rng, SeedableRng};
+    use vsm::storage::{object_key, tenant_prefix, validate_path};
+    const ALPHABET: &[&str] = &[
+        "a", "b", ".", "..", "/", "%", "%2e", "%2f", "#", "1", "\\", " ", "~", "\0", "\n", "é",
+        "\u{202e}", ":", "*", "?",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = adapters::local::build(dir.path()).unwrap();
+    let tenant = uuid::Uuid::now_v7();
+    let tenant_dir = dir.path().join(tenant_prefix(tenant));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..3000 {
+        let len = rng.random_range(1..12);
+        let path: String = (0..len)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
+            .collect();
+        if validate_path(&path).is_err() {
+            refused += 1;
+            continue;
+        }
+        accepted += 1;
+        let key = object_key(tenant, &path);
+        let parsed = object_store::path::Path::parse(&key)
+            .unwrap_or_else(|e| panic!("{path:?} accepted but not a key: {e}"));
+        let segments: Vec<String> = parsed.parts().map(|p| p.as_ref().to_owned()).collect();
+        let mut expected = vec!["tenants".to_owned(), tenant.to_string()];
+        expected.extend(path.split('/').map(str::to_owned));
+        assert_eq!(segments, expected, "{path:?}");
+        match adapter.store(&key, Bytes::from_static(b"x")).await {
+            Ok(_) => {}
+            // An earlier random path is a file where this one needs a folder (or the reverse).
+            Err(StorageError::Conflict(_)) => {}
+            Err(e) => panic!("{path:?}: {e}"),
+        }
+    }
+    assert!(accepted > 300 && refused > 300, "{accepted} / {refused}");
+    // Everything written is under the tenant's directory.
+    for file in common::files_under(dir.path()) {
+        assert!(
+            dir.path().join(&file).starts_with(&tenant_dir),
+            "{file} is outside the tenant prefix"
+        );
+    }
+}

@@ -43,6 +43,10 @@ pub enum StorageError {
     /// The request body failed (the client went away, or sent a malformed body).
     #[error("request body failed: {0}")]
     Body(String),
+    /// The key clashes with another object's: on the local backend a path cannot be both an
+    /// artifact and a directory of artifacts (`a` and `a/b`).
+    #[error("{0}")]
+    Conflict(String),
     /// A key the backend refuses (paths are validated before they become keys, so this is a bug).
     #[error("invalid object key: {0}")]
     InvalidKey(String),

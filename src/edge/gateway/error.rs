@@ -87,6 +87,7 @@ impl From<StorageError> for ApiError {
             StorageError::TooLarge { limit } => ApiError::PayloadTooLarge(format!(
                 "artifact larger than the limit of {limit} bytes"
             )),
+            StorageError::Conflict(what) => ApiError::Conflict(what),
             StorageError::Body(reason) => {
                 ApiError::BadRequest(format!("request body failed: {reason}"))
             }

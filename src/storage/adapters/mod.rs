@@ -66,6 +66,11 @@ impl ObjectStoreAdapter {
     fn error(&self, e: object_store::Error) -> StorageError {
         match e {
             object_store::Error::NotFound { path, .. } => StorageError::NotFound(path),
+            e if file_dir_clash(&e) => StorageError::Conflict(
+                "the path clashes with another artifact's: on this backend a path cannot be \
+                 both an artifact and a folder of artifacts (a and a/b)"
+                    .to_owned(),
+            ),
             source => StorageError::Backend {
                 backend: self.label(),
                 source,
@@ -79,6 +84,7 @@ impl ObjectStoreAdapter {
             Ok(_) => "ok",
             Err(StorageError::NotFound(_)) => "not_found",
             Err(StorageError::TooLarge { .. } | StorageError::Body(_)) => "aborted",
+            Err(StorageError::Conflict(_)) => "conflict",
             Err(_) => "error",
         };
         METRICS
@@ -237,6 +243,24 @@ impl ObjectStoreAdapter {
         items.truncate(limit);
         Ok(items)
     }
+}
+
+/// A filesystem refusing a file where a directory is (or the reverse).
+fn file_dir_clash(e: &object_store::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty
+            )
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn info(meta: &ObjectMeta) -> ObjectInfo {
