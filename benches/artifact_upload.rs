@@ -3,7 +3,7 @@
 //! sent to the 201 read (staging, sha256, row + event + publish, commit).
 //!
 //!     cargo bench --bench artifact_upload                 # local; s3 too if an endpoint is set
-//!     VSM_TEST_S3_ENDPOINT=http://127.0.0.1:5055 cargo bench --bench artifact_upload
+//!     TEST_S3_ENDPOINT=http://127.0.0.1:5055 cargo bench --bench artifact_upload
 //!     cargo bench --bench artifact_upload -- 1000         # uploads per backend (default 300)
 //!
 //! Needs PostgreSQL at 127.0.0.1:5432 (`TEST_DATABASE_URL` to change). The s3 run uses any
@@ -49,6 +49,7 @@ async fn run(backend: &str, env: &[(&str, String)], uploads: usize) {
         .arg("migrate")
         .env("DATABASE_URL", &url)
         .env("VSM_LOG", "warn")
+        .stdout(Stdio::null())
         .status()
         .expect("vsm migrate");
     assert!(ok.success());
@@ -156,8 +157,7 @@ async fn main() {
         uploads,
     )
     .await;
-    match std::env::var("VSM_BENCH_S3_ENDPOINT").or_else(|_| std::env::var("VSM_TEST_S3_ENDPOINT"))
-    {
+    match std::env::var("BENCH_S3_ENDPOINT").or_else(|_| std::env::var("TEST_S3_ENDPOINT")) {
         Ok(endpoint) => {
             let bucket = format!("vsm-bench-{}", Uuid::now_v7().simple());
             let res = reqwest::Client::new()
@@ -176,6 +176,6 @@ async fn main() {
             ];
             run("s3", &env, uploads).await;
         }
-        Err(_) => println!("  s3     skipped: set VSM_TEST_S3_ENDPOINT (or VSM_BENCH_S3_ENDPOINT)"),
+        Err(_) => println!("  s3     skipped: set TEST_S3_ENDPOINT (or BENCH_S3_ENDPOINT)"),
     }
 }

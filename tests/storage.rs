@@ -1,6 +1,6 @@
 //! The storage adapter suite (CONTRACT §8): one set of tests, run against every backend —
 //! `local` (a temporary directory), `memory`, and `s3` against a real S3-compatible server
-//! (`VSM_TEST_S3_ENDPOINT`; `.ci/run` starts moto). Plus the path rules.
+//! (`TEST_S3_ENDPOINT`; `.ci/run` starts moto). Plus the path rules.
 
 mod common;
 

@@ -502,14 +502,14 @@ impl ExternalConsumer {
 // ---------------------------------------------------------------------------------------------
 // Storage: the S3-compatible test server, and raw HTTP for requests a URL library would tidy up.
 
-/// The S3-compatible server the `s3` tests use: `VSM_TEST_S3_ENDPOINT` (`.ci/run` starts
+/// The S3-compatible server the `s3` tests use: `TEST_S3_ENDPOINT` (`.ci/run` starts
 /// `moto_server` and sets it). Unset is a failure, not a skip: a green run must have tested S3.
 pub fn s3_endpoint() -> String {
-    std::env::var("VSM_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+    std::env::var("TEST_S3_ENDPOINT").unwrap_or_else(|_| {
         panic!(
-            "VSM_TEST_S3_ENDPOINT is not set: start an S3-compatible server, e.g. \
+            "TEST_S3_ENDPOINT is not set: start an S3-compatible server, e.g. \
              `moto_server -H 127.0.0.1 -p 5055 &` (pip install 'moto[server]'), and \
-             export VSM_TEST_S3_ENDPOINT=http://127.0.0.1:5055 (.ci/run does both)"
+             export TEST_S3_ENDPOINT=http://127.0.0.1:5055 (.ci/run does both)"
         )
     })
 }

@@ -19,7 +19,7 @@ use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::ApiError;
 use crate::schemas::storage::artifact::{self as rows, Artifact};
 use crate::storage::artifact::{self, ArtifactError};
-use crate::storage::{ByteStream, Storage, StorageError, object_key, validate_path};
+use crate::storage::{ByteStream, StorageError, object_key, validate_path};
 
 const PREFIX: &str = "/v1/artifacts/";
 /// Body chunks in flight between the connection and the storage task.
@@ -270,7 +270,26 @@ pub async fn download(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let path = artifact_path(&req)?;
-    let row = artifact::find(&state.repo, auth.tenant_id, &path)
+    // The row is read first, then the object. An upload replacing the artifact in between
+    // shows as an object of another size: read the row again (a few times at most).
+    for _ in 0..3 {
+        if let Some(res) = respond(&req, &state, auth.tenant_id, &path).await? {
+            return Ok(res);
+        }
+    }
+    Err(ApiError::Unavailable(
+        "the artifact is being replaced; try again".into(),
+    ))
+}
+
+/// One attempt at a download; `None` when the object changed under the row.
+async fn respond(
+    req: &HttpRequest,
+    state: &AppState,
+    tenant: Uuid,
+    path: &str,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let row = artifact::find(&state.repo, tenant, path)
         .await?
         .ok_or_else(|| ApiError::NotFound("no artifact at this path".into()))?;
     let size = u64::try_from(row.size).unwrap_or_default();
@@ -287,12 +306,12 @@ pub async fn download(
             HeaderValue::from_str(&row.content_type)
                 .unwrap_or(HeaderValue::from_static(FALLBACK_TYPE)),
         ));
-    let not_modified = header_str(&req, "if-none-match")?
+    let not_modified = header_str(req, "if-none-match")?
         .is_some_and(|v| v == "*" || v.split(',').any(|t| t.trim() == etag));
     if not_modified {
-        return Ok(res.status(StatusCode::NOT_MODIFIED).finish());
+        return Ok(Some(res.status(StatusCode::NOT_MODIFIED).finish()));
     }
-    let range = byte_range(&req, size)?;
+    let range = byte_range(req, size)?;
     let length = range.as_ref().map_or(size, |r| r.end - r.start);
     if let Some(r) = &range {
         res.status(StatusCode::PARTIAL_CONTENT).insert_header((
@@ -301,35 +320,33 @@ pub async fn download(
         ));
     }
     if req.method() == Method::HEAD {
-        return Ok(res.body(SizedStream::new(
+        return Ok(Some(res.body(SizedStream::new(
             length,
             futures_util::stream::empty::<Result<web::Bytes, StorageError>>(),
-        )));
+        ))));
     }
     if length == 0 {
-        return Ok(res.body(web::Bytes::new()));
+        return Ok(Some(res.body(web::Bytes::new())));
     }
-    let body = open(&state.storage, auth.tenant_id, &row, range).await?;
-    Ok(res.body(SizedStream::new(length, body)))
-}
-
-async fn open(
-    storage: &Storage,
-    tenant: Uuid,
-    row: &Artifact,
-    range: Option<std::ops::Range<u64>>,
-) -> Result<ByteStream<'static>, ApiError> {
-    match storage
+    let body = match state
+        .storage
         .get_stream(&object_key(tenant, &row.path), range)
         .await
     {
-        Ok(body) => Ok(body.stream),
-        Err(StorageError::NotFound(_)) => Err(ApiError::Internal(anyhow::anyhow!(
-            "artifact {} has a row but no object",
-            row.id
-        ))),
-        Err(e) => Err(e.into()),
+        Ok(body) => body,
+        Err(StorageError::NotFound(_)) => {
+            // Deleted since the row was read (or, were it to persist, a broken invariant).
+            return match artifact::find(&state.repo, tenant, path).await? {
+                None => Err(ApiError::NotFound("no artifact at this path".into())),
+                Some(_) => Ok(None),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if body.info.size != size {
+        return Ok(None);
     }
+    Ok(Some(res.body(SizedStream::new(length, body.stream))))
 }
 
 /// `DELETE /v1/artifacts/{path}`: removes row and object (204).
