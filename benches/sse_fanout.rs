@@ -96,13 +96,16 @@ async fn client(
     while let Some(line) = lines.next_line().await? {
         if line == "event: connected" {
             let _ = connected.send(micros() - began);
-        } else if let Some(data) = line.strip_prefix("data: {\"t\":") {
-            if let Some(t) = data
-                .split(&[',', '}'][..])
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                let _ = latencies.send(micros().saturating_sub(t));
+        } else if line.starts_with("data: ") {
+            // The payload's keys are sorted: `{"bench":true,"t":123}`.
+            if let Some(at) = line.find("\"t\":") {
+                let digits = &line[at + 4..];
+                let end = digits
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(digits.len());
+                if let Ok(t) = digits[..end].parse::<u64>() {
+                    let _ = latencies.send(micros().saturating_sub(t));
+                }
             }
         } else if line.starts_with("event: disconnected") {
             break;
@@ -183,8 +186,9 @@ async fn run(clients: usize, rabbitmq: Option<&str>) {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
         });
-        if i % 250 == 249 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Ramp up at ~10,000 connections/s.
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     drop((conn_tx, lat_tx));

@@ -37,6 +37,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Artifact storage backend (CONTRACT §8).
     pub storage: StorageConfig,
+    /// Per-API-key request rate limit.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[database]`
@@ -267,6 +269,25 @@ impl Default for S3Config {
             path_style: false,
             access_key_id: None,
             secret_access_key: None,
+        }
+    }
+}
+
+/// `[rate_limit]`: a token bucket per API key, shared through Redis when `REDIS_URL` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per key. Default 50. 0 disables the limit.
+    pub requests_per_second: f64,
+    /// Requests a key may make at once before the rate applies. Default 100.
+    pub burst: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50.0,
+            burst: 100.0,
         }
     }
 }

@@ -21,6 +21,11 @@ pub trait Probe: Send + Sync {
     fn name(&self) -> &'static str;
     /// `Ok` when the dependency answered; `Err` with a short, secret-free reason otherwise.
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether the instance is unready without it. A non-critical dependency that fails shows
+    /// as `unavailable` in the report and the overall status becomes `degraded`, still 200.
+    fn critical(&self) -> bool {
+        true
+    }
 }
 
 impl Probe for Repo {
@@ -56,26 +61,33 @@ impl Readiness {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
             };
-            (p.name(), outcome, started.elapsed())
+            (p.name(), p.critical(), outcome, started.elapsed())
         }))
         .await;
         let mut ready = !self.shutdown.is_triggered();
+        let mut degraded = false;
         let mut checks = Map::new();
-        for (name, outcome, latency) in results {
+        for (name, critical, outcome, latency) in results {
             let latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
             let check = match outcome {
                 Ok(()) => json!({"status": "ok", "latency_ms": latency_ms}),
                 Err(error) => {
-                    ready = false;
+                    if critical {
+                        ready = false;
+                    } else {
+                        degraded = true;
+                    }
                     json!({"status": "unavailable", "latency_ms": latency_ms, "error": error})
                 }
             };
             checks.insert(name.to_owned(), check);
         }
-        let mut body = json!({
-            "status": if ready { "ok" } else { "unavailable" },
-            "checks": checks,
-        });
+        let status = match (ready, degraded) {
+            (false, _) => "unavailable",
+            (true, true) => "degraded",
+            (true, false) => "ok",
+        };
+        let mut body = json!({"status": status, "checks": checks});
         if self.shutdown.is_triggered() {
             body["reason"] = json!("shutting down");
         }

@@ -48,6 +48,8 @@ pub struct Metrics {
     /// `cybernetic_storage_bytes_total{backend,direction="in|out"}`: bytes written to and
     /// read from the backend.
     pub storage_bytes: IntCounterVec,
+    /// `cybernetic_rate_limiter_errors_total`: limiter calls that failed open (Redis trouble).
+    pub rate_limiter_errors: prometheus::IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -154,6 +156,11 @@ impl Metrics {
             &["backend", "direction"],
         )
         .expect("valid metric");
+        let rate_limiter_errors = prometheus::IntCounter::new(
+            "cybernetic_rate_limiter_errors_total",
+            "Rate-limit checks that failed open because Redis could not be reached",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_build_info",
@@ -182,6 +189,7 @@ impl Metrics {
             Box::new(storage_operations.clone()),
             Box::new(storage_duration.clone()),
             Box::new(storage_bytes.clone()),
+            Box::new(rate_limiter_errors.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -205,6 +213,7 @@ impl Metrics {
             storage_operations,
             storage_duration,
             storage_bytes,
+            rate_limiter_errors,
         }
     }
 

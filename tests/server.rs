@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::TestDb;
 use vsm::config::{Config, DatabaseConfig, ServiceUrl};
 use vsm::edge::gateway::auth::KeyCache;
+use vsm::edge::gateway::rate_limit::RateLimiter;
 use vsm::edge::gateway::{AppState, Server};
 use vsm::events::hub::Hub;
 use vsm::health::Readiness;
@@ -38,6 +39,7 @@ fn spawn(repo: Repo) -> Spawned {
             std::sync::Arc::new(vsm::storage::adapters::memory::build()),
             1024,
         ),
+        limiter: Arc::new(RateLimiter::new(&config.rate_limit, None).unwrap()),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

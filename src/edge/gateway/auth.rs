@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::observe::TenantTag;
+use super::rate_limit::Decision;
 use crate::schemas::storage::api_key;
 
 /// How long a key lookup is trusted; the upper bound on revocation taking effect.
@@ -39,6 +40,12 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
+    /// Forgets a key at once on this instance (other instances within the TTL).
+    pub fn forget(&self, api_key_id: Uuid) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (lookup, _)| lookup.is_none_or(|(id, _)| id != api_key_id));
+    }
+
     fn get(&self, hash: &[u8; 32]) -> Option<Lookup> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
@@ -53,6 +60,36 @@ impl KeyCache {
             entries.clear();
         }
         entries.insert(hash, (lookup, Instant::now()));
+    }
+}
+
+/// A request carrying the admin token (`VSM_ADMIN_TOKEN`), compared in constant time.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        use subtle::ConstantTimeEq;
+        let result = (|| {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no AppState")))?;
+            let expected = state.config.server.admin_token.as_ref().ok_or_else(|| {
+                ApiError::Forbidden("admin API disabled: VSM_ADMIN_TOKEN is not set".into())
+            })?;
+            let token = bearer(req).ok_or_else(|| {
+                ApiError::Unauthorized("missing Authorization: Bearer <admin token>".into())
+            })?;
+            if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) {
+                Ok(Admin)
+            } else {
+                Err(ApiError::Unauthorized("invalid admin token".into()))
+            }
+        })();
+        std::future::ready(result)
     }
 }
 
@@ -91,6 +128,12 @@ impl FromRequest for Authenticated {
             let (api_key_id, tenant_id) =
                 lookup.ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
             req.extensions_mut().insert(TenantTag(tenant_id));
+            if let Decision::Deny { retry_after_secs } = state.limiter.check(api_key_id).await {
+                return Err(ApiError::RateLimited {
+                    message: "rate limit exceeded for this API key".into(),
+                    retry_after_secs,
+                });
+            }
             Ok(Authenticated {
                 tenant_id,
                 api_key_id,

@@ -9,6 +9,21 @@ use serde_json::json;
 use crate::repo::DbError;
 use crate::storage::StorageError;
 
+/// The error format of every failed request: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
+    /// unsupported_media_type, validation_failed, rate_limited, unavailable or internal.
+    pub code: String,
+    /// What went wrong; for validation_failed it starts with the offending field or JSON path.
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]

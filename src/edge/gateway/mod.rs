@@ -5,6 +5,9 @@ pub mod auth;
 pub mod controllers;
 pub mod error;
 pub mod observe;
+pub mod openapi;
+pub mod pagination;
+pub mod rate_limit;
 pub mod router;
 pub mod server;
 

@@ -4,9 +4,11 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::controllers::{
-    artifacts_controller, events_controller, health_controller, metrics_controller,
+    api_keys_controller, artifacts_controller, events_controller, health_controller,
+    metrics_controller, systems_controller, tenants_controller,
 };
 use super::error::ApiError;
+use super::openapi;
 
 /// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
 pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
@@ -15,10 +17,21 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
             .limit(json_limit)
             .error_handler(json_error),
     )
+    .app_data(web::QueryConfig::default().error_handler(|err, _req| {
+        ApiError::BadRequest(format!("invalid query string: {err}")).into()
+    }))
     .service(health_controller::live)
     .service(health_controller::health)
     .service(health_controller::ready)
     .service(metrics_controller::metrics)
+    .service(openapi::openapi_json)
+    .service(tenants_controller::create)
+    .service(api_keys_controller::create)
+    .service(api_keys_controller::revoke)
+    .service(systems_controller::list)
+    .service(systems_controller::show)
+    .service(systems_controller::update)
+    .service(systems_controller::history)
     .service(events_controller::events)
     .service(artifacts_controller::list)
     .service(artifacts_controller::upload)

@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use super::auth::KeyCache;
+use super::rate_limit::RateLimiter;
 use super::{observe, router};
 use crate::config::Config;
 use crate::events::hub::Hub;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub keys: KeyCache,
     /// The artifact storage backend.
     pub storage: Storage,
+    /// Per-key request rate limit.
+    pub limiter: Arc<RateLimiter>,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -49,9 +52,13 @@ pub async fn launch(
     let events = crate::events::start(&config, &repo, &shutdown)
         .await
         .map_err(|e| format!("cannot start the event relay: {e}"))?;
+    let limiter = RateLimiter::new(&config.rate_limit, config.redis.url.as_ref())?;
     let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(repo.clone())];
     probes.extend(events.probes);
     probes.push(Box::new(storage.clone()));
+    if let Some(redis) = limiter.probe() {
+        probes.push(Box::new(redis));
+    }
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
         config,
@@ -59,6 +66,7 @@ pub async fn launch(
         hub: events.hub,
         keys: KeyCache::default(),
         storage,
+        limiter: Arc::new(limiter),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };
@@ -90,6 +98,8 @@ impl Server {
         })
         .disable_signals()
         .shutdown_timeout(server_cfg.shutdown_grace_secs)
+        // Room for a burst of (re)connecting SSE clients; the kernel caps it at somaxconn.
+        .backlog(4096)
         .listen(listener)?;
         if server_cfg.workers > 0 {
             http = http.workers(server_cfg.workers);

@@ -81,3 +81,32 @@ pub async fn append(
         .get_result(conn)
         .await?)
 }
+
+/// The latest state of every system that was ever set.
+pub async fn latest_all(conn: &mut Conn) -> Result<Vec<SystemState>, DbError> {
+    Ok(system_states::table
+        .distinct_on(system_states::system)
+        .order((system_states::system, system_states::version.desc()))
+        .select(SystemState::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// States of `system` older than version `before` (all when `None`), newest first.
+pub async fn history(
+    conn: &mut Conn,
+    system: i16,
+    before: Option<i32>,
+    limit: i64,
+) -> Result<Vec<SystemState>, DbError> {
+    let mut query = system_states::table
+        .filter(system_states::system.eq(system))
+        .order(system_states::version.desc())
+        .select(SystemState::as_select())
+        .limit(limit)
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(system_states::version.lt(before));
+    }
+    Ok(query.load(conn).await?)
+}

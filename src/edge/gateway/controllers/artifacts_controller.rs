@@ -8,15 +8,17 @@ use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, delete, get, put, route, web};
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
-use crate::edge::gateway::error::ApiError;
+use crate::edge::gateway::error::{ApiError, ErrorBody};
+use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::schemas::storage::artifact::{self as rows, Artifact};
 use crate::storage::artifact::{self, ArtifactError};
 use crate::storage::{ByteStream, StorageError, object_key, validate_path};
@@ -24,8 +26,6 @@ use crate::storage::{ByteStream, StorageError, object_key, validate_path};
 const PREFIX: &str = "/v1/artifacts/";
 /// Body chunks in flight between the connection and the storage task.
 const CHANNEL_CHUNKS: usize = 8;
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
 const FALLBACK_TYPE: &str = "application/octet-stream";
 
 /// The artifact path of the request, decoded and validated.
@@ -38,19 +38,41 @@ fn artifact_path(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(decoded.into_owned())
 }
 
-/// Everything the API shows of an artifact.
-fn artifact_json(a: &Artifact) -> serde_json::Value {
-    json!({
-        "id": a.id,
-        "path": a.path,
-        "size": a.size,
-        "sha256": a.sha256,
-        "content_type": a.content_type,
-        "storage_backend": a.storage_backend,
-        "metadata": a.metadata,
-        "created_at": a.created_at,
-        "updated_at": a.updated_at,
-    })
+/// An artifact's metadata, as every artifact route shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactView {
+    pub id: Uuid,
+    /// The path under `/v1/artifacts/`.
+    pub path: String,
+    /// Bytes.
+    pub size: i64,
+    /// Lowercase hex sha256 of the bytes (also the `ETag`).
+    pub sha256: String,
+    pub content_type: String,
+    /// `local`, `s3` or `memory`.
+    pub storage_backend: String,
+    /// Processing results of the `artifact_processor`.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    /// Also the `Last-Modified`.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Artifact> for ArtifactView {
+    fn from(a: Artifact) -> Self {
+        ArtifactView {
+            id: a.id,
+            path: a.path,
+            size: a.size,
+            sha256: a.sha256,
+            content_type: a.content_type,
+            storage_backend: a.storage_backend,
+            metadata: a.metadata,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
 }
 
 impl From<ArtifactError> for ApiError {
@@ -116,7 +138,23 @@ fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, A
     }
 }
 
-/// `PUT /v1/artifacts/{path}`: the raw body becomes the artifact (201 with its metadata).
+/// Stores the raw request body (streamed) as the artifact at `path`, replacing any artifact
+/// there. `x-checksum-sha256` (hex) is verified before the artifact becomes visible.
+#[utoipa::path(
+    put, path = "/v1/artifacts/{path}", tag = "artifacts", security(("api_key" = [])),
+    params(
+        ("path" = String, Path, description = "Artifact path, may contain '/'"),
+        ("x-checksum-sha256" = Option<String>, Header, description = "Expected sha256 of the body, hex"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bytes, any Content-Type (kept, or sniffed when absent)"),
+    responses(
+        (status = 201, body = ArtifactView),
+        (status = 400, body = ErrorBody, description = "path rule broken, checksum mismatch or body failed"),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)
+    )
+)]
 #[put("/v1/artifacts/{path:.*}")]
 pub async fn upload(
     req: HttpRequest,
@@ -218,7 +256,7 @@ pub async fn upload(
     let (row, _replaced) = task
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("upload task failed: {e}")))??;
-    Ok(HttpResponse::Created().json(artifact_json(&row)))
+    Ok(HttpResponse::Created().json(ArtifactView::from(row)))
 }
 
 /// A `Range: bytes=…` header resolved against an object of `size` bytes: `Ok(None)` serves
@@ -261,8 +299,23 @@ fn byte_range(req: &HttpRequest, size: u64) -> Result<Option<std::ops::Range<u64
     Ok(Some(range))
 }
 
-/// `GET`/`HEAD /v1/artifacts/{path}`: the bytes (or the `Range` asked for) with `ETag`
-/// (the sha256), `Content-Length`, `Last-Modified` and `Content-Type`.
+/// The artifact's bytes (or the `Range` asked for) with `ETag` (its sha256), `Content-Length`,
+/// `Last-Modified` and `Content-Type`; `HEAD` gives the headers only.
+#[utoipa::path(
+    get, path = "/v1/artifacts/{path}", tag = "artifacts", security(("api_key" = [])),
+    params(
+        ("path" = String, Path, description = "Artifact path, may contain '/'"),
+        ("range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
+        ("if-none-match" = Option<String>, Header, description = "ETag seen before"),
+    ),
+    responses(
+        (status = 200, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 206, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 304), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody),
+        (status = 429, body = ErrorBody)
+    )
+)]
 #[route("/v1/artifacts/{path:.*}", method = "GET", method = "HEAD")]
 pub async fn download(
     req: HttpRequest,
@@ -349,7 +402,15 @@ async fn respond(
     Ok(Some(res.body(SizedStream::new(length, body.stream))))
 }
 
-/// `DELETE /v1/artifacts/{path}`: removes row and object (204).
+/// Deletes the artifact: its row and its object.
+#[utoipa::path(
+    delete, path = "/v1/artifacts/{path}", tag = "artifacts", security(("api_key" = [])),
+    params(("path" = String, Path, description = "Artifact path, may contain '/'")),
+    responses(
+        (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+    )
+)]
 #[delete("/v1/artifacts/{path:.*}")]
 pub async fn remove(
     req: HttpRequest,
@@ -369,55 +430,50 @@ pub async fn remove(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only paths starting with this (plain string prefix, not a glob).
+    /// Only paths starting with this (a plain string prefix, not a glob).
     pub prefix: Option<String>,
-    /// Page size, 1 to 500; default 50.
-    pub limit: Option<String>,
+    /// Items per page, 1 to 500 (default 50).
+    pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
-/// `GET /v1/artifacts?prefix=&limit=&cursor=`: the tenant's artifacts in path order.
+/// The tenant's artifacts in path order.
+#[utoipa::path(
+    get, path = "/v1/artifacts", tag = "artifacts", security(("api_key" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, body = List<ArtifactView>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)
+    )
+)]
 #[get("/v1/artifacts")]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into()))?,
-    };
-    let prefix = query.prefix.clone().unwrap_or_default();
+    let query = query.into_inner();
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
+    let prefix = query.prefix.unwrap_or_default();
     if prefix.len() > crate::storage::MAX_PATH_BYTES || prefix.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
             "prefix must be at most 1024 bytes without control characters".into(),
         ));
     }
-    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(c) => Some(
-            hex::decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
-        ),
-    };
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let mut rows = rows::list(&mut tx, &prefix, after.as_deref(), limit + 1).await?;
+    let rows = rows::list(&mut tx, &prefix, page.after.as_deref(), page.limit + 1).await?;
     tx.commit().await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| hex::encode(r.path.as_bytes()))
-    } else {
-        None
-    };
-    let items: Vec<_> = rows.iter().map(artifact_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next_cursor})))
+    let list = List::from_rows(rows, &page, |r| r.path.clone());
+    Ok(HttpResponse::Ok().json(List {
+        items: list.items.into_iter().map(ArtifactView::from).collect(),
+        next_cursor: list.next_cursor,
+    }))
 }

@@ -10,7 +10,8 @@ use crate::edge::gateway::error::ApiError;
 use crate::events::stream::{self, OpenError};
 use crate::events::topic::Filters;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Comma-separated topics (`episode.created`) or domains (`policy.*`); none = all.
     pub topics: Option<String>,
@@ -18,6 +19,20 @@ pub struct EventsQuery {
     pub last_event_id: Option<String>,
 }
 
+/// The tenant's events as Server-Sent Events (`text/event-stream`).
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events", security(("api_key" = [])),
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id")
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", description = "the event stream"),
+        (status = 400, body = crate::edge::gateway::error::ErrorBody),
+        (status = 401, body = crate::edge::gateway::error::ErrorBody),
+        (status = 429, body = crate::edge::gateway::error::ErrorBody, description = "too many streams")
+    )
+)]
 #[get("/v1/events")]
 pub async fn events(
     req: HttpRequest,

@@ -6,12 +6,15 @@ use serde_json::json;
 use crate::edge::gateway::AppState;
 
 /// 200 while the process runs.
+#[utoipa::path(get, path = "/live", tag = "health", responses((status = 200, description = "alive")))]
 #[get("/live")]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 /// 200 with version and uptime; never calls a dependency.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "`{\"status\":\"ok\",\"version\",\"uptime_seconds\"}`")))]
 #[get("/health")]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
@@ -23,6 +26,9 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 
 /// 200 when every configured dependency answers within a second; 503 otherwise or while
 /// shutting down.
+#[utoipa::path(get, path = "/ready", tag = "health", responses(
+    (status = 200, description = "ready (`ok`, or `degraded` when a non-critical dependency is down)"),
+    (status = 503, description = "a critical dependency does not answer, or shutting down")))]
 #[get("/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let (ready, body) = state.readiness.report().await;

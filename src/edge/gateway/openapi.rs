@@ -1,0 +1,52 @@
+//! `GET /openapi.json`: the OpenAPI 3 description of every route, generated from the handlers'
+//! annotations so it cannot drift from the code.
+
+use actix_web::{HttpResponse, get};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::controllers::{
+    api_keys_controller, artifacts_controller, events_controller, health_controller,
+    systems_controller, tenants_controller,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vsm", description = "Viable System Model platform API"),
+    paths(
+        health_controller::live,
+        health_controller::health,
+        health_controller::ready,
+        tenants_controller::create,
+        api_keys_controller::create,
+        api_keys_controller::revoke,
+        systems_controller::list,
+        systems_controller::show,
+        systems_controller::update,
+        systems_controller::history,
+        events_controller::events,
+        artifacts_controller::upload,
+        artifacts_controller::download,
+        artifacts_controller::remove,
+        artifacts_controller::list,
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer =
+            || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        components.add_security_scheme("api_key", bearer());
+        components.add_security_scheme("admin_token", bearer());
+    }
+}
+
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
