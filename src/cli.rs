@@ -6,17 +6,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::edge::gateway::launch;
+use crate::edge::gateway::auth::KeyCache;
+use crate::edge::gateway::ops::OpsServer;
+use crate::edge::gateway::rate_limit::RateLimiter;
+use crate::edge::gateway::{AppState, launch};
+use crate::events::hub::Hub;
+use crate::health::Readiness;
+use crate::jobs::{Engine, EngineOptions, Registry};
 use crate::migrate::{self, Action};
 use crate::repo::{DbError, Repo};
 use crate::schemas::storage::tenant;
 use crate::shutdown::Shutdown;
+use crate::storage::Storage;
 use crate::telemetry;
+use crate::workers;
 
 #[derive(Debug, Parser)]
 #[command(name = "vsm", version, about = "Viable System Model platform")]
@@ -32,9 +41,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the edge gateway (HTTP API, health, metrics).
     Serve(ServeArgs),
+    /// Run job workers, with /metrics, /health, /live and /ready on --metrics-listen.
+    Work(WorkArgs),
     /// Create the database if missing and apply pending migrations.
     Migrate(MigrateArgs),
-    /// Migrate, then serve in one process.
+    /// Migrate, then serve and run job workers in one process.
     All(ServeArgs),
     /// Manage tenants.
     #[command(subcommand)]
@@ -47,6 +58,38 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 }
+
+#[derive(Debug, clap::Args)]
+pub struct WorkArgs {
+    /// Queue to run, optionally with its concurrency on this node (repeatable). Default: every
+    /// queue of `[jobs.queues]`; a queue without a limit takes the configured one, else 10.
+    #[arg(long = "queue", value_name = "NAME[=LIMIT]", value_parser = parse_queue)]
+    pub queues: Vec<(String, Option<usize>)>,
+    /// Address of the /metrics, /health, /live, /ready listener (overrides jobs.metrics_listen).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn parse_queue(s: &str) -> Result<(String, Option<usize>), String> {
+    let (name, limit) = match s.split_once('=') {
+        Some((name, limit)) => {
+            let limit: usize = limit
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("queue limit in {s:?} must be a positive integer"))?;
+            (name, Some(limit))
+        }
+        None => (s, None),
+    };
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("queue name in {s:?} must be 1 to 128 characters"));
+    }
+    Ok((name.to_owned(), limit))
+}
+
+/// Concurrency of a queue named without a limit and absent from the configuration.
+const DEFAULT_QUEUE_LIMIT: usize = 10;
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
@@ -112,6 +155,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
     {
         config.server.listen = listen;
     }
+    if let Command::Work(args) = &cli.command
+        && let Some(addr) = args.metrics_listen
+    {
+        config.jobs.metrics_listen = addr;
+    }
     telemetry::init(&config.log).map_err(Failure::usage)?;
     tracing::debug!(?config, "configuration loaded");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -120,10 +168,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) => serve(config).await,
+            Command::Serve(_) => serve(config, false).await,
+            Command::Work(args) => work(config, args.queues).await,
             Command::All(_) => {
                 migrate_up(&config).await?;
-                serve(config).await
+                serve(config, true).await
             }
             Command::Migrate(args) => migrate_cmd(&config, args).await,
             Command::Tenant(TenantCommand::Create { slug, name }) => {
@@ -186,8 +235,10 @@ async fn create_tenant(config: &Config, slug: &str, name: Option<&str>) -> Resul
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<(), Failure> {
+/// `vsm serve`, or with `workers` the gateway and the job engine of `vsm all` in one process.
+async fn serve(config: Config, workers: bool) -> Result<(), Failure> {
     let config = Arc::new(config);
+    let registry = workers.then(|| worker_registry(&config)).transpose()?;
     let repo = Repo::connect(&config.database)
         .await
         .map_err(Failure::runtime)?;
@@ -198,14 +249,114 @@ async fn serve(config: Config) -> Result<(), Failure> {
     shutdown
         .trigger_on_signals()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
-    let server = launch(config.clone(), repo, listener, shutdown)
+    let server = launch(config.clone(), repo.clone(), listener, shutdown.clone())
         .await
         .map_err(Failure::runtime)?;
     tracing::info!(listen = %listen, port = server.port(), "serving");
-    server
-        .run()
-        .await
-        .map_err(|e| Failure::runtime(format!("HTTP server failed: {e}")))?;
+    let engine = async {
+        match registry {
+            Some(registry) => {
+                run_engine(repo, config.clone(), registry, None, shutdown.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (served, worked) = tokio::join!(server.run(), engine);
+    served.map_err(|e| Failure::runtime(format!("HTTP server failed: {e}")))?;
+    worked?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `vsm work`: the job engine plus its operations listener.
+async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<(), Failure> {
+    let config = Arc::new(config);
+    let registry = worker_registry(&config)?;
+    let queues = (!queues.is_empty()).then(|| {
+        queues
+            .into_iter()
+            .map(|(name, limit)| {
+                let limit = limit
+                    .or_else(|| config.jobs.queues.get(&name).copied())
+                    .unwrap_or(DEFAULT_QUEUE_LIMIT);
+                (name, limit)
+            })
+            .collect::<Vec<_>>()
+    });
+    let repo = Repo::connect(&config.database)
+        .await
+        .map_err(Failure::runtime)?;
+    let listen = config.jobs.metrics_listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .trigger_on_signals()
+        .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
+    // The listener serves only health and metrics; the API's pieces stay idle. Storage is
+    // real: the artifact processor reads objects, so readiness checks the backend too.
+    let limiter = RateLimiter::new(&config.rate_limit, None).map_err(Failure::usage)?;
+    let storage = Storage::from_config(&config.storage).map_err(|e| {
+        Failure::runtime(format!(
+            "cannot open storage ({}): {e}",
+            config.storage.backend.as_str()
+        ))
+    })?;
+    let state = AppState {
+        readiness: Readiness::new(
+            vec![Box::new(repo.clone()), Box::new(storage.clone())],
+            shutdown.clone(),
+        ),
+        config: config.clone(),
+        repo: repo.clone(),
+        hub: Hub::new(1, 1),
+        keys: KeyCache::default(),
+        limiter: Arc::new(limiter),
+        storage,
+        shutdown: shutdown.clone(),
+        started: Instant::now(),
+    };
+    let ops = OpsServer::build(listener, state, shutdown.clone())
+        .map_err(|e| Failure::runtime(format!("cannot start the metrics listener: {e}")))?;
+    tracing::info!(listen = %listen, port = ops.port(), "metrics listener up");
+    let (worked, served) = tokio::join!(
+        run_engine(repo, config.clone(), registry, queues, shutdown.clone()),
+        ops.run()
+    );
+    worked?;
+    served.map_err(|e| Failure::runtime(format!("metrics listener failed: {e}")))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The workers, refusing a configuration whose cron entries name a worker that does not exist.
+fn worker_registry(config: &Config) -> Result<Registry, Failure> {
+    let registry = workers::registry(config);
+    for (i, entry) in config.jobs.cron.iter().enumerate() {
+        if registry.get(&entry.worker).is_none() {
+            return Err(Failure::usage(format!(
+                "invalid configuration: key `jobs.cron[{i}].worker`: no worker named {:?} (known: {})",
+                entry.worker,
+                registry.names().join(", ")
+            )));
+        }
+    }
+    Ok(registry)
+}
+
+/// Runs the engine until shutdown; if it cannot start, shuts the process down with it.
+async fn run_engine(
+    repo: Repo,
+    config: Arc<Config>,
+    registry: Registry,
+    queues: Option<Vec<(String, usize)>>,
+    shutdown: Shutdown,
+) -> Result<(), Failure> {
+    let opts = EngineOptions::from_config(&config, queues);
+    let engine = Engine::new(repo, config, registry, opts);
+    let result = engine.run(shutdown.clone()).await;
+    if result.is_err() {
+        shutdown.trigger();
+    }
+    result.map_err(|e| Failure::runtime(format!("job engine could not start: {e}")))
 }

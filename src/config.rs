@@ -7,6 +7,7 @@
 //! Secrets ([`Secret`], and the password inside a [`ServiceUrl`]) never print: their `Debug`
 //! and `Display` are redacted, so logging a whole `Config` is safe.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub struct Config {
     pub rabbitmq: RabbitMqConfig,
     /// Telegram bot.
     pub telegram: TelegramConfig,
+    /// Job engine (`vsm work`, `vsm all`).
+    pub jobs: JobsConfig,
+    /// Episode analysis.
+    pub analysis: AnalysisConfig,
     /// Event relay, fan-out and the SSE stream.
     pub events: EventsConfig,
     /// Artifact storage backend (CONTRACT §8).
@@ -302,6 +307,164 @@ pub struct TelegramConfig {
     pub webhook_secret: Option<Secret>,
 }
 
+/// `[jobs]`: the job engine of `vsm work` and `vsm all` (CONTRACT §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Queues this node runs, with the most jobs it executes at once per queue. `vsm work
+    /// --queue NAME[=LIMIT]` replaces the set. Default `default=10, critical=20, analysis=5,
+    /// notifications=5`.
+    pub queues: BTreeMap<String, usize>,
+    /// Address of `vsm work`'s `/metrics`, `/health`, `/live`, `/ready` listener. Default
+    /// `0.0.0.0:4001` (`--metrics-listen`).
+    pub metrics_listen: SocketAddr,
+    /// Milliseconds between polls of a queue when no NOTIFY arrives (the fallback wake-up;
+    /// also how often scheduled and retryable jobs are staged). Default 1000.
+    pub poll_interval_ms: u64,
+    /// Seconds between this node's heartbeats. Default 5.
+    pub heartbeat_interval_secs: u64,
+    /// A node whose heartbeat is older than this many seconds is dead: its executing jobs are
+    /// handed to other nodes. 1 to 60, greater than `heartbeat_interval_secs`. Default 30.
+    pub rescue_after_secs: u64,
+    /// Completed, cancelled and discarded jobs are deleted this many days after they ended.
+    /// Default 7.
+    pub prune_after_days: u64,
+    /// Seconds between pruner runs. Default 60.
+    pub prune_interval_secs: u64,
+    /// Periodic jobs. Default: `health_check` at the top of every hour.
+    pub cron: Vec<CronEntry>,
+    /// Registers the test-only workers (`test_probe`, `test_noop`) used by the end-to-end tests
+    /// and the benchmark. Never set it in production. Default false.
+    pub test_workers: bool,
+    /// Directory where `test_probe` appends one line per execution. Default unset.
+    pub test_probe_dir: Option<PathBuf>,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            queues: [
+                ("default", 10),
+                ("critical", 20),
+                ("analysis", 5),
+                ("notifications", 5),
+            ]
+            .into_iter()
+            .map(|(q, n)| (q.to_owned(), n))
+            .collect(),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 4001)),
+            poll_interval_ms: 1000,
+            heartbeat_interval_secs: 5,
+            rescue_after_secs: 30,
+            prune_after_days: 7,
+            prune_interval_secs: 60,
+            cron: vec![CronEntry {
+                name: "health_check".to_owned(),
+                expression: "0 * * * *".to_owned(),
+                worker: "health_check".to_owned(),
+                args: serde_json::json!({}),
+            }],
+            test_workers: false,
+            test_probe_dir: None,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// Checks what serde cannot: ranges and cron expressions.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, why: &str| Err(ConfigError::Invalid(format!("key `jobs.{key}`: {why}")));
+        for (queue, limit) in &self.queues {
+            if queue.is_empty() || queue.len() > 128 {
+                return invalid("queues", "queue names are 1 to 128 characters");
+            }
+            if *limit == 0 {
+                return invalid(&format!("queues.{queue}"), "the limit must be at least 1");
+            }
+        }
+        if self.poll_interval_ms == 0 {
+            return invalid("poll_interval_ms", "must be at least 1");
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return invalid("heartbeat_interval_secs", "must be at least 1");
+        }
+        if !(1..=60).contains(&self.rescue_after_secs)
+            || self.rescue_after_secs <= self.heartbeat_interval_secs
+        {
+            return invalid(
+                "rescue_after_secs",
+                "must be 1 to 60 and greater than heartbeat_interval_secs",
+            );
+        }
+        if self.prune_interval_secs == 0 {
+            return invalid("prune_interval_secs", "must be at least 1");
+        }
+        for (i, entry) in self.cron.iter().enumerate() {
+            if let Err(e) = crate::jobs::cron::parse(&entry.expression) {
+                return invalid(&format!("cron[{i}].expression"), &e);
+            }
+            if !entry.args.is_object() {
+                return invalid(&format!("cron[{i}].args"), "must be a table (JSON object)");
+            }
+            if entry.name.is_empty() || entry.worker.is_empty() {
+                return invalid(&format!("cron[{i}]"), "name and worker must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// One `[[jobs.cron]]` entry: at every slot of `expression` exactly one job of `worker` is
+/// inserted cluster-wide.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronEntry {
+    /// Unique name of the entry (slots are claimed per name).
+    pub name: String,
+    /// Cron expression: 5 fields (minute granularity) or 6 (leading seconds); `@hourly` etc.
+    pub expression: String,
+    /// Worker to enqueue; its own queue and options apply.
+    pub worker: String,
+    /// Job arguments (a table). Default `{}`.
+    #[serde(default = "empty_object")]
+    pub args: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// `[analysis]`: how the episode analyzer works.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Base URL of an OpenAI-compatible API (`POST {llm_url}/v1/chat/completions`). Unset: the
+    /// built-in deterministic analyzer only. On any LLM failure the built-in one is used.
+    pub llm_url: Option<ServiceUrl>,
+    /// Model name sent to the LLM. Default `gpt-4o-mini`.
+    pub llm_model: String,
+    /// Bearer token for the LLM API. Default unset.
+    pub llm_api_key: Option<Secret>,
+    /// Seconds to wait for the LLM before falling back. Default 20.
+    pub llm_timeout_secs: u64,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        Self {
+            llm_url: None,
+            llm_model: "gpt-4o-mini".to_owned(),
+            llm_api_key: None,
+            llm_timeout_secs: 20,
+        }
+    }
+}
+
 /// Why a configuration could not be loaded. Always names the key or file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -365,6 +528,7 @@ impl Config {
         let config = figment
             .extract::<Config>()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.jobs.validate()?;
         config.validate()?;
         Ok(config)
     }
@@ -823,5 +987,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("VSM_LISTN"), "{err}");
+    }
+
+    #[test]
+    fn jobs_defaults_overrides_and_validation() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults");
+        let queues: Vec<(&str, usize)> = c
+            .jobs
+            .queues
+            .iter()
+            .map(|(q, n)| (q.as_str(), *n))
+            .collect();
+        assert_eq!(
+            queues,
+            [
+                ("analysis", 5),
+                ("critical", 20),
+                ("default", 10),
+                ("notifications", 5)
+            ]
+        );
+        assert_eq!(c.jobs.cron.len(), 1);
+        assert_eq!(c.jobs.cron[0].expression, "0 * * * *");
+        assert!(c.jobs.rescue_after_secs <= 60);
+        assert_eq!(c.jobs.prune_after_days, 7);
+
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[
+                ("VSM_JOBS__QUEUES__ANALYSIS", "8"),
+                ("VSM_JOBS__POLL_INTERVAL_MS", "250"),
+            ]),
+        )
+        .expect("overrides");
+        assert_eq!(c.jobs.queues["analysis"], 8);
+        assert_eq!(c.jobs.poll_interval_ms, 250);
+
+        for (vars, key) in [
+            (
+                vec![("VSM_JOBS__RESCUE_AFTER_SECS", "61")],
+                "jobs.rescue_after_secs",
+            ),
+            (
+                vec![
+                    ("VSM_JOBS__HEARTBEAT_INTERVAL_SECS", "30"),
+                    ("VSM_JOBS__RESCUE_AFTER_SECS", "20"),
+                ],
+                "jobs.rescue_after_secs",
+            ),
+            (
+                vec![("VSM_JOBS__QUEUES__DEFAULT", "0")],
+                "jobs.queues.default",
+            ),
+            (
+                vec![("VSM_JOBS__POLL_INTERVAL_MS", "0")],
+                "jobs.poll_interval_ms",
+            ),
+            (vec![("VSM_JOBS__BOGUS", "1")], "bogus"),
+        ] {
+            let err = Config::load_from(dir.path(), None, env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
+        let dir = dir_with(&[(
+            "default.toml",
+            "[[jobs.cron]]\nname = \"x\"\nexpression = \"every hour\"\nworker = \"health_check\"\n",
+        )]);
+        let err = Config::load_from(dir.path(), None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jobs.cron[0].expression"), "{err}");
     }
 }

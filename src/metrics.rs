@@ -15,6 +15,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Job durations and queue times: from no-op jobs to the 10-minute tail.
+const JOB_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+
 pub struct Metrics {
     pub registry: Registry,
     /// `cybernetic_requests_total{method,path,status}`
@@ -29,6 +34,15 @@ pub struct Metrics {
     pub db_pool_waiting: IntGauge,
     /// `cybernetic_db_query_duration_seconds{result}`
     pub db_query_duration: HistogramVec,
+    /// `cybernetic_jobs_total{queue,worker,state}`: finished attempts by the state they led to
+    /// (completed, retryable, discarded, cancelled, snoozed).
+    pub jobs: IntCounterVec,
+    /// `cybernetic_job_duration_seconds{queue,worker}`: time one attempt ran.
+    pub job_duration: HistogramVec,
+    /// `cybernetic_job_queue_time_seconds{queue,worker}`: from scheduled to claimed.
+    pub job_queue_time: HistogramVec,
+    /// `cybernetic_job_queue_depth{queue,state}`: jobs waiting or running, sampled.
+    pub job_queue_depth: IntGaugeVec,
     /// `cybernetic_sse_connections`: open SSE streams on this instance.
     pub sse_connections: IntGauge,
     /// `cybernetic_events_recorded_total{topic}`: committed events the relay sequenced.
@@ -96,6 +110,40 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["result"],
+        )
+        .expect("valid metric");
+        let jobs = IntCounterVec::new(
+            Opts::new(
+                "cybernetic_jobs_total",
+                "Finished job attempts by the state they led to",
+            ),
+            &["queue", "worker", "state"],
+        )
+        .expect("valid metric");
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cybernetic_job_duration_seconds",
+                "Time one job attempt ran",
+            )
+            .buckets(JOB_BUCKETS.to_vec()),
+            &["queue", "worker"],
+        )
+        .expect("valid metric");
+        let job_queue_time = HistogramVec::new(
+            HistogramOpts::new(
+                "cybernetic_job_queue_time_seconds",
+                "Time from a job's scheduled time to its claim by a node",
+            )
+            .buckets(JOB_BUCKETS.to_vec()),
+            &["queue", "worker"],
+        )
+        .expect("valid metric");
+        let job_queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "cybernetic_job_queue_depth",
+                "Jobs waiting or running, by queue and state (sampled every few seconds)",
+            ),
+            &["queue", "state"],
         )
         .expect("valid metric");
         let sse_connections = IntGauge::new(
@@ -180,6 +228,10 @@ impl Metrics {
             Box::new(db_pool_max.clone()),
             Box::new(db_pool_waiting.clone()),
             Box::new(db_query_duration.clone()),
+            Box::new(jobs.clone()),
+            Box::new(job_duration.clone()),
+            Box::new(job_queue_time.clone()),
+            Box::new(job_queue_depth.clone()),
             Box::new(sse_connections.clone()),
             Box::new(events_recorded.clone()),
             Box::new(events_published.clone()),
@@ -204,6 +256,10 @@ impl Metrics {
             db_pool_max,
             db_pool_waiting,
             db_query_duration,
+            jobs,
+            job_duration,
+            job_queue_time,
+            job_queue_depth,
             sse_connections,
             events_recorded,
             events_published,

@@ -127,6 +127,68 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    jobs (id) {
+        id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        state -> Text,
+        queue -> Text,
+        worker -> Text,
+        args -> Jsonb,
+        errors -> Jsonb,
+        attempt -> Int4,
+        max_attempts -> Int4,
+        priority -> Int2,
+        tags -> Array<Text>,
+        meta -> Jsonb,
+        unique_key -> Nullable<Text>,
+        inserted_at -> Timestamptz,
+        scheduled_at -> Timestamptz,
+        attempted_at -> Nullable<Timestamptz>,
+        attempted_by -> Nullable<Text>,
+        completed_at -> Nullable<Timestamptz>,
+        cancelled_at -> Nullable<Timestamptz>,
+        discarded_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    job_queues (name) {
+        name -> Text,
+        paused -> Bool,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    job_nodes (id) {
+        id -> Text,
+        queues -> Array<Text>,
+        started_at -> Timestamptz,
+        heartbeat_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    job_cron_slots (name, slot) {
+        name -> Text,
+        slot -> Timestamptz,
+        job_id -> Nullable<Uuid>,
+        inserted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    health_checks (id) {
+        id -> Uuid,
+        status -> Text,
+        checks -> Jsonb,
+        checked_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(jobs -> tenants (tenant_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     api_keys,
@@ -137,4 +199,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     task_log,
     events,
     event_retention,
+    jobs,
+    job_queues,
+    job_nodes,
+    job_cron_slots,
+    health_checks,
 );

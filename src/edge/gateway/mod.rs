@@ -6,6 +6,7 @@ pub mod controllers;
 pub mod error;
 pub mod observe;
 pub mod openapi;
+pub mod ops;
 pub mod pagination;
 pub mod rate_limit;
 pub mod router;

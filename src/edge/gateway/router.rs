@@ -17,7 +17,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
             .limit(json_limit)
             .error_handler(json_error),
     )
-    .app_data(web::QueryConfig::default().error_handler(|err, _req| {
+    // A path segment that does not parse (`/v1/systems/x`) names no resource: 404.
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::NotFound(format!("no such resource: {err}")).into()),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest(format!("invalid query string: {err}")).into()
     }))
     .service(health_controller::live)

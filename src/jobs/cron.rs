@@ -1,0 +1,138 @@
+//! Cron: each `[[jobs.cron]]` entry inserts one job per slot of its expression, cluster-wide.
+//! Every node ticks every second; claiming a slot is an insert into `job_cron_slots` whose
+//! primary key (name, slot) admits one node, in the same transaction as the job. A slot is only
+//! fired within [`GRACE`] of its time, so a cluster that was down does not replay old slots.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use uuid::Uuid;
+
+use super::{Registry, storage};
+use crate::config::CronEntry;
+use crate::repo::{DbError, Repo};
+use crate::shutdown::Shutdown;
+
+/// How late a slot may still be fired.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// Parses a 5-field (or 6-field, leading seconds) expression; aliases such as `@hourly` work.
+pub fn parse(expression: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))
+}
+
+/// The slot of `cron` that `now` falls in: its latest time not after `now`, if within
+/// [`GRACE`].
+pub fn current_slot(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let slot = cron.find_previous_occurrence(&now, true).ok()?;
+    let late = (now - slot).to_std().ok()?;
+    (late <= GRACE).then_some(slot)
+}
+
+/// The entries with their parsed expressions; entries naming an unknown worker or with a bad
+/// expression are reported and left out.
+pub fn compile(entries: &[CronEntry], registry: &Registry) -> Vec<(CronEntry, Cron)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            if registry.get(&e.worker).is_none() {
+                tracing::error!(cron = %e.name, worker = %e.worker, "cron entry names an unknown worker; skipped");
+                return None;
+            }
+            match parse(&e.expression) {
+                Ok(c) => Some((e.clone(), c)),
+                Err(err) => {
+                    tracing::error!(cron = %e.name, error = %err, "skipped");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Fires every entry whose current slot (at `now`) no node has claimed yet. `seen` remembers
+/// slots this node already settled, so a tick costs no query until the next slot. Returns the
+/// jobs this node inserted.
+pub async fn tick(
+    repo: &Repo,
+    registry: &Registry,
+    entries: &[(CronEntry, Cron)],
+    now: DateTime<Utc>,
+    seen: &mut HashMap<String, DateTime<Utc>>,
+) -> Result<Vec<Uuid>, DbError> {
+    let mut inserted = Vec::new();
+    for (entry, cron) in entries {
+        let Some(slot) = current_slot(cron, now) else {
+            continue;
+        };
+        if seen.get(&entry.name) == Some(&slot) {
+            continue;
+        }
+        let Some(job) = registry.job(&entry.worker, entry.args.clone()) else {
+            continue;
+        };
+        let job = job.meta(serde_json::json!({"cron": entry.name, "slot": slot}));
+        let mut tx = repo.system_tx().await?;
+        let claimed = storage::insert_cron(&mut tx, &entry.name, slot, &job).await?;
+        tx.commit().await?;
+        seen.insert(entry.name.clone(), slot);
+        if let Some(id) = claimed {
+            tracing::info!(cron = %entry.name, %slot, job_id = %id, "cron job inserted");
+            inserted.push(id);
+        }
+    }
+    Ok(inserted)
+}
+
+pub async fn run(repo: Repo, registry: Registry, entries: Vec<CronEntry>, shutdown: Shutdown) {
+    let entries = compile(&entries, &registry);
+    if entries.is_empty() {
+        return;
+    }
+    let mut seen = HashMap::new();
+    let mut tick_every = tokio::time::interval(Duration::from_secs(1));
+    tick_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick_every.tick() => {}
+        }
+        if let Err(e) = tick(&repo, &registry, &entries, Utc::now(), &mut seen).await {
+            tracing::warn!(error = %e, "cron tick failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn parses_five_and_six_fields_and_rejects_garbage() {
+        assert!(parse("0 * * * *").is_ok());
+        assert!(parse("*/5 * * * * *").is_ok());
+        assert!(parse("@hourly").is_ok());
+        for bad in ["", "61 * * * *", "* * *", "nonsense"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn current_slot_is_the_last_time_within_the_grace() {
+        let hourly = parse("0 * * * *").unwrap();
+        let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 28, h, m, s).unwrap();
+        assert_eq!(current_slot(&hourly, at(10, 0, 0)), Some(at(10, 0, 0)));
+        assert_eq!(current_slot(&hourly, at(10, 0, 59)), Some(at(10, 0, 0)));
+        assert_eq!(current_slot(&hourly, at(10, 1, 0)), Some(at(10, 0, 0)));
+        assert_eq!(current_slot(&hourly, at(10, 1, 1)), None);
+        assert_eq!(current_slot(&hourly, at(10, 59, 59)), None);
+    }
+}

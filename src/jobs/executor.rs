@@ -1,0 +1,589 @@
+//! Runs jobs: one producer per queue claims batches bounded by the queue's free concurrency,
+//! each job runs as its own task (timeout enforced, panics caught), and one acknowledger writes
+//! outcomes back in batches. Graceful shutdown: stop fetching, let running jobs finish within
+//! the grace period, abort the rest and hand them back.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::AbortHandle;
+use uuid::Uuid;
+
+use super::storage::{self, Ack, AckState, Job};
+use super::{JobContext, JobResult, Outcome, Registry, Worker};
+use crate::config::{Config, CronEntry};
+use crate::metrics::METRICS;
+use crate::repo::{DbError, Repo};
+use crate::shutdown::Shutdown;
+
+/// Most jobs claimed by one fetch.
+const FETCH_BATCH: usize = 1000;
+/// Most outcomes written by one acknowledgement.
+const ACK_BATCH: usize = 2000;
+
+/// How an engine runs; [`EngineOptions::from_config`] reads it from `[jobs]`.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// This node's id (`jobs.attempted_by`).
+    pub node: String,
+    /// Queues and their per-node concurrency.
+    pub queues: Vec<(String, usize)>,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub rescue_after: Duration,
+    pub prune_after: Duration,
+    pub prune_interval: Duration,
+    pub cron: Vec<CronEntry>,
+    /// Time running jobs get to finish after shutdown is triggered.
+    pub grace: Duration,
+}
+
+impl EngineOptions {
+    /// From `[jobs]` and `server.shutdown_grace_secs`; `queues` (from `--queue`) replaces the
+    /// configured queues when given.
+    pub fn from_config(cfg: &Config, queues: Option<Vec<(String, usize)>>) -> Self {
+        let j = &cfg.jobs;
+        Self {
+            node: super::node_id(),
+            queues: queues
+                .unwrap_or_else(|| j.queues.iter().map(|(q, n)| (q.clone(), *n)).collect()),
+            poll_interval: j.poll_interval(),
+            heartbeat_interval: Duration::from_secs(j.heartbeat_interval_secs),
+            rescue_after: Duration::from_secs(j.rescue_after_secs),
+            prune_after: Duration::from_secs(j.prune_after_days.saturating_mul(86_400)),
+            prune_interval: Duration::from_secs(j.prune_interval_secs),
+            cron: j.cron.clone(),
+            grace: cfg.server.shutdown_grace(),
+        }
+    }
+}
+
+/// What the acknowledger is told.
+enum AckMsg {
+    Ack(Ack),
+    /// Write everything received so far, answer, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// One queue's runtime state on this node.
+struct QueueRt {
+    limit: usize,
+    /// One permit per job that may run at once.
+    slots: Arc<Semaphore>,
+    /// Woken by NOTIFY (jobs inserted, staged, rescued, queue resumed) and by polling.
+    wake: Arc<Notify>,
+    /// Woken when a running job frees its slot.
+    freed: Arc<Notify>,
+}
+
+struct Inner {
+    repo: Repo,
+    ctx: JobContext,
+    registry: Registry,
+    opts: EngineOptions,
+    queues: HashMap<String, QueueRt>,
+    /// Jobs running on this node, so a cancel can stop them.
+    running: Mutex<HashMap<Uuid, AbortHandle>>,
+}
+
+/// A node's job engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn new(repo: Repo, config: Arc<Config>, registry: Registry, opts: EngineOptions) -> Self {
+        let queues = opts
+            .queues
+            .iter()
+            .map(|(name, limit)| {
+                let limit = (*limit).max(1);
+                (
+                    name.clone(),
+                    QueueRt {
+                        limit,
+                        slots: Arc::new(Semaphore::new(limit)),
+                        wake: Arc::new(Notify::new()),
+                        freed: Arc::new(Notify::new()),
+                    },
+                )
+            })
+            .collect();
+        let ctx = JobContext::new(repo.clone(), config, registry.clone());
+        Engine {
+            inner: Arc::new(Inner {
+                repo,
+                ctx,
+                registry,
+                opts,
+                queues,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.opts.node
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.inner.repo
+    }
+
+    /// Runs until `shutdown` is triggered, then shuts down gracefully and returns. Fails only
+    /// when the node cannot register itself at start.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), DbError> {
+        let inner = self.inner.clone();
+        let queue_names: Vec<String> = inner.opts.queues.iter().map(|(q, _)| q.clone()).collect();
+        super::heartbeat::beat(&inner.repo, &inner.opts.node, &queue_names).await?;
+        tracing::info!(node = %inner.opts.node, queues = ?inner.opts.queues, "job engine started");
+
+        let (ack_tx, ack_rx) = mpsc::channel::<AckMsg>(4 * ACK_BATCH);
+        let acker = tokio::spawn(acknowledge(inner.clone(), ack_rx));
+
+        let mut services = Vec::new();
+        let wakes: HashMap<String, Arc<Notify>> = inner
+            .queues
+            .iter()
+            .map(|(q, rt)| (q.clone(), rt.wake.clone()))
+            .collect();
+        let cancel_target = inner.clone();
+        services.push(tokio::spawn(super::notifier::run(
+            inner.repo.clone(),
+            wakes,
+            Box::new(move |id| cancel_target.stop_running(id)),
+            shutdown.clone(),
+        )));
+        services.push(tokio::spawn(watch_cancels(inner.clone(), shutdown.clone())));
+        services.push(tokio::spawn(super::heartbeat::run(
+            inner.repo.clone(),
+            inner.opts.node.clone(),
+            queue_names,
+            inner.opts.heartbeat_interval,
+            shutdown.clone(),
+        )));
+        services.push(tokio::spawn(super::stager::run(
+            inner.repo.clone(),
+            inner.opts.poll_interval,
+            shutdown.clone(),
+        )));
+        services.push(tokio::spawn(super::rescuer::run(
+            inner.repo.clone(),
+            inner.opts.rescue_after,
+            shutdown.clone(),
+        )));
+        services.push(tokio::spawn(super::pruner::run(
+            inner.repo.clone(),
+            inner.opts.prune_after,
+            inner.opts.prune_interval,
+            shutdown.clone(),
+        )));
+        services.push(tokio::spawn(super::cron::run(
+            inner.repo.clone(),
+            inner.registry.clone(),
+            inner.opts.cron.clone(),
+            shutdown.clone(),
+        )));
+        services.push(tokio::spawn(super::depth::run(
+            inner.repo.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        )));
+
+        let producers: Vec<_> = inner
+            .queues
+            .keys()
+            .map(|q| {
+                tokio::spawn(produce(
+                    inner.clone(),
+                    q.clone(),
+                    ack_tx.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+
+        shutdown.wait().await;
+        tracing::info!(node = %inner.opts.node, "job engine stopping: no new jobs, waiting for running ones");
+        for p in producers {
+            let _ = p.await;
+        }
+        if tokio::time::timeout(inner.opts.grace, inner.idle())
+            .await
+            .is_err()
+        {
+            let stopped = inner.stop_all_running();
+            tracing::warn!(
+                jobs = stopped,
+                "grace period over: stopping running jobs and handing them back"
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(2), inner.idle()).await;
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        if ack_tx.send(AckMsg::Stop(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+        let _ = acker.await;
+        match hand_back_and_leave(&inner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "handed unfinished jobs back"),
+            Err(e) => tracing::warn!(error = %e, "could not hand jobs back; the rescuer will"),
+        }
+        for s in services {
+            s.abort();
+        }
+        tracing::info!(node = %inner.opts.node, "job engine stopped");
+        Ok(())
+    }
+
+    /// Test and tooling helper: stages due jobs, then claims and runs every available job of
+    /// `queue` one at a time on this task, acknowledging each at once, until none is left.
+    /// Returns how many attempts ran. It executes exactly as the producers do (timeout, panic
+    /// capture, backoff, outcome mapping).
+    pub async fn drain(&self, queue: &str) -> Result<usize, DbError> {
+        let inner = &self.inner;
+        let mut ran = 0;
+        loop {
+            let mut tx = inner.repo.system_tx().await?;
+            storage::stage(&mut tx, 10_000).await?;
+            let jobs = storage::fetch(&mut tx, queue, 100, &inner.opts.node).await?;
+            tx.commit().await?;
+            if jobs.is_empty() {
+                return Ok(ran);
+            }
+            for job in jobs {
+                let ack = execute(inner, &job).await;
+                let mut tx = inner.repo.system_tx().await?;
+                storage::ack(&mut tx, &inner.opts.node, &[ack]).await?;
+                tx.commit().await?;
+                ran += 1;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Aborts the job `id` if it runs here (it was cancelled).
+    fn stop_running(&self, id: Uuid) {
+        if let Some(handle) = lock(&self.running).remove(&id) {
+            handle.abort();
+            tracing::info!(job_id = %id, "cancelled job stopped");
+        }
+    }
+
+    fn stop_all_running(&self) -> usize {
+        let mut running = lock(&self.running);
+        let n = running.len();
+        for (_, handle) in running.drain() {
+            handle.abort();
+        }
+        n
+    }
+
+    /// Resolves when no job runs on this node.
+    async fn idle(&self) {
+        for rt in self.queues.values() {
+            if let Ok(all) = rt.slots.acquire_many(rt.limit as u32).await {
+                drop(all);
+            }
+        }
+    }
+}
+
+/// Every poll interval, stops running jobs that were cancelled: the fallback for a cancel
+/// NOTIFY missed while the listener was (re)connecting.
+async fn watch_cancels(inner: Arc<Inner>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(inner.opts.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let ids: Vec<Uuid> = lock(&inner.running).keys().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let cancelled = async {
+            let mut tx = inner.repo.system_tx().await?;
+            let found = storage::cancelled_among(&mut tx, &ids).await?;
+            tx.commit().await?;
+            Ok::<_, DbError>(found)
+        }
+        .await;
+        match cancelled {
+            Ok(found) => found.into_iter().for_each(|id| inner.stop_running(id)),
+            Err(e) => tracing::debug!(error = %e, "checking for cancelled jobs failed"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+    // removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn hand_back_and_leave(inner: &Inner) -> Result<usize, DbError> {
+    let mut tx = inner.repo.system_tx().await?;
+    let n = storage::hand_back(&mut tx, &inner.opts.node).await?;
+    storage::remove_node(&mut tx, &inner.opts.node).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// The producer of one queue: fetch while there is work and a free slot, otherwise sleep until
+/// a NOTIFY, a poll tick, or (when the last fetch was full) a freed slot.
+async fn produce(
+    inner: Arc<Inner>,
+    queue: String,
+    ack_tx: mpsc::Sender<AckMsg>,
+    shutdown: Shutdown,
+) {
+    let Some(rt) = inner.queues.get(&queue) else {
+        return;
+    };
+    let mut poll = tokio::time::interval(inner.opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut more = true;
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        let free = rt.slots.available_permits();
+        if more && free > 0 {
+            match fetch(&inner, &queue, free.min(FETCH_BATCH)).await {
+                Ok(jobs) => {
+                    failures = 0;
+                    more = jobs.len() == free.min(FETCH_BATCH);
+                    for job in jobs {
+                        spawn_job(&inner, rt, job, ack_tx.clone());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    more = false;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(queue = %queue, error = %e, "fetching jobs failed; retrying at the next poll");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = rt.wake.notified() => more = true,
+            _ = poll.tick() => more = true,
+            _ = rt.freed.notified(), if more => {}
+        }
+    }
+}
+
+async fn fetch(inner: &Inner, queue: &str, limit: usize) -> Result<Vec<Job>, DbError> {
+    let mut tx = inner.repo.system_tx().await?;
+    let jobs = storage::fetch(&mut tx, queue, limit, &inner.opts.node).await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// Frees a job's slot and forgets it when its task ends, however it ends (done, aborted).
+struct Slot {
+    inner: Arc<Inner>,
+    id: Uuid,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.inner.running).remove(&self.id);
+        self.freed.notify_one();
+    }
+}
+
+fn spawn_job(inner: &Arc<Inner>, rt: &QueueRt, job: Job, ack_tx: mpsc::Sender<AckMsg>) {
+    // Only this producer takes permits, and it fetched no more jobs than were free.
+    let Ok(permit) = rt.slots.clone().try_acquire_owned() else {
+        tracing::error!(job_id = %job.id, "no free slot for a fetched job; the rescuer will return it");
+        return;
+    };
+    let id = job.id;
+    let slot = Slot {
+        inner: inner.clone(),
+        id,
+        _permit: permit,
+        freed: rt.freed.clone(),
+    };
+    let task_inner = inner.clone();
+    // Hold the map while spawning so the task cannot finish and remove itself before it is in.
+    let mut running = lock(&inner.running);
+    let handle = tokio::spawn(async move {
+        let _slot = slot;
+        let ack = execute(&task_inner, &job).await;
+        let _ = ack_tx.send(AckMsg::Ack(ack)).await;
+    });
+    running.insert(id, handle.abort_handle());
+}
+
+/// Runs one attempt and turns its result into the acknowledgement to write.
+async fn execute(inner: &Inner, job: &Job) -> Ack {
+    let worker = inner.registry.get(&job.worker);
+    if let Some(attempted) = job.attempted_at {
+        let waited = (attempted - job.scheduled_at).to_std().unwrap_or_default();
+        METRICS
+            .job_queue_time
+            .with_label_values(&[&job.queue, &job.worker])
+            .observe(waited.as_secs_f64());
+    }
+    let started = Instant::now();
+    let result = run_worker(worker.as_deref(), &inner.ctx, job).await;
+    let elapsed = started.elapsed();
+    let backoff = worker
+        .as_ref()
+        .map(|w| w.backoff(job.attempt))
+        .unwrap_or_else(|| super::backoff::exponential(job.attempt));
+    let ack = to_ack(job, result, elapsed, backoff);
+    METRICS
+        .jobs
+        .with_label_values(&[&job.queue, &job.worker, ack.state.as_str()])
+        .inc();
+    METRICS
+        .job_duration
+        .with_label_values(&[&job.queue, &job.worker])
+        .observe(elapsed.as_secs_f64());
+    if let Some(error) = &ack.error {
+        tracing::warn!(job_id = %job.id, worker = %job.worker, attempt = job.attempt, state = ack.state.as_str(), error = %error, "job attempt failed");
+    }
+    ack
+}
+
+async fn run_worker(worker: Option<&dyn Worker>, ctx: &JobContext, job: &Job) -> JobResult {
+    let Some(worker) = worker else {
+        return Err(anyhow::anyhow!(
+            "no worker named {:?} is registered on this node",
+            job.worker
+        ));
+    };
+    let timeout = worker.timeout();
+    let attempt = AssertUnwindSafe(tokio::time::timeout(timeout, worker.perform(ctx, job)));
+    match attempt.catch_unwind().await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(anyhow::anyhow!(
+            "timed out after {:.3}s",
+            timeout.as_secs_f64()
+        )),
+        Err(panic) => Err(anyhow::anyhow!(
+            "panicked: {}",
+            panic_message(panic.as_ref())
+        )),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+/// Maps an attempt's result to the state the job moves to.
+pub fn to_ack(job: &Job, result: JobResult, elapsed: Duration, backoff: Duration) -> Ack {
+    let (state, scheduled_at, error) = match result {
+        Ok(Outcome::Complete) => (AckState::Completed, None, None),
+        Ok(Outcome::Snooze(d)) => (AckState::Snoozed, Some(super::after(d)), None),
+        Ok(Outcome::Cancel(reason)) => (AckState::Cancelled, None, Some(reason)),
+        Ok(Outcome::Discard(reason)) => (AckState::Discarded, None, Some(reason)),
+        Err(e) if job.attempt >= job.max_attempts => {
+            (AckState::Discarded, None, Some(format!("{e:#}")))
+        }
+        Err(e) => (
+            AckState::Retryable,
+            Some(super::after(backoff)),
+            Some(format!("{e:#}")),
+        ),
+    };
+    Ack {
+        id: job.id,
+        attempt: job.attempt,
+        state,
+        scheduled_at,
+        error,
+        duration_ms: elapsed.as_millis().min(i64::MAX as u128) as i64,
+        tenant: job.tenant_id.is_some(),
+    }
+}
+
+/// Writes outcomes in batches: whatever arrived while the previous batch was being written
+/// goes in the next, up to [`ACK_BATCH`]. A failed write is retried (the jobs stay `executing`
+/// meanwhile; if this node dies they are rescued).
+async fn acknowledge(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckMsg>) {
+    let mut batch: Vec<Ack> = Vec::with_capacity(ACK_BATCH);
+    let mut stop: Option<oneshot::Sender<()>> = None;
+    loop {
+        match rx.recv().await {
+            Some(AckMsg::Ack(a)) => batch.push(a),
+            Some(AckMsg::Stop(done)) => stop = Some(done),
+            None => {}
+        }
+        while stop.is_none() && batch.len() < ACK_BATCH {
+            match rx.try_recv() {
+                Ok(AckMsg::Ack(a)) => batch.push(a),
+                Ok(AckMsg::Stop(done)) => stop = Some(done),
+                Err(_) => break,
+            }
+        }
+        flush(&inner, &mut batch).await;
+        if let Some(done) = stop.take() {
+            // Anything that raced in after Stop (a job aborted late) goes too.
+            while let Ok(AckMsg::Ack(a)) = rx.try_recv() {
+                batch.push(a);
+            }
+            flush(&inner, &mut batch).await;
+            let _ = done.send(());
+            return;
+        }
+        if rx.is_closed() && rx.is_empty() {
+            return;
+        }
+    }
+}
+
+async fn flush(inner: &Inner, batch: &mut Vec<Ack>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=8 {
+        let result = async {
+            let mut tx = inner.repo.system_tx().await?;
+            storage::ack(&mut tx, &inner.opts.node, batch).await?;
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                batch.clear();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(attempt, jobs = batch.len(), error = %e, "acknowledging jobs failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    tracing::error!(
+        jobs = batch.len(),
+        "giving up acknowledging jobs; they will be rescued and run again"
+    );
+    batch.clear();
+}

@@ -1,0 +1,192 @@
+//! The job engine (CONTRACT §7): Oban's guarantees on PostgreSQL.
+//!
+//! - [`storage`] holds every statement the engine runs (insert, fetch, ack, stage, rescue,
+//!   prune, cancel, retry, pause); nothing else here builds SQL.
+//! - [`executor`] runs one producer per queue (batch fetch with `FOR UPDATE SKIP LOCKED`,
+//!   bounded by the queue's free concurrency), executes jobs as tasks (timeout, panics caught)
+//!   and acknowledges their outcomes in batches.
+//! - One file per maintenance duty: [`notifier`] (LISTEN/NOTIFY wake-ups and cancels),
+//!   [`heartbeat`], [`rescuer`], [`stager`], [`cron`], [`pruner`], [`depth`] (queue gauges).
+//! - Workers live in `src/workers/`, one file each, registered in [`crate::workers::registry`].
+
+pub mod backoff;
+pub mod cron;
+pub mod depth;
+pub mod executor;
+pub mod heartbeat;
+pub mod notifier;
+pub mod pruner;
+pub mod rescuer;
+pub mod stager;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::repo::Repo;
+
+pub use executor::{Engine, EngineOptions};
+pub use storage::{Inserted, Job, NewJob, Unique};
+
+/// Job states (the `state` column).
+pub mod state {
+    pub const AVAILABLE: &str = "available";
+    pub const SCHEDULED: &str = "scheduled";
+    pub const EXECUTING: &str = "executing";
+    pub const RETRYABLE: &str = "retryable";
+    pub const COMPLETED: &str = "completed";
+    pub const DISCARDED: &str = "discarded";
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// How a job's attempt ended when it did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done: the job becomes `completed`.
+    Complete,
+    /// Run again after this long, without using an attempt (`scheduled`).
+    Snooze(Duration),
+    /// Stop for good, by the job's own decision (`cancelled`), with the reason kept as an error.
+    Cancel(String),
+    /// Give up now whatever attempts remain (`discarded`), with the reason kept as an error.
+    Discard(String),
+}
+
+/// A failed attempt: the job is retried with backoff until `max_attempts`, then discarded.
+pub type JobError = anyhow::Error;
+
+pub type JobResult = Result<Outcome, JobError>;
+
+/// What a worker can reach while it runs.
+pub struct JobContext {
+    pub repo: Repo,
+    pub config: Arc<Config>,
+    /// Shared HTTP client (LLM, webhooks).
+    pub http: reqwest::Client,
+    /// Every worker of this node (to build jobs for another worker, e.g. policy `enqueue`).
+    pub registry: Registry,
+}
+
+impl JobContext {
+    pub fn new(repo: Repo, config: Arc<Config>, registry: Registry) -> Self {
+        Self {
+            repo,
+            config,
+            http: reqwest::Client::new(),
+            registry,
+        }
+    }
+}
+
+/// One kind of job. A worker declares its name, queue, priority, attempts and uniqueness next
+/// to its code (a `job(..) -> NewJob` constructor in its file) and is registered in
+/// [`crate::workers::registry`].
+pub trait Worker: Send + Sync + 'static {
+    /// The `worker` column value; unique in the registry.
+    fn name(&self) -> &'static str;
+
+    /// Queue its jobs go to. Default `default`.
+    fn queue(&self) -> &'static str {
+        "default"
+    }
+
+    /// Priority of its jobs, 0 (first) to 9. Default 0.
+    fn priority(&self) -> i16 {
+        0
+    }
+
+    /// Attempts before a failing job is discarded. Default 20.
+    fn max_attempts(&self) -> i32 {
+        storage::DEFAULT_MAX_ATTEMPTS
+    }
+
+    /// `Some(period)`: a job with the same args (and tenant) inserted within `period` and not
+    /// yet final is returned instead of inserting another. Default none.
+    fn unique_for(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Longest one attempt may run; then it fails with a timeout error. Default 5 minutes.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(300)
+    }
+
+    /// Delay before retrying after failed attempt number `attempt` (1-based).
+    fn backoff(&self, attempt: i32) -> Duration {
+        backoff::exponential(attempt)
+    }
+
+    /// Runs one attempt.
+    fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult>;
+}
+
+/// The workers a node can run, by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    workers: HashMap<&'static str, Arc<dyn Worker>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a worker; a second worker with the same name replaces the first.
+    pub fn register(&mut self, worker: impl Worker) -> &mut Self {
+        self.workers.insert(worker.name(), Arc::new(worker));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Worker>> {
+        self.workers.get(name).cloned()
+    }
+
+    /// A job of the worker named `name` with its declared queue, priority, attempts and
+    /// uniqueness; `None` when no such worker is registered.
+    pub fn job(&self, name: &str, args: serde_json::Value) -> Option<NewJob> {
+        self.get(name).map(|w| job_for(w.as_ref(), args))
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.workers.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// A job of `worker` with its declared queue, priority, attempts and uniqueness.
+pub fn job_for(worker: &dyn Worker, args: serde_json::Value) -> NewJob {
+    let job = NewJob::new(worker.name(), args)
+        .queue(worker.queue())
+        .priority(worker.priority())
+        .max_attempts(worker.max_attempts());
+    match worker.unique_for() {
+        Some(period) => job.unique(period),
+        None => job,
+    }
+}
+
+/// A time `d` from now.
+pub fn after(d: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// This node's identity in `job_nodes` and `jobs.attempted_by`: host, pid and a random suffix,
+/// so a restarted process is a new node.
+pub fn node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    // The tail of a v7 UUID is random.
+    let suffix = Uuid::now_v7().simple().to_string();
+    format!("{host}.{}.{}", std::process::id(), &suffix[24..])
+}

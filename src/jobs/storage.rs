@@ -1,0 +1,760 @@
+//! Every statement the job engine runs, behind a narrow interface: insert, fetch, ack (complete,
+//! retry, snooze, cancel, discard), stage, rescue, hand back, prune, cancel, retry, pause.
+//!
+//! Insertion takes any `&mut Conn`: a tenant transaction (row-level security allows a tenant
+//! to insert and see only its own jobs, so an episode and its analysis job commit together) or a
+//! system one. Everything else is engine machinery and runs in [`crate::repo::Repo::system_tx`].
+//! Inserting an available job NOTIFYs [`NOTIFY_CHANNEL`] with the queue name; PostgreSQL
+//! delivers it at commit, and never for a rolled-back insert.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Bool, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::state;
+use crate::repo::{Conn, DbError};
+use crate::schemas::schema::{job_cron_slots, job_nodes, job_queues, jobs};
+
+/// Channel woken when jobs become available; the payload is the queue name.
+pub const NOTIFY_CHANNEL: &str = "vsm_jobs";
+/// Channel told about cancelled jobs; the payload is the job id, so the node running it can
+/// stop it.
+pub const CANCEL_CHANNEL: &str = "vsm_jobs_cancel";
+
+/// Default `max_attempts` (CONTRACT §7).
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 20;
+
+/// A row of `jobs`.
+#[derive(Debug, Clone, Serialize, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = jobs, check_for_backend(diesel::pg::Pg))]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant_id: Option<Uuid>,
+    pub state: String,
+    pub queue: String,
+    pub worker: String,
+    pub args: Value,
+    pub errors: Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub priority: i16,
+    pub tags: Vec<String>,
+    pub meta: Value,
+    #[serde(skip)]
+    pub unique_key: Option<String>,
+    pub inserted_at: DateTime<Utc>,
+    pub scheduled_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub attempted_by: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub discarded_at: Option<DateTime<Utc>>,
+}
+
+/// Uniqueness of an insert: no second job with the same worker, args (and tenant) while one
+/// inserted within `period` is still in a non-final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unique {
+    pub period: Duration,
+}
+
+/// A job to insert; build it with [`NewJob::new`] and the option methods.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub worker: String,
+    pub queue: String,
+    pub args: Value,
+    /// 0 (first) to 9.
+    pub priority: i16,
+    pub max_attempts: i32,
+    /// `None`: now.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    pub meta: Value,
+    /// The tenant the job acts for; `None` for system jobs.
+    pub tenant_id: Option<Uuid>,
+    pub unique: Option<Unique>,
+}
+
+impl NewJob {
+    /// A job of `worker` with `args` (a JSON object) on the `default` queue.
+    pub fn new(worker: &str, args: Value) -> Self {
+        Self {
+            worker: worker.to_owned(),
+            queue: "default".to_owned(),
+            args,
+            priority: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            scheduled_at: None,
+            tags: Vec::new(),
+            meta: Value::Object(Default::default()),
+            tenant_id: None,
+            unique: None,
+        }
+    }
+
+    pub fn queue(mut self, queue: &str) -> Self {
+        self.queue = queue.to_owned();
+        self
+    }
+
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn max_attempts(mut self, max_attempts: i32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    pub fn schedule_at(mut self, at: DateTime<Utc>) -> Self {
+        self.scheduled_at = Some(at);
+        self
+    }
+
+    pub fn schedule_in(self, delay: Duration) -> Self {
+        self.schedule_at(super::after(delay))
+    }
+
+    pub fn tags(mut self, tags: &[&str]) -> Self {
+        self.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+
+    pub fn meta(mut self, meta: Value) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    pub fn tenant(mut self, tenant_id: Uuid) -> Self {
+        self.tenant_id = Some(tenant_id);
+        self
+    }
+
+    pub fn unique(mut self, period: Duration) -> Self {
+        self.unique = Some(Unique { period });
+        self
+    }
+
+    fn validate(&self) -> Result<(), DbError> {
+        let invalid = |field, message| Err(DbError::Validation { field, message });
+        if !(0..=9).contains(&self.priority) {
+            return invalid("priority", "must be 0 to 9");
+        }
+        if self.max_attempts < 1 {
+            return invalid("max_attempts", "must be at least 1");
+        }
+        if self.queue.is_empty() || self.queue.len() > 128 {
+            return invalid("queue", "must be 1 to 128 characters");
+        }
+        if self.worker.is_empty() || self.worker.len() > 128 {
+            return invalid("worker", "must be 1 to 128 characters");
+        }
+        if !self.args.is_object() {
+            return invalid("args", "must be a JSON object");
+        }
+        Ok(())
+    }
+
+    fn is_scheduled(&self) -> bool {
+        self.scheduled_at.is_some_and(|at| at > Utc::now())
+    }
+
+    /// Digest of worker, tenant and args (serde_json maps are sorted, so equal args give equal
+    /// keys whatever their key order was).
+    fn unique_key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.worker.as_bytes());
+        h.update([0]);
+        h.update(self.tenant_id.map(|t| t.to_string()).unwrap_or_default());
+        h.update([0]);
+        h.update(self.args.to_string().as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = jobs)]
+struct JobRow<'a> {
+    id: Uuid,
+    tenant_id: Option<Uuid>,
+    state: &'a str,
+    queue: &'a str,
+    worker: &'a str,
+    args: &'a Value,
+    max_attempts: i32,
+    priority: i16,
+    tags: &'a Vec<String>,
+    meta: &'a Value,
+    unique_key: Option<String>,
+    scheduled_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> JobRow<'a> {
+    fn from(job: &'a NewJob) -> Self {
+        JobRow {
+            id: Uuid::now_v7(),
+            tenant_id: job.tenant_id,
+            state: if job.is_scheduled() {
+                state::SCHEDULED
+            } else {
+                state::AVAILABLE
+            },
+            queue: &job.queue,
+            worker: &job.worker,
+            args: &job.args,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            tags: &job.tags,
+            meta: &job.meta,
+            unique_key: job.unique.map(|_| job.unique_key()),
+            scheduled_at: job.scheduled_at,
+        }
+    }
+}
+
+/// What [`insert`] did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// A new job.
+    New(Job),
+    /// A unique job that already existed; nothing was inserted.
+    Existing(Job),
+}
+
+impl Inserted {
+    pub fn job(&self) -> &Job {
+        match self {
+            Inserted::New(j) | Inserted::Existing(j) => j,
+        }
+    }
+
+    pub fn into_job(self) -> Job {
+        match self {
+            Inserted::New(j) | Inserted::Existing(j) => j,
+        }
+    }
+}
+
+/// Inserts one job in the caller's transaction. A unique job that already exists is returned
+/// instead (`Inserted::Existing`); concurrent unique inserts are serialised by a
+/// transaction-scoped advisory lock on the key, so exactly one of them inserts.
+pub async fn insert(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> {
+    job.validate()?;
+    let row = JobRow::from(job);
+    if let (Some(unique), Some(key)) = (job.unique, row.unique_key.as_deref()) {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind::<Text, _>(key)
+            .execute(conn)
+            .await?;
+        let since = Utc::now() - chrono::Duration::from_std(unique.period).unwrap_or_default();
+        let existing: Option<Job> = jobs::table
+            .filter(jobs::unique_key.eq(key))
+            .filter(jobs::inserted_at.gt(since))
+            .filter(jobs::state.eq_any(LIVE_STATES))
+            .select(Job::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        if let Some(existing) = existing {
+            return Ok(Inserted::Existing(existing));
+        }
+    }
+    let inserted: Job = diesel::insert_into(jobs::table)
+        .values(&row)
+        .returning(Job::as_returning())
+        .get_result(conn)
+        .await?;
+    if inserted.state == state::AVAILABLE {
+        notify(conn, NOTIFY_CHANNEL, &inserted.queue).await?;
+    }
+    Ok(Inserted::New(inserted))
+}
+
+/// Inserts many jobs at once (one statement per 1,000) in the caller's transaction. Unique
+/// jobs go through [`insert`] one by one. Returns the ids in input order (an existing unique
+/// job's id where one was found).
+pub async fn insert_all(conn: &mut Conn, new_jobs: &[NewJob]) -> Result<Vec<Uuid>, DbError> {
+    let mut ids = Vec::with_capacity(new_jobs.len());
+    let mut queues = std::collections::BTreeSet::new();
+    for chunk in new_jobs.chunks(1000) {
+        if chunk.iter().any(|j| j.unique.is_some()) {
+            for job in chunk {
+                ids.push(insert(conn, job).await?.job().id);
+            }
+            continue;
+        }
+        for job in chunk {
+            job.validate()?;
+        }
+        let rows: Vec<JobRow> = chunk.iter().map(JobRow::from).collect();
+        for row in rows.iter().filter(|r| r.state == state::AVAILABLE) {
+            queues.insert(row.queue.to_owned());
+        }
+        ids.extend(rows.iter().map(|r| r.id));
+        diesel::insert_into(jobs::table)
+            .values(&rows)
+            .execute(conn)
+            .await?;
+    }
+    for queue in queues {
+        notify(conn, NOTIFY_CHANNEL, &queue).await?;
+    }
+    Ok(ids)
+}
+
+/// Non-final states: a unique job in one of them blocks a duplicate.
+const LIVE_STATES: [&str; 4] = [
+    state::AVAILABLE,
+    state::SCHEDULED,
+    state::EXECUTING,
+    state::RETRYABLE,
+];
+
+async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), DbError> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(channel)
+        .bind::<Text, _>(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` available jobs of `queue` for `node`, highest priority (lowest number)
+/// first, unless the queue is paused. `FOR UPDATE SKIP LOCKED` lets any number of nodes fetch
+/// at once without blocking each other or claiming a job twice; each claim uses an attempt.
+pub async fn fetch(
+    conn: &mut Conn,
+    queue: &str,
+    limit: usize,
+    node: &str,
+) -> Result<Vec<Job>, DbError> {
+    let mut fetched: Vec<Job> = diesel::sql_query(
+        "WITH next AS (
+           SELECT id FROM jobs
+           WHERE state = 'available' AND queue = $1
+             AND NOT EXISTS (SELECT 1 FROM job_queues q WHERE q.name = $1 AND q.paused)
+           ORDER BY priority, scheduled_at, id
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED
+         )
+         UPDATE jobs j
+         SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = $3
+         FROM next WHERE j.id = next.id
+         RETURNING j.*",
+    )
+    .bind::<Text, _>(queue)
+    .bind::<BigInt, _>(limit as i64)
+    .bind::<Text, _>(node)
+    .load(conn)
+    .await?;
+    fetched.sort_by(|a, b| {
+        (a.priority, a.scheduled_at, a.id).cmp(&(b.priority, b.scheduled_at, b.id))
+    });
+    Ok(fetched)
+}
+
+/// How an attempt ended, as the acknowledgement records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    Completed,
+    /// Failed; retried at `scheduled_at`.
+    Retryable,
+    Discarded,
+    Cancelled,
+    /// Scheduled again at `scheduled_at` with the attempt refunded.
+    Snoozed,
+}
+
+impl AckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckState::Completed => "completed",
+            AckState::Retryable => "retryable",
+            AckState::Discarded => "discarded",
+            AckState::Cancelled => "cancelled",
+            AckState::Snoozed => "snoozed",
+        }
+    }
+}
+
+/// One finished attempt to acknowledge.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: Uuid,
+    /// The attempt that ran: a stale acknowledgement (the job was rescued or cancelled
+    /// meanwhile) changes nothing.
+    pub attempt: i32,
+    pub state: AckState,
+    /// For `Retryable` and `Snoozed`.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// Kept in the job's `errors` (and the task log).
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    /// Whether the job belongs to a tenant (its attempt goes to `task_log`).
+    pub tenant: bool,
+}
+
+/// Records a batch of outcomes in one statement: updates the jobs still executing this attempt
+/// on `node`, appends errors, writes `task_log` rows for tenant jobs and `job.completed` /
+/// `job.discarded` events for them. Returns how many jobs were updated.
+pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<usize, DbError> {
+    if acks.is_empty() {
+        return Ok(0);
+    }
+    #[derive(QueryableByName)]
+    struct Updated {
+        #[diesel(sql_type = BigInt)]
+        updated: i64,
+        #[diesel(sql_type = BigInt)]
+        evented: i64,
+    }
+    let ids: Vec<Uuid> = acks.iter().map(|a| a.id).collect();
+    let attempts: Vec<i32> = acks.iter().map(|a| a.attempt).collect();
+    let states: Vec<&str> = acks.iter().map(|a| a.state.as_str()).collect();
+    let scheduled: Vec<Option<DateTime<Utc>>> = acks.iter().map(|a| a.scheduled_at).collect();
+    let errors: Vec<Option<&str>> = acks.iter().map(|a| a.error.as_deref()).collect();
+    let durations: Vec<i64> = acks.iter().map(|a| a.duration_ms.max(0)).collect();
+    let any_tenant = acks.iter().any(|a| a.tenant);
+    // Completions without errors (the common case) skip the per-row CASE work on errors/meta;
+    // the statement is one UPDATE either way.
+    let result: Updated = diesel::sql_query(
+        "WITH v AS (
+           SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[], $6::int8[])
+             AS v(id, attempt, outcome, scheduled_at, error, duration_ms)
+         ),
+         done AS (
+           UPDATE jobs j SET
+             state = CASE v.outcome WHEN 'snoozed' THEN 'scheduled' ELSE v.outcome END,
+             attempt = CASE WHEN v.outcome = 'snoozed' THEN j.attempt - 1 ELSE j.attempt END,
+             scheduled_at = coalesce(v.scheduled_at, j.scheduled_at),
+             completed_at = CASE WHEN v.outcome = 'completed' THEN now() END,
+             cancelled_at = CASE WHEN v.outcome = 'cancelled' THEN now() END,
+             discarded_at = CASE WHEN v.outcome = 'discarded' THEN now() END,
+             errors = CASE WHEN v.error IS NULL THEN j.errors
+               ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempt, 'at', now(), 'error', v.error)) END,
+             meta = CASE WHEN v.outcome = 'snoozed'
+               THEN jsonb_set(j.meta, '{snoozed}', to_jsonb(coalesce((j.meta->>'snoozed')::int, 0) + 1))
+               ELSE j.meta END
+           FROM v
+           WHERE j.id = v.id AND j.state = 'executing' AND j.attempt = v.attempt AND j.attempted_by = $7
+           RETURNING j.id, j.tenant_id, j.worker, j.queue, v.attempt, v.outcome, v.duration_ms, v.error
+         ),
+         logged AS (
+           INSERT INTO task_log (tenant_id, job_id, worker, queue, attempt, state, duration_ms, error)
+           SELECT tenant_id, id, worker, queue, attempt, outcome, duration_ms, error
+           FROM done WHERE tenant_id IS NOT NULL AND $8
+         ),
+         evented AS (
+           INSERT INTO events (tenant_id, topic, payload)
+           SELECT tenant_id, 'job.' || outcome,
+                  jsonb_build_object('job_id', id, 'worker', worker, 'queue', queue,
+                                     'attempt', attempt, 'error', error)
+           FROM done WHERE tenant_id IS NOT NULL AND $8 AND outcome IN ('completed', 'discarded')
+           RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM done) AS updated, (SELECT count(*) FROM evented) AS evented",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Text>, _>(&states)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&scheduled)
+    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .bind::<Array<BigInt>, _>(&durations)
+    .bind::<Text, _>(node)
+    .bind::<Bool, _>(any_tenant)
+    .get_result(conn)
+    .await?;
+    if result.evented > 0 {
+        notify(conn, crate::events::NOTIFY_CHANNEL, "").await?;
+    }
+    Ok(result.updated as usize)
+}
+
+/// Makes scheduled and retryable jobs whose time has come available (up to `limit`), and
+/// wakes their queues. Returns how many were staged.
+pub async fn stage(conn: &mut Conn, limit: i64) -> Result<usize, DbError> {
+    #[derive(QueryableByName)]
+    struct Staged {
+        #[diesel(sql_type = Text)]
+        queue: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let staged: Vec<Staged> = diesel::sql_query(
+        "WITH due AS (
+           SELECT id FROM jobs
+           WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()
+           ORDER BY scheduled_at LIMIT $1
+           FOR UPDATE SKIP LOCKED
+         ), staged AS (
+           UPDATE jobs j SET state = 'available' FROM due WHERE j.id = due.id RETURNING j.queue
+         )
+         SELECT queue, count(*) AS n FROM staged GROUP BY queue",
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    for s in &staged {
+        notify(conn, NOTIFY_CHANNEL, &s.queue).await?;
+    }
+    Ok(staged.iter().map(|s| s.n as usize).sum())
+}
+
+/// Records that `node` is alive and which queues it runs.
+pub async fn heartbeat(conn: &mut Conn, node: &str, queues: &[String]) -> Result<(), DbError> {
+    diesel::insert_into(job_nodes::table)
+        .values((job_nodes::id.eq(node), job_nodes::queues.eq(queues)))
+        .on_conflict(job_nodes::id)
+        .do_update()
+        .set((
+            job_nodes::heartbeat_at.eq(diesel::dsl::now),
+            job_nodes::queues.eq(queues),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Removes `node` (it stopped cleanly).
+pub async fn remove_node(conn: &mut Conn, node: &str) -> Result<(), DbError> {
+    diesel::delete(job_nodes::table.find(node))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Hands executing jobs of nodes silent for longer than `after` to other nodes: `available`
+/// again (the attempt they used stays used; an error says why), or `discarded` when that was
+/// their last attempt. Forgets those nodes. Returns the rescued jobs' ids.
+pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Uuid>, DbError> {
+    #[derive(QueryableByName)]
+    struct Rescued {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Text)]
+        queue: String,
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let rescued: Vec<Rescued> = diesel::sql_query(
+        "UPDATE jobs j SET
+           state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
+           discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+           scheduled_at = now(),
+           errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'attempt', j.attempt, 'at', now(),
+             'error', 'rescued: node ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating'))
+         WHERE j.state = 'executing' AND NOT EXISTS (
+           SELECT 1 FROM job_nodes n
+           WHERE n.id = j.attempted_by AND n.heartbeat_at > now() - make_interval(secs => $1))
+         RETURNING j.id, j.queue, j.state",
+    )
+    .bind::<Double, _>(after.as_secs_f64())
+    .load(conn)
+    .await?;
+    diesel::sql_query(
+        "DELETE FROM job_nodes WHERE heartbeat_at <= now() - make_interval(secs => $1)",
+    )
+    .bind::<Double, _>(after.as_secs_f64())
+    .execute(conn)
+    .await?;
+    let queues: std::collections::BTreeSet<&str> = rescued
+        .iter()
+        .filter(|r| r.state == state::AVAILABLE)
+        .map(|r| r.queue.as_str())
+        .collect();
+    for queue in queues {
+        notify(conn, NOTIFY_CHANNEL, queue).await?;
+    }
+    Ok(rescued.into_iter().map(|r| r.id).collect())
+}
+
+/// Gives back every job `node` still holds (shutdown after the grace period): `available`
+/// again with the attempt refunded, since the node itself interrupted it; `meta.handed_back`
+/// counts how often. Returns how many.
+pub async fn hand_back(conn: &mut Conn, node: &str) -> Result<usize, DbError> {
+    #[derive(QueryableByName)]
+    struct Back {
+        #[diesel(sql_type = Text)]
+        queue: String,
+    }
+    let back: Vec<Back> = diesel::sql_query(
+        "UPDATE jobs SET state = 'available', attempt = greatest(attempt - 1, 0), scheduled_at = now(),
+           meta = jsonb_set(meta, '{handed_back}', to_jsonb(coalesce((meta->>'handed_back')::int, 0) + 1))
+         WHERE state = 'executing' AND attempted_by = $1
+         RETURNING queue",
+    )
+    .bind::<Text, _>(node)
+    .load(conn)
+    .await?;
+    let queues: std::collections::BTreeSet<&str> = back.iter().map(|b| b.queue.as_str()).collect();
+    for queue in queues {
+        notify(conn, NOTIFY_CHANNEL, queue).await?;
+    }
+    Ok(back.len())
+}
+
+/// Deletes up to `limit` jobs that ended (completed, cancelled, discarded) before `before`.
+pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: i64) -> Result<usize, DbError> {
+    let deleted = diesel::sql_query(
+        "DELETE FROM jobs WHERE id IN (
+           SELECT id FROM jobs
+           WHERE state IN ('completed', 'cancelled', 'discarded')
+             AND coalesce(completed_at, cancelled_at, discarded_at) < $1
+           LIMIT $2)",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
+    .execute(conn)
+    .await?;
+    diesel::delete(job_cron_slots::table.filter(job_cron_slots::slot.lt(before)))
+        .execute(conn)
+        .await?;
+    Ok(deleted)
+}
+
+/// Cancels a job that has not ended. An executing job is stopped by the node running it (told
+/// through [`CANCEL_CHANNEL`]); its late outcome is ignored. `None` when there is no such job
+/// (or, in a tenant transaction, it is another tenant's) or it had already ended.
+pub async fn cancel(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
+    let job: Option<Job> = diesel::update(jobs::table.find(id))
+        .filter(jobs::state.eq_any(LIVE_STATES))
+        .set((
+            jobs::state.eq(state::CANCELLED),
+            jobs::cancelled_at.eq(diesel::dsl::now),
+        ))
+        .returning(Job::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(job) = &job {
+        notify(conn, CANCEL_CHANNEL, &job.id.to_string()).await?;
+    }
+    Ok(job)
+}
+
+/// Those of `ids` that have been cancelled (the polling fallback for missed cancel
+/// notifications).
+pub async fn cancelled_among(conn: &mut Conn, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+    Ok(jobs::table
+        .filter(jobs::id.eq_any(ids))
+        .filter(jobs::state.eq(state::CANCELLED))
+        .select(jobs::id)
+        .load(conn)
+        .await?)
+}
+
+/// Makes a job that is not executing available now (a discarded job gets one more attempt).
+pub async fn retry(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
+    let job: Option<Job> = diesel::sql_query(
+        "UPDATE jobs SET state = 'available', scheduled_at = now(),
+           max_attempts = greatest(max_attempts, attempt + 1),
+           completed_at = NULL, cancelled_at = NULL, discarded_at = NULL
+         WHERE id = $1 AND state <> 'executing' AND state <> 'available'
+         RETURNING *",
+    )
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(job) = &job {
+        notify(conn, NOTIFY_CHANNEL, &job.queue).await?;
+    }
+    Ok(job)
+}
+
+/// The job with `id` (in a tenant transaction: only that tenant's).
+pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
+    Ok(jobs::table
+        .find(id)
+        .select(Job::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Pauses or resumes `queue` on every node, durably. Resuming wakes the queue.
+pub async fn set_paused(conn: &mut Conn, queue: &str, paused: bool) -> Result<(), DbError> {
+    diesel::insert_into(job_queues::table)
+        .values((job_queues::name.eq(queue), job_queues::paused.eq(paused)))
+        .on_conflict(job_queues::name)
+        .do_update()
+        .set((
+            job_queues::paused.eq(paused),
+            job_queues::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    if !paused {
+        notify(conn, NOTIFY_CHANNEL, queue).await?;
+    }
+    Ok(())
+}
+
+/// Whether `queue` is paused.
+pub async fn is_paused(conn: &mut Conn, queue: &str) -> Result<bool, DbError> {
+    Ok(job_queues::table
+        .find(queue)
+        .select(job_queues::paused)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// Claims cron slot (`name`, `slot`) and inserts `job` for it; `None` when another node
+/// already claimed the slot (the primary key decides, so a slot fires once cluster-wide).
+pub async fn insert_cron(
+    conn: &mut Conn,
+    name: &str,
+    slot: DateTime<Utc>,
+    job: &NewJob,
+) -> Result<Option<Uuid>, DbError> {
+    let claimed = diesel::insert_into(job_cron_slots::table)
+        .values((job_cron_slots::name.eq(name), job_cron_slots::slot.eq(slot)))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if claimed == 0 {
+        return Ok(None);
+    }
+    let id = insert(conn, job).await?.job().id;
+    diesel::update(job_cron_slots::table.find((name, slot)))
+        .set(job_cron_slots::job_id.eq(id))
+        .execute(conn)
+        .await?;
+    Ok(Some(id))
+}
+
+/// Jobs waiting or running, by queue and state (for the depth gauges).
+pub async fn depth(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbError> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        queue: String,
+        #[diesel(sql_type = Text)]
+        state: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT queue, state, count(*) AS n FROM jobs
+         WHERE state IN ('available', 'scheduled', 'retryable', 'executing')
+         GROUP BY queue, state",
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.queue, r.state, r.n)).collect())
+}

@@ -1,0 +1,182 @@
+//! `episode_analyzer` (queue `analysis`): loads the episode, marks it `analyzing`, computes its
+//! analysis (`{summary, keywords, sentiment{label,score}, entities{urls,emails,mentions},
+//! word_count, analyzer}`) with the built-in deterministic analyzer, or with the configured
+//! OpenAI-compatible LLM (`analysis.llm_url`, falling back to the built-in one on any failure),
+//! then marks it `complete` and emits `episode.analyzed` in the same transaction. When the last
+//! attempt fails the episode is marked `error` and `episode.failed` is emitted.
+//!
+//! The slow part (the LLM call) runs outside any transaction. Re-running a job whose episode is
+//! already complete does nothing, so a rescued or retried job is harmless.
+
+pub mod builtin;
+pub mod llm;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
+use crate::repo::DbError;
+use crate::schemas::schema::episodes;
+use crate::schemas::vsm::episode;
+
+pub const NAME: &str = "episode_analyzer";
+
+pub struct EpisodeAnalyzer;
+
+/// The analysis job of `episode_id`; insert it in the transaction that creates the episode.
+pub fn job(tenant_id: Uuid, episode_id: Uuid) -> NewJob {
+    job_for(&EpisodeAnalyzer, json!({"episode_id": episode_id})).tenant(tenant_id)
+}
+
+impl Worker for EpisodeAnalyzer {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn queue(&self) -> &'static str {
+        "analysis"
+    }
+
+    fn priority(&self) -> i16 {
+        1
+    }
+
+    fn max_attempts(&self) -> i32 {
+        5
+    }
+
+    fn unique_for(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
+    fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {
+        Box::pin(async move {
+            let Some(tenant) = job.tenant_id else {
+                return Ok(Outcome::Discard(
+                    "episode_analyzer jobs belong to a tenant".into(),
+                ));
+            };
+            let Some(episode_id) = job
+                .args
+                .get("episode_id")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<Uuid>().ok())
+            else {
+                return Ok(Outcome::Discard("args.episode_id must be a UUID".into()));
+            };
+            match analyze(ctx, tenant, episode_id).await {
+                Ok(outcome) => Ok(outcome),
+                Err(e) if job.attempt >= job.max_attempts => {
+                    let reason = format!("{e:#}");
+                    mark_failed(ctx, tenant, episode_id, &reason)
+                        .await
+                        .context("marking the episode as failed")?;
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Result<Outcome> {
+    let mut tx = ctx.repo.tenant_tx(tenant).await?;
+    let ep = match episode::find(&mut tx, episode_id).await {
+        Ok(ep) => ep,
+        Err(DbError::NotFound) => {
+            return Ok(Outcome::Discard(format!(
+                "episode {episode_id} does not exist"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if ep.status == "complete" {
+        return Ok(Outcome::Complete);
+    }
+    set_status(&mut tx, episode_id, "analyzing").await?;
+    tx.commit().await?;
+
+    let analysis = match &ctx.config.analysis.llm_url {
+        Some(url) => match llm::analyze(ctx, url, &ep.title, &ep.content).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(episode_id = %episode_id, error = %format!("{e:#}"), "LLM analysis failed; using the built-in analyzer");
+                let mut a = builtin::analyze(&ep.title, &ep.content);
+                a["llm_error"] = json!(format!("{e:#}"));
+                a
+            }
+        },
+        None => builtin::analyze(&ep.title, &ep.content),
+    };
+
+    let mut tx = ctx.repo.tenant_tx(tenant).await?;
+    diesel::update(episodes::table.find(episode_id))
+        .set((
+            episodes::status.eq("complete"),
+            episodes::analysis.eq(&analysis),
+            episodes::error.eq(None::<String>),
+            episodes::updated_at.eq(Utc::now()),
+        ))
+        .execute(&mut *tx)
+        .await?;
+    crate::events::record(
+        &mut tx,
+        tenant,
+        "episode.analyzed",
+        &json!({"episode_id": episode_id, "analysis": analysis}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Outcome::Complete)
+}
+
+async fn set_status(
+    conn: &mut crate::repo::Conn,
+    episode_id: Uuid,
+    status: &str,
+) -> Result<(), DbError> {
+    diesel::update(episodes::table.find(episode_id))
+        .set((
+            episodes::status.eq(status),
+            episodes::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn mark_failed(
+    ctx: &JobContext,
+    tenant: Uuid,
+    episode_id: Uuid,
+    reason: &str,
+) -> Result<(), DbError> {
+    let mut tx = ctx.repo.tenant_tx(tenant).await?;
+    diesel::update(episodes::table.find(episode_id))
+        .set((
+            episodes::status.eq("error"),
+            episodes::error.eq(reason),
+            episodes::updated_at.eq(Utc::now()),
+        ))
+        .execute(&mut *tx)
+        .await?;
+    crate::events::record(
+        &mut tx,
+        tenant,
+        "episode.failed",
+        &json!({"episode_id": episode_id, "error": reason}),
+    )
+    .await?;
+    tx.commit().await
+}

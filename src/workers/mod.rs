@@ -1,0 +1,28 @@
+//! Workers (CONTRACT §7), one file each. Every worker declares its name, queue, priority,
+//! attempts and uniqueness next to its code (the [`Worker`](crate::jobs::Worker) methods) and
+//! has a `job(..)` constructor for callers. A new worker is one file plus one line in
+//! [`registry`].
+
+pub mod episode_analyzer;
+pub mod health_check;
+pub mod policy_evaluator;
+pub mod test_noop;
+pub mod test_probe;
+
+use crate::config::Config;
+use crate::jobs::Registry;
+
+/// Every worker this build can run. Test-only workers join when `jobs.test_workers` is set.
+pub fn registry(config: &Config) -> Registry {
+    let mut r = Registry::new();
+    r.register(episode_analyzer::EpisodeAnalyzer);
+    r.register(policy_evaluator::PolicyEvaluator);
+    r.register(health_check::HealthCheck);
+    if config.jobs.test_workers {
+        r.register(test_noop::TestNoop);
+        r.register(test_probe::TestProbe::new(
+            config.jobs.test_probe_dir.clone(),
+        ));
+    }
+    r
+}

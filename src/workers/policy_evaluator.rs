@@ -1,0 +1,323 @@
+//! `policy_evaluator`: evaluates a tenant's active, in-window policies (highest priority first)
+//! against one event and performs the actions of each policy it triggers, emitting
+//! `policy.triggered` with what each action did.
+//!
+//! All of one evaluation's effects (enqueued jobs, published events, system states, the
+//! `policy.triggered` events) commit in one tenant transaction, so a retried evaluation never
+//! acts twice. A `notify` action cannot be carried out until a notification channel exists: it
+//! is recorded as failed in the `policy.triggered` event and the job ends `discarded` with the
+//! reason in its errors, rather than pretending to succeed.
+//!
+//! Events reach this worker through [`enqueue_for_events`], which the event relay calls for the
+//! events it sequences: it inserts one evaluation job per event of a tenant that has an active,
+//! in-window policy whose `when.topics` match.
+
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, storage};
+use crate::repo::{Conn, DbError, Repo};
+use crate::schemas::schema::policies;
+use crate::schemas::vsm::system_state;
+
+pub use rules::{RuleError, Rules, validate};
+
+pub const NAME: &str = "policy_evaluator";
+
+/// Events produced by policy actions carry `_policy_depth`; past this depth they trigger no
+/// further evaluation, so two policies publishing each other's topics cannot loop forever.
+pub const MAX_DEPTH: i64 = 3;
+
+pub struct PolicyEvaluator;
+
+/// One event as the relay sees it.
+#[derive(Debug, Clone)]
+pub struct RelayedEvent {
+    /// `None` for a system-wide event (not evaluated: policies belong to tenants, and the relay
+    /// may not read them across tenants).
+    pub tenant_id: Option<Uuid>,
+    /// The public event id, when sequenced.
+    pub seq: Option<i64>,
+    pub topic: String,
+    pub payload: Value,
+}
+
+/// An evaluation job for `event`.
+pub fn job(tenant_id: Uuid, event: &RelayedEvent) -> NewJob {
+    job_for(
+        &PolicyEvaluator,
+        json!({"event": {"seq": event.seq, "topic": event.topic, "payload": event.payload}}),
+    )
+    .tenant(tenant_id)
+}
+
+impl Worker for PolicyEvaluator {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> i16 {
+        2
+    }
+
+    fn max_attempts(&self) -> i32 {
+        10
+    }
+
+    /// The relay may hand the same event over twice (after a crash); one evaluation suffices.
+    fn unique_for(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {
+        Box::pin(async move {
+            let Some(tenant) = job.tenant_id else {
+                return Ok(Outcome::Discard(
+                    "policy_evaluator jobs belong to a tenant".into(),
+                ));
+            };
+            let event = &job.args["event"];
+            let Some(topic) = event.get("topic").and_then(Value::as_str) else {
+                return Ok(Outcome::Discard("args.event.topic is missing".into()));
+            };
+            let failures = evaluate(ctx, tenant, topic, event).await?;
+            if failures.is_empty() {
+                Ok(Outcome::Complete)
+            } else {
+                Ok(Outcome::Discard(failures.join("; ")))
+            }
+        })
+    }
+}
+
+/// Evaluates every active, in-window policy of `tenant` against the event and performs the
+/// actions of those it triggers, in one transaction. Returns the failed actions' errors.
+pub async fn evaluate(
+    ctx: &JobContext,
+    tenant: Uuid,
+    topic: &str,
+    event: &Value,
+) -> Result<Vec<String>, DbError> {
+    let doc = json!({
+        "topic": topic,
+        "event_id": event.get("seq").cloned().unwrap_or(Value::Null),
+        "data": event.get("payload").cloned().unwrap_or(Value::Null),
+    });
+    let depth = doc["data"]
+        .get("_policy_depth")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let workers = ctx.registry.names();
+    let mut tx = ctx.repo.tenant_tx(tenant).await?;
+    let mut failures = Vec::new();
+    for (policy_id, name, raw) in active_policies(&mut tx).await? {
+        let rules = match validate(&raw, &workers) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(policy_id = %policy_id, error = %e, "stored policy rules are invalid; skipped");
+                continue;
+            }
+        };
+        if !rules.triggers(topic, &doc) {
+            continue;
+        }
+        let mut results = Vec::with_capacity(rules.actions.len());
+        for action in &rules.actions {
+            let result = perform(ctx, &mut tx, tenant, action, depth).await?;
+            if let Err(e) = &result {
+                failures.push(format!("policy {name:?}: {e}"));
+            }
+            results.push(match result {
+                Ok(detail) => json!({"action": kind(action), "status": "ok", "result": detail}),
+                Err(e) => json!({"action": kind(action), "status": "error", "error": e}),
+            });
+        }
+        crate::events::record(
+            &mut tx,
+            tenant,
+            "policy.triggered",
+            &json!({
+                "policy_id": policy_id,
+                "policy": name,
+                "event": {"id": doc["event_id"], "topic": topic},
+                "actions": results,
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(failures)
+}
+
+fn kind(action: &rules::Action) -> &'static str {
+    match action {
+        rules::Action::Notify { .. } => "notify",
+        rules::Action::Enqueue { .. } => "enqueue",
+        rules::Action::Publish { .. } => "publish",
+        rules::Action::SetState { .. } => "set_state",
+    }
+}
+
+/// Performs one action in the evaluation's transaction. `Ok(Err(reason))` is an action that
+/// failed for good (recorded, not retried); `Err` is a database failure (the job retries).
+async fn perform(
+    ctx: &JobContext,
+    conn: &mut Conn,
+    tenant: Uuid,
+    action: &rules::Action,
+    depth: i64,
+) -> Result<Result<Value, String>, DbError> {
+    Ok(match action {
+        rules::Action::Notify { channel, to, .. } => Err(format!(
+            "notify via {channel} to {} failed: no notification channel is available",
+            mask(to)
+        )),
+        rules::Action::Enqueue { worker, args } => match ctx.registry.job(worker, args.clone()) {
+            Some(job) => {
+                let inserted = storage::insert(conn, &job.tenant(tenant)).await?;
+                Ok(json!({"job_id": inserted.job().id}))
+            }
+            None => Err(format!("enqueue: no worker named {worker:?}")),
+        },
+        rules::Action::Publish { topic, data } => {
+            let mut payload = data.clone();
+            if let Some(obj) = payload.as_object_mut() {
+                obj.insert("_policy_depth".into(), json!(depth + 1));
+            }
+            crate::events::record(conn, tenant, topic, &payload).await?;
+            Ok(json!({"topic": topic}))
+        }
+        rules::Action::SetState { system, merge } => {
+            let mut state = system_state::latest(conn, *system)
+                .await?
+                .and_then(|s| s.state.as_object().cloned())
+                .unwrap_or_default();
+            for (k, v) in merge {
+                state.insert(k.clone(), v.clone());
+            }
+            let saved =
+                system_state::append(conn, tenant, *system, &Value::Object(state), None).await?;
+            Ok(json!({"system": system, "version": saved.version}))
+        }
+    })
+}
+
+/// Recipients never appear whole in logs or events: the first two characters and the length.
+fn mask(to: &str) -> String {
+    let shown: String = to.chars().take(2).collect();
+    format!("{shown}***({} chars)", to.chars().count())
+}
+
+/// `(id, name, rules)` of the tenant's active policies in their window, highest priority first.
+async fn active_policies(conn: &mut Conn) -> Result<Vec<(Uuid, String, Value)>, DbError> {
+    let now = Utc::now();
+    Ok(policies::table
+        .filter(policies::active.eq(true))
+        .filter(
+            policies::effective_from
+                .is_null()
+                .or(policies::effective_from.le(now)),
+        )
+        .filter(
+            policies::effective_until
+                .is_null()
+                .or(policies::effective_until.gt(now)),
+        )
+        .order((policies::priority.desc(), policies::name.asc()))
+        .select((policies::id, policies::name, policies::rules))
+        .load(conn)
+        .await?)
+}
+
+/// Whether the event should be evaluated at all. Evaluations' own traces are not: their
+/// `policy.triggered` events and the `job.*` events of `policy_evaluator` jobs (otherwise a
+/// policy on `job.*` would evaluate its own evaluations forever).
+fn evaluable(event: &RelayedEvent) -> bool {
+    let own_job_event = event.topic.starts_with("job.")
+        && event.payload.get("worker").and_then(Value::as_str) == Some(NAME);
+    event.tenant_id.is_some()
+        && !own_job_event
+        && event.topic != "policy.triggered"
+        && event
+            .payload
+            .get("_policy_depth")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            < MAX_DEPTH
+}
+
+/// In a tenant transaction: inserts an evaluation job for each of `events` that one of the
+/// tenant's active, in-window policies listens to. Returns how many jobs were inserted.
+pub async fn enqueue_for_event(
+    conn: &mut Conn,
+    tenant_id: Uuid,
+    events: &[&RelayedEvent],
+) -> Result<usize, DbError> {
+    let listening: Vec<Rules> = active_policies(conn)
+        .await?
+        .into_iter()
+        .filter_map(|(_, _, raw)| topics_only(&raw))
+        .collect();
+    let mut inserted = 0;
+    for event in events {
+        if evaluable(event) && listening.iter().any(|r| r.topics.matches(&event.topic)) {
+            if let storage::Inserted::New(_) = storage::insert(conn, &job(tenant_id, event)).await?
+            {
+                inserted += 1;
+            }
+        }
+    }
+    Ok(inserted)
+}
+
+/// Hook for the event relay: for a batch of relayed events, enqueues the evaluations they call
+/// for, one tenant transaction per tenant. System-wide events are skipped.
+pub async fn enqueue_for_events(repo: &Repo, events: &[RelayedEvent]) -> Result<usize, DbError> {
+    let mut by_tenant: BTreeMap<Uuid, Vec<&RelayedEvent>> = BTreeMap::new();
+    for e in events.iter().filter(|e| evaluable(e)) {
+        if let Some(t) = e.tenant_id {
+            by_tenant.entry(t).or_default().push(e);
+        }
+    }
+    let mut inserted = 0;
+    for (tenant, events) in by_tenant {
+        let mut tx = repo.tenant_tx(tenant).await?;
+        inserted += enqueue_for_event(&mut tx, tenant, &events).await?;
+        tx.commit().await?;
+    }
+    Ok(inserted)
+}
+
+/// Only `when.topics` of stored rules (the rest is checked when evaluating).
+fn topics_only(raw: &Value) -> Option<Rules> {
+    let topics = raw.get("when")?.get("topics")?.as_array()?;
+    let filters = topics
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .and_then(|s| crate::events::topic::Filter::parse(s).ok())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    if filters.is_empty() {
+        // An empty filter list means "every topic" to Filters; for a policy it is invalid.
+        return None;
+    }
+    Some(Rules {
+        topics: crate::events::topic::Filters(filters),
+        condition: None,
+        actions: Vec::new(),
+    })
+}
