@@ -1,5 +1,7 @@
 //! Artifacts: a row in `artifacts` and an object at `tenants/<tenant>/<path>`, kept in step.
 //!
+//! A publish also enqueues the `artifact_processor` job in its transaction.
+//!
 //! Writes to one path are serialised by a transaction-scoped advisory lock
 //! ([`artifact::lock_path`]). While holding it, [`publish`] writes the row and its event, then
 //! moves the verified staging object to the final key, then commits; [`remove`] deletes the row
@@ -82,6 +84,12 @@ async fn publish_inner(
     )
     .await?;
     crate::events::record(&mut tx, tenant, "artifact.stored", &event_payload(&row)).await?;
+    // Verified again, from the stored bytes, once this commits.
+    crate::jobs::storage::insert(
+        &mut tx,
+        &crate::workers::artifact_processor::job(tenant, row.id, &row.sha256),
+    )
+    .await?;
     let key = object_key(tenant, path);
     storage.publish(staged, &key).await?;
     if let Err(e) = tx.commit().await {

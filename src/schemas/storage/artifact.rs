@@ -148,3 +148,13 @@ fn like_prefix(prefix: &str) -> String {
     pattern.push('%');
     pattern
 }
+
+/// The artifact with this id (of the transaction's tenant).
+pub async fn find_by_id(conn: &mut Conn, id: Uuid) -> Result<Option<Artifact>, DbError> {
+    Ok(artifacts::table
+        .find(id)
+        .select(Artifact::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
