@@ -309,8 +309,8 @@ fn byte_range(req: &HttpRequest, size: u64) -> Result<Option<std::ops::Range<u64
         ("if-none-match" = Option<String>, Header, description = "ETag seen before"),
     ),
     responses(
-        (status = 200, body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 206, body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 200, body = Vec<u8>, content_type = "*/*", description = "The bytes, with the artifact's own Content-Type"),
+        (status = 206, body = Vec<u8>, content_type = "*/*", description = "The requested range"),
         (status = 304), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 416, body = ErrorBody),
         (status = 429, body = ErrorBody)
