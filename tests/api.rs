@@ -390,6 +390,10 @@ async fn the_openapi_document_covers_every_route() {
         ("post", "/v1/jobs/{id}/retry"),
         ("get", "/v1/queues"),
         ("post", "/v1/queues/{name}/{action}"),
+        ("put", "/v1/artifacts/{path}"),
+        ("get", "/v1/artifacts/{path}"),
+        ("delete", "/v1/artifacts/{path}"),
+        ("get", "/v1/artifacts"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),

@@ -6,8 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::controllers::{
-    api_keys_controller, episodes_controller, events_controller, health_controller,
-    jobs_controller, policies_controller, systems_controller, tenants_controller,
+    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
+    health_controller, jobs_controller, policies_controller, systems_controller,
+    tenants_controller,
 };
 
 #[derive(OpenApi)]
@@ -39,6 +40,10 @@ use super::controllers::{
         jobs_controller::queues,
         jobs_controller::pause_or_resume,
         events_controller::events,
+        artifacts_controller::upload,
+        artifacts_controller::download,
+        artifacts_controller::remove,
+        artifacts_controller::list,
     ),
     modifiers(&Security)
 )]

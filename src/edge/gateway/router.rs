@@ -4,9 +4,9 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::controllers::{
-    api_keys_controller, episodes_controller, events_controller, health_controller,
-    jobs_controller, metrics_controller, policies_controller, systems_controller,
-    tenants_controller,
+    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
+    health_controller, jobs_controller, metrics_controller, policies_controller,
+    systems_controller, tenants_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -52,7 +52,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(jobs_controller::retry)
     .service(jobs_controller::queues)
     .service(jobs_controller::pause_or_resume)
-    .service(events_controller::events);
+    .service(events_controller::events)
+    .service(artifacts_controller::list)
+    .service(artifacts_controller::upload)
+    .service(artifacts_controller::download)
+    .service(artifacts_controller::remove);
 }
 
 /// Unknown routes answer in the contract's error format too.
