@@ -23,6 +23,7 @@ use crate::migrate::{self, Action};
 use crate::repo::{DbError, Repo};
 use crate::schemas::storage::tenant;
 use crate::shutdown::Shutdown;
+use crate::storage::Storage;
 use crate::telemetry;
 use crate::workers;
 
@@ -292,15 +293,27 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
     shutdown
         .trigger_on_signals()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
-    // The listener serves only health and metrics; the API's pieces stay idle.
+    // The listener serves only health and metrics; the API's pieces stay idle. Storage is
+    // real: the artifact processor reads objects, so readiness checks the backend too.
     let limiter = RateLimiter::new(&config.rate_limit, None).map_err(Failure::usage)?;
+    let storage = Storage::from_config(&config.storage).map_err(|e| {
+        Failure::runtime(format!(
+            "cannot open storage ({}): {e}",
+            config.storage.backend.as_str()
+        ))
+    })?;
     let state = AppState {
-        readiness: Readiness::new(vec![Box::new(repo.clone())], shutdown.clone()),
+        readiness: Readiness::new(
+            vec![Box::new(repo.clone()), Box::new(storage.clone())],
+            shutdown.clone(),
+        ),
         config: config.clone(),
         repo: repo.clone(),
         hub: Hub::new(1, 1),
         keys: KeyCache::default(),
         limiter: Arc::new(limiter),
+        workers: registry.clone(),
+        storage,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

@@ -40,6 +40,8 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     /// Event relay, fan-out and the SSE stream.
     pub events: EventsConfig,
+    /// Artifact storage backend (CONTRACT §8).
+    pub storage: StorageConfig,
     /// Per-API-key request rate limit.
     pub rate_limit: RateLimitConfig,
 }
@@ -192,6 +194,86 @@ impl Default for EventsConfig {
             client_buffer: 1024,
             retry_ms: 3000,
             relay_poll_ms: 1000,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `VSM_STORAGE__BACKEND`: `local` (default), `s3` or `memory` (tests; lost on exit).
+    pub backend: StorageBackend,
+    /// `VSM_STORAGE__ROOT`: directory of the `local` backend. Default `./data`.
+    pub root: PathBuf,
+    /// Largest accepted artifact in bytes; a bigger upload is refused with 413. Default 5 GiB
+    /// (the largest object S3 copies in one request, which publishing an upload relies on).
+    pub max_object_bytes: u64,
+    /// The `s3` backend (AWS S3 or an S3-compatible server such as MinIO).
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Local,
+            root: PathBuf::from("./data"),
+            max_object_bytes: 5 * 1024 * 1024 * 1024,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// Which [`StorageConfig::backend`] stores artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+    Memory,
+}
+
+impl StorageBackend {
+    /// The name stored in `artifacts.storage_backend` and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Local => "local",
+            StorageBackend::S3 => "s3",
+            StorageBackend::Memory => "memory",
+        }
+    }
+}
+
+/// `[storage.s3]`. Credentials not set here come from the usual `AWS_*` environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, …) or the instance role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// `VSM_STORAGE__S3__BUCKET`: required when `backend = "s3"`.
+    pub bucket: Option<String>,
+    /// `VSM_STORAGE__S3__ENDPOINT`: e.g. `http://127.0.0.1:9000` for MinIO; unset = AWS.
+    /// Plain `http://` is allowed only when set explicitly here.
+    pub endpoint: Option<String>,
+    /// `VSM_STORAGE__S3__REGION`. Default `us-east-1`.
+    pub region: String,
+    /// `VSM_STORAGE__S3__PATH_STYLE`: `true` for `endpoint/bucket/key` URLs (MinIO, most
+    /// S3-compatible servers); `false` (default) for virtual-hosted `bucket.endpoint/key`.
+    pub path_style: bool,
+    /// `VSM_STORAGE__S3__ACCESS_KEY_ID`; unset = `AWS_ACCESS_KEY_ID` or the instance role.
+    pub access_key_id: Option<Secret>,
+    /// `VSM_STORAGE__S3__SECRET_ACCESS_KEY`; unset = `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<Secret>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: None,
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
         }
     }
 }
@@ -447,7 +529,35 @@ impl Config {
             .extract::<Config>()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.jobs.validate()?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Rules that span keys, checked once the layers are merged.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s3 = &self.storage.s3;
+        if self.storage.backend == StorageBackend::S3
+            && s3.bucket.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(ConfigError::Invalid(
+                "key `storage.s3.bucket`: required when storage.backend = \"s3\"".to_owned(),
+            ));
+        }
+        if let Some(endpoint) = &s3.endpoint
+            && url::Url::parse(endpoint).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "key `storage.s3.endpoint`: not a URL: {endpoint}"
+            )));
+        }
+        if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "key `storage.s3.secret_access_key`: storage.s3.access_key_id and \
+                 storage.s3.secret_access_key must be set together"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -816,6 +926,46 @@ mod tests {
                 || shown.contains("postgres://app:%5Bredacted%5D@db/vsm"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn storage_keys_come_from_the_environment_and_are_checked() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("load");
+        assert_eq!(c.storage.backend, StorageBackend::Local);
+        assert_eq!(c.storage.root, PathBuf::from("./data"));
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[
+                ("VSM_STORAGE__BACKEND", "s3"),
+                ("VSM_STORAGE__S3__BUCKET", "artifacts"),
+                ("VSM_STORAGE__S3__ENDPOINT", "http://127.0.0.1:9000"),
+                ("VSM_STORAGE__S3__PATH_STYLE", "true"),
+                ("VSM_STORAGE__S3__ACCESS_KEY_ID", "minio"),
+                ("VSM_STORAGE__S3__SECRET_ACCESS_KEY", "miniosecret"),
+                ("VSM_STORAGE__MAX_OBJECT_BYTES", "1024"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.storage.backend, StorageBackend::S3);
+        assert_eq!(c.storage.s3.bucket.as_deref(), Some("artifacts"));
+        assert!(c.storage.s3.path_style);
+        assert_eq!(c.storage.max_object_bytes, 1024);
+        assert!(!format!("{c:?}").contains("miniosecret"));
+
+        let err = Config::load_from(dir.path(), None, env(&[("VSM_STORAGE__BACKEND", "s3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.s3.bucket"), "{err}");
+        let err = Config::load_from(dir.path(), None, env(&[("VSM_STORAGE__BACKEND", "ftp")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.backend"), "{err}");
+        let err = Config::load_from(dir.path(), None, env(&[("VSM_STORAGE__S3__BUCKETT", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bucket"), "{err}");
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod migrate;
 pub mod repo;
 pub mod schemas;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 pub mod workers;

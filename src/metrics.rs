@@ -55,6 +55,13 @@ pub struct Metrics {
     pub event_relay_lag: prometheus::Histogram,
     /// `cybernetic_event_relay_leader`: 1 while this process's relay leads.
     pub event_relay_leader: IntGauge,
+    /// `cybernetic_storage_operations_total{backend,op,result}`
+    pub storage_operations: IntCounterVec,
+    /// `cybernetic_storage_operation_duration_seconds{backend,op}`
+    pub storage_duration: HistogramVec,
+    /// `cybernetic_storage_bytes_total{backend,direction="in|out"}`: bytes written to and
+    /// read from the backend.
+    pub storage_bytes: IntCounterVec,
     /// `cybernetic_rate_limiter_errors_total`: limiter calls that failed open (Redis trouble).
     pub rate_limiter_errors: prometheus::IntCounter,
 }
@@ -172,6 +179,31 @@ impl Metrics {
             "1 while this process runs the leading event relay",
         )
         .expect("valid metric");
+        let storage_operations = IntCounterVec::new(
+            Opts::new(
+                "cybernetic_storage_operations_total",
+                "Storage backend operations, by backend, operation and result",
+            ),
+            &["backend", "op", "result"],
+        )
+        .expect("valid metric");
+        let storage_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cybernetic_storage_operation_duration_seconds",
+                "Storage backend operation latency (a streamed put or get until its last byte)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend", "op"],
+        )
+        .expect("valid metric");
+        let storage_bytes = IntCounterVec::new(
+            Opts::new(
+                "cybernetic_storage_bytes_total",
+                "Bytes written to (in) and read from (out) the storage backend",
+            ),
+            &["backend", "direction"],
+        )
+        .expect("valid metric");
         let rate_limiter_errors = prometheus::IntCounter::new(
             "cybernetic_rate_limiter_errors_total",
             "Rate-limit checks that failed open because Redis could not be reached",
@@ -206,6 +238,9 @@ impl Metrics {
             Box::new(events_delivered.clone()),
             Box::new(event_relay_lag.clone()),
             Box::new(event_relay_leader.clone()),
+            Box::new(storage_operations.clone()),
+            Box::new(storage_duration.clone()),
+            Box::new(storage_bytes.clone()),
             Box::new(rate_limiter_errors.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -231,6 +266,9 @@ impl Metrics {
             events_delivered,
             event_relay_lag,
             event_relay_leader,
+            storage_operations,
+            storage_duration,
+            storage_bytes,
             rate_limiter_errors,
         }
     }

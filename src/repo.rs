@@ -179,6 +179,20 @@ impl From<DieselError> for DbError {
                     DatabaseErrorKind::ClosedConnection => {
                         DbError::Unavailable(info.message().to_owned())
                     }
+                    // PostgreSQL text cannot hold NUL (SQLSTATE 22021 for text, 22P05 for the
+                    // \u0000 escape in jsonb): the input is at fault, whichever field it was.
+                    _ if info
+                        .message()
+                        .starts_with("invalid byte sequence for encoding")
+                        || info
+                            .message()
+                            .contains("unsupported Unicode escape sequence") =>
+                    {
+                        DbError::Validation {
+                            field: "body",
+                            message: "text must not contain the NUL character",
+                        }
+                    }
                     _ => DbError::Other(DieselError::DatabaseError(kind, info)),
                 }
             }

@@ -376,6 +376,24 @@ async fn the_openapi_document_covers_every_route() {
         ("put", "/v1/systems/{n}/state"),
         ("get", "/v1/systems/{n}/history"),
         ("get", "/v1/events"),
+        ("post", "/v1/episodes"),
+        ("get", "/v1/episodes"),
+        ("get", "/v1/episodes/{id}"),
+        ("post", "/v1/policies"),
+        ("get", "/v1/policies"),
+        ("get", "/v1/policies/{id}"),
+        ("put", "/v1/policies/{id}"),
+        ("delete", "/v1/policies/{id}"),
+        ("get", "/v1/jobs"),
+        ("get", "/v1/jobs/{id}"),
+        ("post", "/v1/jobs/{id}/cancel"),
+        ("post", "/v1/jobs/{id}/retry"),
+        ("get", "/v1/queues"),
+        ("post", "/v1/queues/{name}/{action}"),
+        ("put", "/v1/artifacts/{path}"),
+        ("get", "/v1/artifacts/{path}"),
+        ("delete", "/v1/artifacts/{path}"),
+        ("get", "/v1/artifacts"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),
@@ -529,4 +547,47 @@ async fn the_in_process_limiter_applies_without_redis() {
         );
     }
     assert_eq!(codes, vec![200, 200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn input_postgres_cannot_store_is_a_422_not_a_500() {
+    let db = TestDb::migrated().await;
+    let a = instance(&db).await;
+    let (_, key) = new_tenant(&a.base, "nul").await;
+    let http = Client::new();
+    let (s, code, _) = error_code(
+        http.post(format!("{}/v1/api-keys", a.base))
+            .bearer_auth(&key)
+            .json(&json!({"name": "a\u{0}b"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s.as_u16(), code.as_str()), (422, "validation_failed"));
+    for state in [
+        json!({"x": "nul\u{0}"}),
+        json!({"x": 1.7976931348623157e308}),
+    ] {
+        let (s, _, msg) = error_code(
+            http.put(format!("{}/v1/systems/2/state", a.base))
+                .bearer_auth(&key)
+                .json(&json!({"state": state}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 422, "{msg}");
+        assert!(msg.starts_with("state"), "{msg}");
+    }
+    let (s, code, _) = error_code(
+        http.get(format!("{}/v1/systems/notanumber", a.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s.as_u16(), code.as_str()), (404, "not_found"));
 }

@@ -35,7 +35,12 @@ fn spawn(repo: Repo) -> Spawned {
         readiness: readiness.clone(),
         hub: Hub::new(10, 10),
         keys: KeyCache::default(),
+        storage: vsm::storage::Storage::new(
+            std::sync::Arc::new(vsm::storage::adapters::memory::build()),
+            1024,
+        ),
         limiter: Arc::new(RateLimiter::new(&config.rate_limit, None).unwrap()),
+        workers: vsm::workers::registry(&config),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

@@ -22,3 +22,40 @@ pub mod storage {
 pub mod jobs {
     pub mod task_log;
 }
+
+/// Checks that a JSON value can be stored in a `jsonb` column and read back: PostgreSQL refuses
+/// the NUL character in strings and keys, and writes numbers as exact decimals, so a float near
+/// the f64 limit comes back as a 300-digit integer that JSON parsers reject. Callers map the
+/// error to 422 on the field they validated.
+pub fn check_jsonb(value: &serde_json::Value) -> Result<(), &'static str> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Err("must not contain the NUL character"),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.abs() > 1e300) => {
+            Err("numbers must be between -1e300 and 1e300")
+        }
+        Value::Array(items) => items.iter().try_for_each(check_jsonb),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.contains('\0') {
+                Err("must not contain the NUL character")
+            } else {
+                check_jsonb(v)
+            }
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn jsonb_storable_values() {
+        assert!(super::check_jsonb(&json!({"a": [1, 2.5, "x", null, {"b": true}]})).is_ok());
+        assert!(super::check_jsonb(&json!({"a": "nul\u{0}"})).is_err());
+        assert!(super::check_jsonb(&json!({"k\u{0}": 1})).is_err());
+        assert!(super::check_jsonb(&json!([1.7976931348623157e308])).is_err());
+        assert!(super::check_jsonb(&json!([-1e301])).is_err());
+    }
+}

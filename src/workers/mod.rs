@@ -3,6 +3,7 @@
 //! has a `job(..)` constructor for callers. A new worker is one file plus one line in
 //! [`registry`].
 
+pub mod artifact_processor;
 pub mod episode_analyzer;
 pub mod health_check;
 pub mod policy_evaluator;
@@ -18,6 +19,7 @@ pub fn registry(config: &Config) -> Registry {
     r.register(episode_analyzer::EpisodeAnalyzer);
     r.register(policy_evaluator::PolicyEvaluator);
     r.register(health_check::HealthCheck);
+    r.register(artifact_processor::ArtifactProcessor::default());
     if config.jobs.test_workers {
         r.register(test_noop::TestNoop);
         r.register(test_probe::TestProbe::new(

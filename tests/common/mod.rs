@@ -498,3 +498,86 @@ impl ExternalConsumer {
         serde_json::from_slice(&msg.content?).ok()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Storage: the S3-compatible test server, and raw HTTP for requests a URL library would tidy up.
+
+/// The S3-compatible server the `s3` tests use: `TEST_S3_ENDPOINT` (`.ci/run` starts
+/// `moto_server` and sets it). Unset is a failure, not a skip: a green run must have tested S3.
+pub fn s3_endpoint() -> String {
+    std::env::var("TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "TEST_S3_ENDPOINT is not set: start an S3-compatible server, e.g. \
+             `moto_server -H 127.0.0.1 -p 5055 &` (pip install 'moto[server]'), and \
+             export TEST_S3_ENDPOINT=http://127.0.0.1:5055 (.ci/run does both)"
+        )
+    })
+}
+
+/// A fresh, empty bucket on the test S3 server, and `[storage.s3]` settings for it.
+pub async fn s3_bucket() -> vsm::config::S3Config {
+    let endpoint = s3_endpoint();
+    let bucket = format!("vsm-test-{}", uuid::Uuid::now_v7().simple());
+    let res = reqwest::Client::new()
+        .put(format!("{}/{bucket}", endpoint.trim_end_matches('/')))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("S3 test server at {endpoint} does not answer: {e}"));
+    assert!(
+        res.status().is_success(),
+        "create bucket {bucket}: {}",
+        res.status()
+    );
+    vsm::config::S3Config {
+        bucket: Some(bucket),
+        endpoint: Some(endpoint),
+        region: "us-east-1".to_owned(),
+        path_style: true,
+        access_key_id: Some(vsm::config::Secret::new("test")),
+        secret_access_key: Some(vsm::config::Secret::new("test")),
+    }
+}
+
+/// Sends `head` (request line and headers, without the final blank line) and `body` on a
+/// fresh connection, exactly as written, and returns the status and the rest of the response.
+pub async fn raw_request(base: &str, head: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write body");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Every regular file under `dir`, relative to it, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::repo::DbError;
+use crate::storage::StorageError;
 
 /// The error format of every failed request: `{"error":{"code":"...","message":"..."}}`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -39,6 +40,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A `Range` outside an object of `size` bytes (416 with `Content-Range: bytes */size`).
+    #[error("range not satisfiable for an object of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
     /// `field` is the offending field or JSON path.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ApiError::Validation { .. } => "validation_failed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
@@ -90,6 +95,28 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound(_) => ApiError::NotFound("not found".into()),
+            StorageError::TooLarge { limit } => ApiError::PayloadTooLarge(format!(
+                "artifact larger than the limit of {limit} bytes"
+            )),
+            StorageError::Conflict(what) => ApiError::Conflict(what),
+            StorageError::Body(reason) => {
+                ApiError::BadRequest(format!("request body failed: {reason}"))
+            }
+            StorageError::Backend { backend, source } => {
+                tracing::warn!(backend, error = %source, "storage backend failed");
+                ApiError::Unavailable("storage unavailable".into())
+            }
+            e @ (StorageError::InvalidKey(_) | StorageError::Config(_)) => {
+                ApiError::Internal(e.into())
+            }
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -100,6 +127,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +145,9 @@ impl ResponseError for ApiError {
         } = self
         {
             res.insert_header(("retry-after", retry_after_secs.to_string()));
+        }
+        if let ApiError::RangeNotSatisfiable { size } = self {
+            res.insert_header(("content-range", format!("bytes */{size}")));
         }
         res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }

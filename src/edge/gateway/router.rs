@@ -4,7 +4,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::controllers::{
-    api_keys_controller, events_controller, health_controller, metrics_controller,
+    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
+    health_controller, jobs_controller, metrics_controller, policies_controller,
     systems_controller, tenants_controller,
 };
 use super::error::ApiError;
@@ -17,6 +18,14 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
             .limit(json_limit)
             .error_handler(json_error),
     )
+    // A path segment that does not parse (`/v1/systems/x`) names no resource: 404.
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::NotFound(format!("no such resource: {err}")).into()),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::BadRequest(format!("invalid query string: {err}")).into()
+    }))
     .service(health_controller::live)
     .service(health_controller::health)
     .service(health_controller::ready)
@@ -29,7 +38,25 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(systems_controller::show)
     .service(systems_controller::update)
     .service(systems_controller::history)
-    .service(events_controller::events);
+    .service(episodes_controller::create)
+    .service(episodes_controller::index)
+    .service(episodes_controller::show)
+    .service(policies_controller::create)
+    .service(policies_controller::index)
+    .service(policies_controller::show)
+    .service(policies_controller::update)
+    .service(policies_controller::destroy)
+    .service(jobs_controller::index)
+    .service(jobs_controller::show)
+    .service(jobs_controller::cancel)
+    .service(jobs_controller::retry)
+    .service(jobs_controller::queues)
+    .service(jobs_controller::pause_or_resume)
+    .service(events_controller::events)
+    .service(artifacts_controller::list)
+    .service(artifacts_controller::upload)
+    .service(artifacts_controller::download)
+    .service(artifacts_controller::remove);
 }
 
 /// Unknown routes answer in the contract's error format too.

@@ -17,6 +17,7 @@ use crate::events::hub::Hub;
 use crate::health::{Probe, Readiness};
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
+use crate::storage::Storage;
 
 /// Shared by every request handler.
 pub struct AppState {
@@ -27,8 +28,12 @@ pub struct AppState {
     pub hub: Hub,
     /// Recently resolved API keys.
     pub keys: KeyCache,
+    /// The artifact storage backend.
+    pub storage: Storage,
     /// Per-key request rate limit.
     pub limiter: Arc<RateLimiter>,
+    /// The workers this build knows (policy `enqueue` actions are validated against them).
+    pub workers: crate::jobs::Registry,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -40,22 +45,32 @@ pub async fn launch(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Server, String> {
+    let storage = Storage::from_config(&config.storage).map_err(|e| {
+        format!(
+            "cannot open storage ({}): {e}",
+            config.storage.backend.as_str()
+        )
+    })?;
     let events = crate::events::start(&config, &repo, &shutdown)
         .await
         .map_err(|e| format!("cannot start the event relay: {e}"))?;
     let limiter = RateLimiter::new(&config.rate_limit, config.redis.url.as_ref())?;
     let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(repo.clone())];
     probes.extend(events.probes);
+    probes.push(Box::new(storage.clone()));
     if let Some(redis) = limiter.probe() {
         probes.push(Box::new(redis));
     }
+    let workers = crate::workers::registry(&config);
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
         config,
         repo,
         hub: events.hub,
         keys: KeyCache::default(),
+        storage,
         limiter: Arc::new(limiter),
+        workers,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

@@ -141,6 +141,10 @@ pub async fn update(
             message: "must be a JSON object".into(),
         });
     }
+    crate::schemas::check_jsonb(&body.state).map_err(|message| ApiError::Validation {
+        field: "state".into(),
+        message: message.into(),
+    })?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let written = system_state::append(
         &mut tx,
