@@ -313,6 +313,7 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
         keys: KeyCache::default(),
         limiter: Arc::new(limiter),
         storage,
+        workers: registry.clone(),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

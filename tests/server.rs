@@ -40,6 +40,7 @@ fn spawn(repo: Repo) -> Spawned {
             1024,
         ),
         limiter: Arc::new(RateLimiter::new(&config.rate_limit, None).unwrap()),
+        workers: vsm::workers::registry(&config),
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

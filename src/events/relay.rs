@@ -21,6 +21,7 @@ use crate::config::{DatabaseConfig, EventsConfig};
 use crate::metrics::METRICS;
 use crate::repo::{Conn, Repo};
 use crate::shutdown::Shutdown;
+use crate::workers::policy_evaluator::{self, RelayedEvent};
 
 /// Session advisory lock held by the leading relay ("vsm_rela").
 const RELAY_LOCK: i64 = 0x7673_6d5f_7265_6c61;
@@ -193,6 +194,20 @@ impl Relay {
             return Ok(sequenced.len() as i64 == BATCH);
         }
         self.fanout.publish(&pending).await?;
+        // Policies listening to these events get their evaluation jobs before the events count
+        // as published, so a crash in between re-enqueues (the jobs are unique per event).
+        let relayed: Vec<RelayedEvent> = pending
+            .iter()
+            .map(|e| RelayedEvent {
+                tenant_id: e.tenant_id,
+                seq: Some(e.seq),
+                topic: e.topic.clone(),
+                payload: e.payload.clone(),
+            })
+            .collect();
+        policy_evaluator::enqueue_for_events(&self.repo, &relayed)
+            .await
+            .map_err(err)?;
         let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
         let mut tx = self.repo.system_tx().await.map_err(err)?;
         store::mark_published(&mut tx, &seqs).await.map_err(err)?;

@@ -34,7 +34,7 @@ pub const CANCEL_CHANNEL: &str = "vsm_jobs_cancel";
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 20;
 
 /// A row of `jobs`.
-#[derive(Debug, Clone, Serialize, Queryable, QueryableByName, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, QueryableByName, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = jobs, check_for_backend(diesel::pg::Pg))]
 pub struct Job {
     pub id: Uuid,
@@ -42,12 +42,16 @@ pub struct Job {
     pub state: String,
     pub queue: String,
     pub worker: String,
+    #[schema(value_type = Object)]
     pub args: Value,
+    /// One entry per failed attempt: `{"attempt","at","error"}`.
+    #[schema(value_type = Vec<Object>)]
     pub errors: Value,
     pub attempt: i32,
     pub max_attempts: i32,
     pub priority: i16,
     pub tags: Vec<String>,
+    #[schema(value_type = Object)]
     pub meta: Value,
     #[serde(skip)]
     pub unique_key: Option<String>,
@@ -757,4 +761,57 @@ pub async fn depth(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbErro
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.queue, r.state, r.n)).collect())
+}
+
+/// One page of the jobs visible in the transaction (a tenant's own, under row-level security),
+/// newest first, optionally by queue and state.
+pub async fn list(
+    conn: &mut Conn,
+    queue: Option<&str>,
+    job_state: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Job>, DbError> {
+    let mut query = jobs::table
+        .select(Job::as_select())
+        .order(jobs::id.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(queue) = queue {
+        query = query.filter(jobs::queue.eq(queue.to_owned()));
+    }
+    if let Some(job_state) = job_state {
+        query = query.filter(jobs::state.eq(job_state.to_owned()));
+    }
+    if let Some(before) = before {
+        query = query.filter(jobs::id.lt(before));
+    }
+    Ok(query.load(conn).await?)
+}
+
+/// Job counts by queue and state, over every state, of the jobs visible in the transaction.
+pub async fn counts(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbError> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        queue: String,
+        #[diesel(sql_type = Text)]
+        state: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT queue, state, count(*) AS n FROM jobs GROUP BY queue, state")
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.queue, r.state, r.n)).collect())
+}
+
+/// Queues that are paused cluster-wide.
+pub async fn paused_queues(conn: &mut Conn) -> Result<Vec<String>, DbError> {
+    Ok(job_queues::table
+        .filter(job_queues::paused.eq(true))
+        .select(job_queues::name)
+        .load(conn)
+        .await?)
 }

@@ -6,8 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::controllers::{
-    api_keys_controller, artifacts_controller, events_controller, health_controller,
-    systems_controller, tenants_controller,
+    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
+    health_controller, jobs_controller, policies_controller, systems_controller,
+    tenants_controller,
 };
 
 #[derive(OpenApi)]
@@ -24,6 +25,20 @@ use super::controllers::{
         systems_controller::show,
         systems_controller::update,
         systems_controller::history,
+        episodes_controller::create,
+        episodes_controller::index,
+        episodes_controller::show,
+        policies_controller::create,
+        policies_controller::index,
+        policies_controller::show,
+        policies_controller::update,
+        policies_controller::destroy,
+        jobs_controller::index,
+        jobs_controller::show,
+        jobs_controller::cancel,
+        jobs_controller::retry,
+        jobs_controller::queues,
+        jobs_controller::pause_or_resume,
         events_controller::events,
         artifacts_controller::upload,
         artifacts_controller::download,

@@ -4,8 +4,9 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::controllers::{
-    api_keys_controller, artifacts_controller, events_controller, health_controller,
-    metrics_controller, systems_controller, tenants_controller,
+    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
+    health_controller, jobs_controller, metrics_controller, policies_controller,
+    systems_controller, tenants_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -37,6 +38,20 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(systems_controller::show)
     .service(systems_controller::update)
     .service(systems_controller::history)
+    .service(episodes_controller::create)
+    .service(episodes_controller::index)
+    .service(episodes_controller::show)
+    .service(policies_controller::create)
+    .service(policies_controller::index)
+    .service(policies_controller::show)
+    .service(policies_controller::update)
+    .service(policies_controller::destroy)
+    .service(jobs_controller::index)
+    .service(jobs_controller::show)
+    .service(jobs_controller::cancel)
+    .service(jobs_controller::retry)
+    .service(jobs_controller::queues)
+    .service(jobs_controller::pause_or_resume)
     .service(events_controller::events)
     .service(artifacts_controller::list)
     .service(artifacts_controller::upload)

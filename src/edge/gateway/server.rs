@@ -32,6 +32,8 @@ pub struct AppState {
     pub storage: Storage,
     /// Per-key request rate limit.
     pub limiter: Arc<RateLimiter>,
+    /// The workers this build knows (policy `enqueue` actions are validated against them).
+    pub workers: crate::jobs::Registry,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -59,6 +61,7 @@ pub async fn launch(
     if let Some(redis) = limiter.probe() {
         probes.push(Box::new(redis));
     }
+    let workers = crate::workers::registry(&config);
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
         config,
@@ -67,6 +70,7 @@ pub async fn launch(
         keys: KeyCache::default(),
         storage,
         limiter: Arc::new(limiter),
+        workers,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::repo::{Conn, DbError};
 use crate::schemas::schema::episodes;
 
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = episodes, check_for_backend(diesel::pg::Pg))]
 pub struct Episode {
     pub id: Uuid,
@@ -20,6 +20,7 @@ pub struct Episode {
     pub kind: Option<String>,
     pub tags: Vec<String>,
     pub status: String,
+    #[schema(value_type = Option<Object>)]
     pub analysis: Option<serde_json::Value>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -53,4 +54,29 @@ pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Episode, DbError> {
         .select(Episode::as_select())
         .first(conn)
         .await?)
+}
+
+/// One page of the current tenant's episodes in id (creation) order, after `after`.
+pub async fn list(
+    conn: &mut Conn,
+    status: Option<&str>,
+    tag: Option<&str>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Episode>, DbError> {
+    let mut query = episodes::table
+        .select(Episode::as_select())
+        .order(episodes::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(status) = status {
+        query = query.filter(episodes::status.eq(status.to_owned()));
+    }
+    if let Some(tag) = tag {
+        query = query.filter(episodes::tags.contains(vec![tag.to_owned()]));
+    }
+    if let Some(after) = after {
+        query = query.filter(episodes::id.gt(after));
+    }
+    Ok(query.load(conn).await?)
 }

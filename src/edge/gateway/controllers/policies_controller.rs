@@ -1,0 +1,200 @@
+//! Policies (CONTRACT §4, §7): S5's rules. Rules are validated by the policy evaluator's own
+//! validator before they are saved (422 naming the JSON path); every change records
+//! `policy.created|updated|deleted` in its transaction.
+
+use actix_web::{HttpResponse, delete, get, post, put, web};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::edge::gateway::AppState;
+use crate::edge::gateway::auth::Authenticated;
+use crate::edge::gateway::error::{ApiError, ErrorBody};
+use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::schemas::vsm::policy::{self, NewPolicy, Policy};
+use crate::workers::policy_evaluator;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// Unique per tenant, 1 to 200 characters.
+    pub name: String,
+    pub description: Option<String>,
+    /// `{"when":{"topics":[...]},"if":<cond>,"then":[<action>...]}` (CONTRACT §7).
+    #[schema(value_type = Object)]
+    pub rules: serde_json::Value,
+    /// Default true.
+    pub active: Option<bool>,
+    /// 0 or more; higher is evaluated first. Default 0.
+    pub priority: Option<i32>,
+    pub effective_from: Option<DateTime<Utc>>,
+    pub effective_until: Option<DateTime<Utc>>,
+}
+
+impl PolicyBody {
+    /// Validates the rules and builds the row.
+    fn into_new(self, id: Uuid, tenant_id: Uuid, state: &AppState) -> Result<NewPolicy, ApiError> {
+        let workers = state.workers.names();
+        policy_evaluator::validate(&self.rules, &workers).map_err(|e| ApiError::Validation {
+            field: e.path,
+            message: e.message,
+        })?;
+        crate::schemas::check_jsonb(&self.rules).map_err(|m| ApiError::Validation {
+            field: "rules".into(),
+            message: m.into(),
+        })?;
+        Ok(NewPolicy {
+            id,
+            tenant_id,
+            name: self.name,
+            description: self.description,
+            rules: self.rules,
+            active: self.active.unwrap_or(true),
+            priority: self.priority.unwrap_or(0),
+            effective_from: self.effective_from,
+            effective_until: self.effective_until,
+        })
+    }
+}
+
+fn event(p: &Policy) -> serde_json::Value {
+    json!({"id": p.id, "name": p.name, "active": p.active, "priority": p.priority})
+}
+
+/// Creates a policy.
+#[utoipa::path(
+    post, path = "/v1/policies", tag = "policies", security(("api_key" = [])),
+    request_body = PolicyBody,
+    responses(
+        (status = 201, body = Policy),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "invalid field or rule (message starts with its JSON path)"),
+        (status = 429, body = ErrorBody)
+    )
+)]
+#[post("/v1/policies")]
+pub async fn create(
+    auth: Authenticated,
+    body: web::Json<PolicyBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let new = body
+        .into_inner()
+        .into_new(Uuid::now_v7(), auth.tenant_id, &state)?;
+    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    let created = policy::insert(&mut tx, &new).await?;
+    crate::events::record(&mut tx, auth.tenant_id, "policy.created", &event(&created)).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// The tenant's policies.
+#[utoipa::path(
+    get, path = "/v1/policies", tag = "policies", security(("api_key" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, body = List<Policy>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)
+    )
+)]
+#[get("/v1/policies")]
+pub async fn index(
+    auth: Authenticated,
+    page: web::Query<PageQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let page = page.page()?;
+    let after = page
+        .after
+        .as_deref()
+        .map(|c| {
+            c.parse::<Uuid>()
+                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+        })
+        .transpose()?;
+    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    let rows = policy::list(&mut tx, after, page.limit + 1).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(List::from_rows(rows, &page, |p| p.id.to_string())))
+}
+
+/// One policy.
+#[utoipa::path(
+    get, path = "/v1/policies/{id}", tag = "policies", security(("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Policy),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+    )
+)]
+#[get("/v1/policies/{id}")]
+pub async fn show(
+    auth: Authenticated,
+    path: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    let found = policy::find(&mut tx, path.into_inner()).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+/// Replaces a policy.
+#[utoipa::path(
+    put, path = "/v1/policies/{id}", tag = "policies", security(("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    request_body = PolicyBody,
+    responses(
+        (status = 200, body = Policy),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
+    )
+)]
+#[put("/v1/policies/{id}")]
+pub async fn update(
+    auth: Authenticated,
+    path: web::Path<Uuid>,
+    body: web::Json<PolicyBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let new = body.into_inner().into_new(id, auth.tenant_id, &state)?;
+    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    let updated = policy::update(&mut tx, id, &new).await?;
+    crate::events::record(&mut tx, auth.tenant_id, "policy.updated", &event(&updated)).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Ok().json(updated))
+}
+
+/// Deletes a policy.
+#[utoipa::path(
+    delete, path = "/v1/policies/{id}", tag = "policies", security(("api_key" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)
+    )
+)]
+#[delete("/v1/policies/{id}")]
+pub async fn destroy(
+    auth: Authenticated,
+    path: web::Path<Uuid>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    policy::delete(&mut tx, id).await?;
+    crate::events::record(
+        &mut tx,
+        auth.tenant_id,
+        "policy.deleted",
+        &json!({"id": id}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,470 @@
+//! Episodes, policies, jobs and queues over `/v1` (CONTRACT §4), with tenant isolation.
+
+mod common;
+
+use common::{Instance, TestDb, instance_config};
+use reqwest::Client;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-secret-token";
+
+struct Api {
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    async fn tenant(&self, slug: &str) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/v1/tenants", self.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({"slug": slug}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["api_key"].as_str().unwrap().to_owned()
+    }
+
+    async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            "PUT" => self.http.put(url),
+            "DELETE" => self.http.delete(url),
+            _ => unreachable!(),
+        };
+        let req = req.bearer_auth(key);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+async fn api(db: &TestDb) -> (Instance, Api) {
+    let mut config = instance_config(db, None);
+    config.server.admin_token = Some(vsm::config::Secret::new(ADMIN));
+    let a = Instance::start(config).await;
+    let api = Api {
+        base: a.base.clone(),
+        http: Client::new(),
+    };
+    (a, api)
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = db.owner_conn().await;
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+#[tokio::test]
+async fn creating_an_episode_commits_it_with_its_job_and_event_or_nothing() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("episodes").await;
+    let (s, ep) = api
+        .call(
+            "POST",
+            "/v1/episodes",
+            &key,
+            Some(json!({"title": "Outage", "content": "db down", "tags": ["ops"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{ep}");
+    assert_eq!(ep["status"], "pending");
+    let id = ep["id"].as_str().unwrap();
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) AS n FROM jobs WHERE worker = 'episode_analyzer' AND args->>'episode_id' = '{id}'")).await,
+        1
+    );
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) AS n FROM events WHERE topic = 'episode.created' AND payload->>'id' = '{id}'")).await,
+        1
+    );
+    let (s, got) = api
+        .call("GET", &format!("/v1/episodes/{id}"), &key, None)
+        .await;
+    assert_eq!((s, got["title"].as_str()), (200, Some("Outage")));
+
+    // A refused episode leaves no episode, job or event behind.
+    for bad in [
+        json!({"title": "", "content": "x"}),
+        json!({"title": "t".repeat(501), "content": "x"}),
+        json!({"title": "ok", "content": "x", "tags": [""]}),
+    ] {
+        let (s, body) = api.call("POST", "/v1/episodes", &key, Some(bad)).await;
+        assert_eq!(s, 422, "{body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+    }
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM episodes").await, 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM jobs WHERE worker = 'episode_analyzer'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM events WHERE topic = 'episode.created'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn episode_pages_visit_every_row_exactly_once_while_rows_are_inserted() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("pages").await;
+    for i in 0..45 {
+        let tags = if i % 3 == 0 {
+            json!(["third"])
+        } else {
+            json!([])
+        };
+        let (s, _) = api
+            .call(
+                "POST",
+                "/v1/episodes",
+                &key,
+                Some(json!({"title": format!("e{i}"), "content": "", "tags": tags})),
+            )
+            .await;
+        assert_eq!(s, 201);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut inserted = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/episodes?limit=10&cursor={c}"),
+            None => "/v1/episodes?limit=10".into(),
+        };
+        let (s, page) = api.call("GET", &path, &key, None).await;
+        assert_eq!(s, 200);
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["title"].as_str().unwrap().to_owned());
+        }
+        // Keep inserting while walking.
+        for _ in 0..3 {
+            api.call(
+                "POST",
+                "/v1/episodes",
+                &key,
+                Some(json!({"title": format!("late{inserted}"), "content": ""})),
+            )
+            .await;
+            inserted += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "a row was visited twice");
+    for i in 0..45 {
+        assert!(seen.contains(&format!("e{i}")), "e{i} never visited");
+    }
+    let (_, tagged) = api
+        .call("GET", "/v1/episodes?tag=third&limit=500", &key, None)
+        .await;
+    assert_eq!(tagged["items"].as_array().unwrap().len(), 15);
+    let (_, pending) = api
+        .call("GET", "/v1/episodes?status=pending&limit=1", &key, None)
+        .await;
+    assert_eq!(pending["items"].as_array().unwrap().len(), 1);
+    let (s, _) = api
+        .call("GET", "/v1/episodes?status=sleeping", &key, None)
+        .await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn policies_validate_rules_naming_the_json_path_and_record_events() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("policies").await;
+    let rules = json!({
+        "when": {"topics": ["episode.created"]},
+        "if": {"field": "data.title", "op": "contains", "value": "Outage"},
+        "then": [{"publish": {"topic": "alert.raised", "data": {"why": "outage"}}}]
+    });
+    let (s, p) = api
+        .call(
+            "POST",
+            "/v1/policies",
+            &key,
+            Some(json!({"name": "outages", "rules": rules, "priority": 5})),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    let bad =
+        json!({"when": {"topics": ["episode.created"]}, "then": [{"notify": {"channel": 7}}]});
+    let (s, e) = api
+        .call(
+            "POST",
+            "/v1/policies",
+            &key,
+            Some(json!({"name": "bad", "rules": bad})),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("then[0]"),
+        "{e}"
+    );
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/policies",
+            &key,
+            Some(json!({"name": "outages", "rules": rules})),
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/policies",
+            &key,
+            Some(json!({"name": "win", "rules": rules,
+            "effective_from": "2030-01-01T00:00:00Z", "effective_until": "2029-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(s, 422);
+    let (s, up) = api
+        .call(
+            "PUT",
+            &format!("/v1/policies/{id}"),
+            &key,
+            Some(json!({"name": "outages", "rules": rules, "active": false})),
+        )
+        .await;
+    assert_eq!((s, up["active"].as_bool()), (200, Some(false)));
+    let (s, list) = api.call("GET", "/v1/policies", &key, None).await;
+    assert_eq!((s, list["items"].as_array().unwrap().len()), (200, 1));
+    let (s, _) = api
+        .call("DELETE", &format!("/v1/policies/{id}"), &key, None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api
+        .call("GET", &format!("/v1/policies/{id}"), &key, None)
+        .await;
+    assert_eq!(s, 404);
+    for topic in ["policy.created", "policy.updated", "policy.deleted"] {
+        assert_eq!(
+            count(
+                &db,
+                &format!("SELECT count(*) AS n FROM events WHERE topic = '{topic}'")
+            )
+            .await,
+            1,
+            "{topic}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_event_matching_an_active_policy_enqueues_its_evaluation() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("triggered").await;
+    let rules = json!({"when": {"topics": ["episode.*"]}, "then": [{"publish": {"topic": "alert.raised", "data": {}}}]});
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/policies",
+            &key,
+            Some(json!({"name": "p", "rules": rules})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    api.call(
+        "POST",
+        "/v1/episodes",
+        &key,
+        Some(json!({"title": "t", "content": ""})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, jobs) = api.call("GET", "/v1/jobs?queue=default", &key, None).await;
+        let evaluations = jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| {
+                j["worker"] == "policy_evaluator"
+                    && j["args"]["event"]["topic"] == "episode.created"
+            })
+            .count();
+        if evaluations == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no evaluation job: {jobs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn tenants_never_see_or_touch_each_others_rows() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let a = api.tenant("tenant-a").await;
+    let b = api.tenant("tenant-b").await;
+    let (_, ep) = api
+        .call(
+            "POST",
+            "/v1/episodes",
+            &a,
+            Some(json!({"title": "secret", "content": "a's"})),
+        )
+        .await;
+    let rules = json!({"when": {"topics": ["episode.created"]}, "then": [{"publish": {"topic": "x.y", "data": {}}}]});
+    let (_, pol) = api
+        .call(
+            "POST",
+            "/v1/policies",
+            &a,
+            Some(json!({"name": "p", "rules": rules})),
+        )
+        .await;
+    let (_, jobs) = api.call("GET", "/v1/jobs", &a, None).await;
+    let job_id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+    let ep_id = ep["id"].as_str().unwrap();
+    let pol_id = pol["id"].as_str().unwrap();
+    for (method, path) in [
+        ("GET", format!("/v1/episodes/{ep_id}")),
+        ("GET", format!("/v1/policies/{pol_id}")),
+        ("PUT", format!("/v1/policies/{pol_id}")),
+        ("DELETE", format!("/v1/policies/{pol_id}")),
+        ("GET", format!("/v1/jobs/{job_id}")),
+        ("POST", format!("/v1/jobs/{job_id}/cancel")),
+        ("POST", format!("/v1/jobs/{job_id}/retry")),
+    ] {
+        let body = (method == "PUT").then(|| json!({"name": "p", "rules": rules}));
+        let (s, _) = api.call(method, &path, &b, body).await;
+        assert_eq!(s, 404, "{method} {path}");
+    }
+    for path in ["/v1/episodes", "/v1/policies", "/v1/jobs"] {
+        let (s, list) = api.call("GET", path, &b, None).await;
+        assert_eq!(s, 200);
+        assert!(
+            list["items"].as_array().unwrap().is_empty(),
+            "{path}: {list}"
+        );
+    }
+    let (_, queues) = api.call("GET", "/v1/queues", &b, None).await;
+    for q in queues["items"].as_array().unwrap() {
+        assert!(
+            q["counts"].as_object().unwrap().values().all(|n| n == 0),
+            "{q}"
+        );
+    }
+    // A's job is untouched.
+    let (_, job) = api
+        .call("GET", &format!("/v1/jobs/{job_id}"), &a, None)
+        .await;
+    assert_ne!(job["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn jobs_cancel_and_retry_and_queue_control_needs_the_admin_token() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("jobs").await;
+    api.call(
+        "POST",
+        "/v1/episodes",
+        &key,
+        Some(json!({"title": "t", "content": ""})),
+    )
+    .await;
+    let (_, jobs) = api
+        .call("GET", "/v1/jobs?state=available", &key, None)
+        .await;
+    let id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+    let (s, job) = api
+        .call("POST", &format!("/v1/jobs/{id}/cancel"), &key, None)
+        .await;
+    assert_eq!((s, job["state"].as_str()), (200, Some("cancelled")));
+    let (s, _) = api
+        .call("POST", &format!("/v1/jobs/{id}/cancel"), &key, None)
+        .await;
+    assert_eq!(s, 409);
+    let (s, job) = api
+        .call("POST", &format!("/v1/jobs/{id}/retry"), &key, None)
+        .await;
+    assert_eq!((s, job["state"].as_str()), (200, Some("available")));
+    let (s, _) = api.call("GET", "/v1/jobs?state=bogus", &key, None).await;
+    assert_eq!(s, 400);
+
+    let (s, queues) = api.call("GET", "/v1/queues", &key, None).await;
+    assert_eq!(s, 200);
+    let analysis = queues["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "analysis")
+        .unwrap()
+        .clone();
+    assert_eq!(analysis["concurrency"], 5);
+    assert_eq!(analysis["counts"]["available"], 1);
+    assert_eq!(analysis["paused"], false);
+
+    let (s, _) = api
+        .call("POST", "/v1/queues/analysis/pause", &key, None)
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = api
+        .call("POST", "/v1/queues/analysis/pause", ADMIN, None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, queues) = api.call("GET", "/v1/queues", &key, None).await;
+    let analysis = queues["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "analysis")
+        .unwrap()
+        .clone();
+    assert_eq!(analysis["paused"], true);
+    let (s, _) = api
+        .call("POST", "/v1/queues/analysis/resume", ADMIN, None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api
+        .call("POST", "/v1/queues/analysis/explode", ADMIN, None)
+        .await;
+    assert_eq!(s, 404);
+}
