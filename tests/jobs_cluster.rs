@@ -147,7 +147,7 @@ async fn two_workers_run_ten_thousand_jobs_exactly_once_within_their_limits() {
     let started = Instant::now();
     wait_for_count(
         &mut owner,
-        "SELECT count(*) AS n FROM jobs WHERE state = 'completed'",
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
         JOBS as i64,
         Duration::from_secs(60),
     )
@@ -159,7 +159,7 @@ async fn two_workers_run_ten_thousand_jobs_exactly_once_within_their_limits() {
     assert_eq!(
         count(
             &mut owner,
-            "SELECT count(*) AS n FROM jobs WHERE attempt <> 1"
+            "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND attempt <> 1"
         )
         .await,
         0
@@ -252,7 +252,7 @@ async fn jobs_of_a_killed_worker_are_finished_by_another_within_a_minute() {
     let mut owner = db.owner_conn().await;
     wait_for_count(
         &mut owner,
-        "SELECT count(*) AS n FROM jobs WHERE state = 'executing'",
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'executing'",
         HELD as i64,
         Duration::from_secs(20),
     )
@@ -273,7 +273,7 @@ async fn jobs_of_a_killed_worker_are_finished_by_another_within_a_minute() {
 
     wait_for_count(
         &mut owner,
-        "SELECT count(*) AS n FROM jobs WHERE state = 'completed'",
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
         HELD as i64,
         Duration::from_secs(60),
     )
@@ -321,7 +321,7 @@ async fn vsm_all_runs_the_workers_too() {
     let mut owner = db.owner_conn().await;
     wait_for_count(
         &mut owner,
-        "SELECT count(*) AS n FROM jobs WHERE state = 'completed'",
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
         3,
         Duration::from_secs(20),
     )
