@@ -13,7 +13,7 @@ log=$(mktemp)
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" VSM_ADMIN_TOKEN="$admin" VSM_LOG=warn
 # The limiter would answer 429 to a fuzzer's burst; it has its own tests.
 export VSM_RATE_LIMIT__REQUESTS_PER_SECOND=0
-target/debug/vsm all --listen "127.0.0.1:$port" >"$log" 2>&1 &
+"${VSM_BIN:-${CARGO_TARGET_DIR:-target}/debug/vsm}" all --listen "127.0.0.1:$port" >"$log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true

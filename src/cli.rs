@@ -312,8 +312,8 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
         hub: Hub::new(1, 1),
         keys: KeyCache::default(),
         limiter: Arc::new(limiter),
-        storage,
         workers: registry.clone(),
+        storage,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };

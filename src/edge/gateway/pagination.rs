@@ -47,6 +47,19 @@ impl PageQuery {
     }
 }
 
+impl Page {
+    /// The cursor's key as the type the list is ordered by (a UUID, a version…).
+    pub fn after_parsed<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
+        self.after
+            .as_deref()
+            .map(|key| {
+                key.parse::<T>()
+                    .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
+            })
+            .transpose()
+    }
+}
+
 /// One page of a list.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct List<T> {

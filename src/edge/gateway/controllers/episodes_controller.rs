@@ -144,14 +144,7 @@ pub async fn index(
             "status must be pending, analyzing, complete or error".into(),
         ));
     }
-    let after = page
-        .after
-        .as_deref()
-        .map(|c| {
-            c.parse::<Uuid>()
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
-        })
-        .transpose()?;
+    let after = page.after_parsed::<Uuid>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = episode::list(
         &mut tx,

@@ -58,14 +58,7 @@ pub async fn index(
             STATES.join(", ")
         )));
     }
-    let before = page
-        .after
-        .as_deref()
-        .map(|c| {
-            c.parse::<Uuid>()
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
-        })
-        .transpose()?;
+    let before = page.after_parsed::<Uuid>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = jobs::list(
         &mut tx,

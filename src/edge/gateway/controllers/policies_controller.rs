@@ -107,14 +107,7 @@ pub async fn index(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let page = page.page()?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|c| {
-            c.parse::<Uuid>()
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))
-        })
-        .transpose()?;
+    let after = page.after_parsed::<Uuid>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = policy::list(&mut tx, after, page.limit + 1).await?;
     tx.commit().await?;

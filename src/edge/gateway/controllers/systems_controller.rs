@@ -184,13 +184,7 @@ pub async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let n = system_number(path.into_inner())?;
     let page = query.page()?;
-    let before = match &page.after {
-        None => None,
-        Some(v) => Some(
-            v.parse::<i32>()
-                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
-        ),
-    };
+    let before = page.after_parsed::<i32>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = system_state::history(&mut tx, n, before, page.limit + 1).await?;
     tx.commit().await?;
