@@ -36,6 +36,15 @@ CREATE TABLE jobs (
   CONSTRAINT jobs_worker_length CHECK (char_length(worker) BETWEEN 1 AND 128),
   CONSTRAINT jobs_args_object CHECK (jsonb_typeof(args) = 'object')
 );
+-- A queue table turns over constantly: every job leaves dead row versions behind, and until
+-- they are vacuumed (or their index entries marked dead, which an open snapshot such as a
+-- running ANALYZE prevents) each fetch walks past them. Vacuum and analyze it early and without
+-- the cost-based throttling, so that window stays short.
+ALTER TABLE jobs SET (
+  autovacuum_vacuum_scale_factor = 0.02,
+  autovacuum_analyze_scale_factor = 0.05,
+  autovacuum_vacuum_cost_delay = 0
+);
 -- Every state change moves a row between these partial indexes, so they are kept few and narrow.
 -- Fetch: the next available jobs of a queue in priority order.
 CREATE INDEX jobs_fetch_idx ON jobs (queue, priority, scheduled_at, id) WHERE state = 'available';

@@ -22,6 +22,8 @@ use crate::shutdown::Shutdown;
 
 /// Most jobs claimed by one fetch.
 const FETCH_BATCH: usize = 1000;
+/// Longest a producer waits for more free slots before fetching (see `gather_free_slots`).
+const GATHER: Duration = Duration::from_millis(2);
 /// Most outcomes written by one acknowledgement.
 const ACK_BATCH: usize = 2000;
 
@@ -380,7 +382,23 @@ async fn produce(
             _ = shutdown.wait() => return,
             _ = rt.wake.notified() => more = true,
             _ = poll.tick() => more = true,
-            _ = rt.freed.notified(), if more => {}
+            _ = rt.freed.notified(), if more => gather_free_slots(rt).await,
+        }
+    }
+}
+
+/// After a slot frees up in a saturated queue, waits briefly (at most [`GATHER`]) until half
+/// the queue's slots are free, so the next fetch claims a batch instead of a single job: with
+/// short jobs, fetching per freed slot would cost a round trip per job.
+async fn gather_free_slots(rt: &QueueRt) {
+    let want = rt.limit.div_ceil(2);
+    let deadline = tokio::time::Instant::now() + GATHER;
+    while rt.slots.available_permits() < want {
+        if tokio::time::timeout_at(deadline, rt.freed.notified())
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }

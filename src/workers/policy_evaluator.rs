@@ -8,9 +8,10 @@
 //! is recorded as failed in the `policy.triggered` event and the job ends `discarded` with the
 //! reason in its errors, rather than pretending to succeed.
 //!
-//! Events reach this worker through [`enqueue_for_events`], which the event relay calls for the
-//! events it sequences: it inserts one evaluation job per event of a tenant that has an active,
-//! in-window policy whose `when.topics` match.
+//! Events reach this worker through [`enqueue_for_events`], for the event relay to call with
+//! each batch it publishes (before marking it published, so a crash repeats the call and the
+//! unique evaluation job absorbs the repeat): it inserts one evaluation job per event of a
+//! tenant that has an active, in-window policy whose `when.topics` match.
 
 pub mod rules;
 
@@ -49,6 +50,17 @@ pub struct RelayedEvent {
     pub seq: Option<i64>,
     pub topic: String,
     pub payload: Value,
+}
+
+impl From<&crate::events::Event> for RelayedEvent {
+    fn from(e: &crate::events::Event) -> Self {
+        RelayedEvent {
+            tenant_id: e.tenant_id,
+            seq: Some(e.seq),
+            topic: e.topic.clone(),
+            payload: e.payload.clone(),
+        }
+    }
 }
 
 /// An evaluation job for `event`.
