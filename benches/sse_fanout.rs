@@ -151,6 +151,8 @@ async fn run(clients: usize, rabbitmq: Option<&str>) {
             "VSM_EVENTS__MAX_CONNECTIONS_PER_TENANT",
             (clients + 10).to_string(),
         )
+        // Every client uses the one key: the per-key rate limit would refuse most of them.
+        .env("VSM_RATE_LIMIT__REQUESTS_PER_SECOND", "0")
         .env("VSM_EVENTS__EXCHANGE", format!("vsm.events.bench.{db}"))
         .stdout(Stdio::null());
     if let Some(amqp) = rabbitmq {
