@@ -1,7 +1,6 @@
 //! API keys. A key is `vsm_` followed by 64 hex digits of randomness; only its sha256 is stored,
 //! with the first characters kept so an operator can tell keys apart.
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use rand::RngCore;
@@ -15,18 +14,6 @@ use crate::schemas::schema::api_keys;
 const KEY_PREFIX: &str = "vsm_";
 /// How much of the key is kept in clear for display (`vsm_` plus 8 hex digits).
 const SHOWN_LEN: usize = KEY_PREFIX.len() + 8;
-
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
-#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
-pub struct ApiKey {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub name: String,
-    pub key_prefix: String,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
 
 /// A freshly issued key: the only moment the secret exists outside its owner's hands.
 #[derive(Clone, Serialize)]
@@ -93,15 +80,6 @@ pub async fn revoke(conn: &mut Conn, id: Uuid) -> Result<(), DbError> {
         return Err(DbError::NotFound);
     }
     Ok(())
-}
-
-/// The current tenant's keys, newest first.
-pub async fn list(conn: &mut Conn) -> Result<Vec<ApiKey>, DbError> {
-    Ok(api_keys::table
-        .select(ApiKey::as_select())
-        .order(api_keys::id.desc())
-        .load(conn)
-        .await?)
 }
 
 #[cfg(test)]

@@ -53,11 +53,3 @@ pub async fn create(
     tx.commit().await?;
     Ok((tenant, key))
 }
-
-/// The tenant of the current context.
-pub async fn current(conn: &mut crate::repo::Conn) -> Result<Tenant, DbError> {
-    Ok(tenants::table
-        .select(Tenant::as_select())
-        .first(conn)
-        .await?)
-}
