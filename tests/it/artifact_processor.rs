@@ -1,8 +1,8 @@
 //! The `artifact_processor` worker (CONTRACT §7): enqueued with every upload, it re-reads the
 //! stored object, verifies size and sha256, sniffs the type and records the result.
 
-mod common;
-mod jobs_support;
+use crate::common;
+use crate::jobs_support;
 
 use std::sync::Arc;
 

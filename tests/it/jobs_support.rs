@@ -1,6 +1,5 @@
 //! Helpers shared by the job tests: engines with short intervals, scripted test workers, and
 //! direct looks at the jobs table as the owner (outside row-level security).
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,25 +129,6 @@ pub fn secs_from_now(at: chrono::DateTime<chrono::Utc>) -> f64 {
     (at - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0
 }
 
-/// Polls `check` every 50 ms until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Polls `sql` (a `count(*) AS n`) every 50 ms until it returns `expected` or `within` passes.
 pub async fn wait_for_count(
     owner: &mut AsyncPgConnection,
@@ -175,6 +155,7 @@ pub async fn wait_for_count(
             .load(owner)
             .await
             .unwrap_or_default();
+            let jobs: Vec<String> = jobs.into_iter().map(|r| r.row).collect();
             panic!("timed out waiting for {sql} = {expected} (last {n}); jobs: {jobs:#?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,7 +1,7 @@
 //! `/v1/artifacts` end to end (CONTRACT §4, §8): a `vsm serve` in this process (the binary's
 //! `launch`) with the local backend in a temporary directory, against real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! The job engine against real PostgreSQL (CONTRACT §7), driven a step at a time with
 //! `Engine::drain` where possible, and as a running engine where the behaviour is about running.
 
-mod common;
-mod jobs_support;
+use crate::common;
+use crate::jobs_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

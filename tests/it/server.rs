@@ -1,6 +1,6 @@
 //! The gateway in-process: readiness follows its dependencies and shutdown (CONTRACT §1, §5).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

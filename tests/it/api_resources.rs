@@ -1,6 +1,6 @@
 //! Episodes, policies, jobs and queues over `/v1` (CONTRACT §4), with tenant isolation.
 
-mod common;
+use crate::common;
 
 use common::{Instance, TestDb, instance_config};
 use reqwest::Client;

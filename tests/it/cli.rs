@@ -1,7 +1,7 @@
 //! The binary's contract (CONTRACT §1, §2, §5): exit codes, one-line errors, and `vsm all`
 //! serving health and metrics until SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Child, Stdio};

@@ -2,7 +2,7 @@
 //! `local` (a temporary directory), `memory`, and `s3` against a real S3-compatible server
 //! (`TEST_S3_ENDPOINT`; `.ci/run` starts moto). Plus the path rules.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

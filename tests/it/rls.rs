@@ -1,6 +1,6 @@
 //! Row-level security holds for the application role (CONTRACT §3).
 
-mod common;
+use crate::common;
 
 use common::TestDb;
 use diesel::sql_types::{BigInt, Bool, Text};

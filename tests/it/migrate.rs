@@ -1,6 +1,6 @@
 //! `vsm migrate` (CONTRACT §3), run as the real binary against real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

@@ -1,7 +1,7 @@
 //! Streaming keeps memory bounded (CONTRACT §8): a 1 GiB upload and download through a real
 //! `vsm serve` child process, sampling its resident set size from /proc while the bytes flow.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! The `/v1` API (CONTRACT §4): tenants, API keys, systems, errors, rate limits, OpenAPI.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -506,8 +506,17 @@ async fn the_rate_limit_holds_across_instances_and_fails_open_without_redis() {
     );
 
     // Redis goes away: requests keep being answered, /ready says degraded (still 200).
-    redis.stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop(); // waits for the process to exit
+    common::eventually(
+        Duration::from_secs(10),
+        "/ready reports redis down",
+        || async {
+            let ready = http.get(format!("{}/ready", a.base)).send().await.unwrap();
+            let body: Value = ready.json().await.unwrap();
+            body["checks"]["redis"]["status"] == "unavailable"
+        },
+    )
+    .await;
     for _ in 0..20 {
         let res = http
             .get(format!("{}/v1/systems", a.base))

@@ -1,8 +1,8 @@
 //! The workers doing their real work against PostgreSQL (CONTRACT §7): the episode analyzer
 //! (built-in, LLM, fallback), the policy evaluator's actions and event hook, the health check.
 
-mod common;
-mod jobs_support;
+use crate::common;
+use crate::jobs_support;
 
 use std::sync::{Arc, Mutex};
 

@@ -1,7 +1,7 @@
 //! Events end to end (CONTRACT §6): outbox → relay → RabbitMQ or in-process → SSE, against real
 //! PostgreSQL and RabbitMQ.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,8 +2,8 @@
 //! within concurrency limits, rescue after `kill -9`, the operations listener, and `vsm all`
 //! running workers too.
 
-mod common;
-mod jobs_support;
+use crate::common;
+use crate::jobs_support;
 
 use std::collections::HashMap;
 use std::io::Write;

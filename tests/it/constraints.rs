@@ -1,6 +1,6 @@
 //! Field rules of CONTRACT §3 come back as typed errors a caller maps to 422/409.
 
-mod common;
+use crate::common;
 
 use actix_web::ResponseError;
 use chrono::{Duration, Utc};

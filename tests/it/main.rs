@@ -1,0 +1,21 @@
+//! The integration suite: one test binary (linking the crate once), one module per area.
+//! Every test gets its own database cloned from a migrated template, so tests run in parallel.
+
+mod abuse;
+mod api;
+mod api_resources;
+mod artifact_processor;
+mod artifacts;
+mod artifacts_memory;
+mod cli;
+mod common;
+mod constraints;
+mod events;
+mod jobs_cluster;
+mod jobs_engine;
+mod jobs_support;
+mod migrate;
+mod rls;
+mod server;
+mod storage;
+mod workers;
