@@ -360,7 +360,7 @@ impl Default for JobsConfig {
             prune_interval_secs: 60,
             cron: vec![CronEntry {
                 name: "health_check".to_owned(),
-                expression: "0 * * * *".to_owned(),
+                expression: CronSchedule::hourly(),
                 worker: "health_check".to_owned(),
                 args: serde_json::json!({}),
             }],
@@ -401,9 +401,6 @@ impl JobsConfig {
             return invalid("prune_interval_secs", "must be at least 1");
         }
         for (i, entry) in self.cron.iter().enumerate() {
-            if let Err(e) = crate::jobs::cron::parse(&entry.expression) {
-                return invalid(&format!("cron[{i}].expression"), &e);
-            }
             if !entry.args.is_object() {
                 return invalid(&format!("cron[{i}].args"), "must be a table (JSON object)");
             }
@@ -427,12 +424,69 @@ pub struct CronEntry {
     /// Unique name of the entry (slots are claimed per name).
     pub name: String,
     /// Cron expression: 5 fields (minute granularity) or 6 (leading seconds); `@hourly` etc.
-    pub expression: String,
+    pub expression: CronSchedule,
     /// Worker to enqueue; its own queue and options apply.
     pub worker: String,
     /// Job arguments (a table). Default `{}`.
     #[serde(default = "empty_object")]
     pub args: serde_json::Value,
+}
+
+/// A cron expression, parsed when the configuration is read, so a bad one is a configuration
+/// error naming its key and nothing later parses it again.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CronSchedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl CronSchedule {
+    /// `0 * * * *`: the top of every hour.
+    pub fn hourly() -> Self {
+        Self::parse("0 * * * *").expect("`0 * * * *` is a valid cron expression")
+    }
+
+    /// Parses a 5-field (or 6-field, leading seconds) expression; aliases such as `@hourly` work.
+    pub fn parse(expression: &str) -> Result<Self, String> {
+        use croner::parser::{CronParser, Seconds};
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(expression)
+            .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))?;
+        Ok(Self {
+            text: expression.to_owned(),
+            cron,
+        })
+    }
+
+    pub fn cron(&self) -> &croner::Cron {
+        &self.cron
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl TryFrom<String> for CronSchedule {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<CronSchedule> for String {
+    fn from(c: CronSchedule) -> String {
+        c.text
+    }
+}
+
+impl fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
 }
 
 fn empty_object() -> serde_json::Value {
@@ -603,12 +657,28 @@ impl Provider for EnvVar {
     }
 }
 
+/// `["jobs", "cron", "0", "expression"]` → `jobs.cron[0].expression`.
+fn key_path(path: &[String]) -> String {
+    let mut key = String::new();
+    for segment in path {
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !key.is_empty() {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    key
+}
+
 /// Turns a figment error into one line that names the key and where it came from.
 fn describe(error: figment::Error) -> String {
     error
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".");
+            let key = key_path(&e.path);
             let source = e
                 .metadata
                 .as_ref()
@@ -1009,7 +1079,7 @@ mod tests {
             ]
         );
         assert_eq!(c.jobs.cron.len(), 1);
-        assert_eq!(c.jobs.cron[0].expression, "0 * * * *");
+        assert_eq!(c.jobs.cron[0].expression.as_str(), "0 * * * *");
         assert!(c.jobs.rescue_after_secs <= 60);
         assert_eq!(c.jobs.prune_after_days, 7);
 

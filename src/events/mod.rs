@@ -6,6 +6,7 @@ pub mod rabbitmq;
 pub mod relay;
 pub mod store;
 pub mod stream;
+pub mod subscriber;
 pub mod topic;
 
 use std::sync::Arc;
@@ -111,7 +112,12 @@ pub struct Started {
 
 /// Starts the event machinery of a serving process: this instance's hub, its RabbitMQ consumer
 /// (when `RABBITMQ_URL` is set) and a relay that leads when no other instance does.
-pub async fn start(config: &Config, repo: &Repo, shutdown: &Shutdown) -> Result<Started, DbError> {
+pub async fn start(
+    config: &Config,
+    repo: &Repo,
+    subscribers: subscriber::Subscribers,
+    shutdown: &Shutdown,
+) -> Result<Started, DbError> {
     let cfg = &config.events;
     let hub = hub::Hub::new(cfg.max_connections_per_tenant, cfg.client_buffer);
     // Live clients get what happens from now on; earlier history is for Last-Event-ID replay.
@@ -140,6 +146,7 @@ pub async fn start(config: &Config, repo: &Repo, shutdown: &Shutdown) -> Result<
         config.database.clone(),
         cfg.clone(),
         fanout,
+        subscribers,
         shutdown.clone(),
     );
     tokio::spawn(relay.run());

@@ -16,12 +16,12 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::hub::Hub;
 use super::rabbitmq::Publisher;
+use super::subscriber::Subscribers;
 use super::{Event, NOTIFY_CHANNEL, store};
 use crate::config::{DatabaseConfig, EventsConfig};
 use crate::metrics::METRICS;
 use crate::repo::{Conn, Repo};
 use crate::shutdown::Shutdown;
-use crate::workers::policy_evaluator::{self, RelayedEvent};
 
 /// Session advisory lock held by the leading relay ("vsm_rela").
 const RELAY_LOCK: i64 = 0x7673_6d5f_7265_6c61;
@@ -73,6 +73,7 @@ pub struct Relay {
     database: DatabaseConfig,
     events: EventsConfig,
     fanout: Fanout,
+    subscribers: Subscribers,
     shutdown: Shutdown,
     last_prune: Option<Instant>,
 }
@@ -83,9 +84,11 @@ impl Relay {
         database: DatabaseConfig,
         events: EventsConfig,
         fanout: Fanout,
+        subscribers: Subscribers,
         shutdown: Shutdown,
     ) -> Self {
         Self {
+            subscribers,
             repo,
             database,
             events,
@@ -194,20 +197,13 @@ impl Relay {
             return Ok(sequenced.len() as i64 == BATCH);
         }
         self.fanout.publish(&pending).await?;
-        // Policies listening to these events get their evaluation jobs before the events count
-        // as published, so a crash in between re-enqueues (the jobs are unique per event).
-        let relayed: Vec<RelayedEvent> = pending
-            .iter()
-            .map(|e| RelayedEvent {
-                tenant_id: e.tenant_id,
-                seq: Some(e.seq),
-                topic: e.topic.clone(),
-                payload: e.payload.clone(),
-            })
-            .collect();
-        policy_evaluator::enqueue_for_events(&self.repo, &relayed)
-            .await
-            .map_err(err)?;
+        // Subscribers (the policy evaluator, ...) see the events before they count as
+        // published, so a crash in between hands them over again.
+        for subscriber in self.subscribers.iter() {
+            if let Err(e) = subscriber.on_published(&self.repo, &pending).await {
+                return Err(format!("subscriber {}: {e}", subscriber.name()));
+            }
+        }
         let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
         let mut tx = self.repo.system_tx().await.map_err(err)?;
         store::mark_published(&mut tx, &seqs).await.map_err(err)?;

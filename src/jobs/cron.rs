@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use croner::parser::{CronParser, Seconds};
 use uuid::Uuid;
 
 use super::{Registry, storage};
@@ -19,15 +18,6 @@ use crate::shutdown::Shutdown;
 /// How late a slot may still be fired.
 pub const GRACE: Duration = Duration::from_secs(60);
 
-/// Parses a 5-field (or 6-field, leading seconds) expression; aliases such as `@hourly` work.
-pub fn parse(expression: &str) -> Result<Cron, String> {
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .build()
-        .parse(expression)
-        .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))
-}
-
 /// The slot of `cron` that `now` falls in: its latest time not after `now`, if within
 /// [`GRACE`].
 pub fn current_slot(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -36,45 +26,25 @@ pub fn current_slot(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     (late <= GRACE).then_some(slot)
 }
 
-/// The entries with their parsed expressions; entries naming an unknown worker or with a bad
-/// expression are reported and left out.
-pub fn compile(entries: &[CronEntry], registry: &Registry) -> Vec<(CronEntry, Cron)> {
-    entries
-        .iter()
-        .filter_map(|e| {
-            if registry.get(&e.worker).is_none() {
-                tracing::error!(cron = %e.name, worker = %e.worker, "cron entry names an unknown worker; skipped");
-                return None;
-            }
-            match parse(&e.expression) {
-                Ok(c) => Some((e.clone(), c)),
-                Err(err) => {
-                    tracing::error!(cron = %e.name, error = %err, "skipped");
-                    None
-                }
-            }
-        })
-        .collect()
-}
-
 /// Fires every entry whose current slot (at `now`) no node has claimed yet. `seen` remembers
 /// slots this node already settled, so a tick costs no query until the next slot. Returns the
 /// jobs this node inserted.
 pub async fn tick(
     repo: &Repo,
     registry: &Registry,
-    entries: &[(CronEntry, Cron)],
+    entries: &[CronEntry],
     now: DateTime<Utc>,
     seen: &mut HashMap<String, DateTime<Utc>>,
 ) -> Result<Vec<Uuid>, DbError> {
     let mut inserted = Vec::new();
-    for (entry, cron) in entries {
-        let Some(slot) = current_slot(cron, now) else {
+    for entry in entries {
+        let Some(slot) = current_slot(entry.expression.cron(), now) else {
             continue;
         };
         if seen.get(&entry.name) == Some(&slot) {
             continue;
         }
+        // `vsm work` refuses to start with a cron entry naming an unknown worker.
         let Some(job) = registry.job(&entry.worker, entry.args.clone()) else {
             continue;
         };
@@ -92,7 +62,6 @@ pub async fn tick(
 }
 
 pub async fn run(repo: Repo, registry: Registry, entries: Vec<CronEntry>, shutdown: Shutdown) {
-    let entries = compile(&entries, &registry);
     if entries.is_empty() {
         return;
     }
@@ -113,26 +82,28 @@ pub async fn run(repo: Repo, registry: Registry, entries: Vec<CronEntry>, shutdo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CronSchedule;
     use chrono::TimeZone;
 
     #[test]
     fn parses_five_and_six_fields_and_rejects_garbage() {
-        assert!(parse("0 * * * *").is_ok());
-        assert!(parse("*/5 * * * * *").is_ok());
-        assert!(parse("@hourly").is_ok());
+        assert!(CronSchedule::parse("0 * * * *").is_ok());
+        assert!(CronSchedule::parse("*/5 * * * * *").is_ok());
+        assert!(CronSchedule::parse("@hourly").is_ok());
         for bad in ["", "61 * * * *", "* * *", "nonsense"] {
-            assert!(parse(bad).is_err(), "{bad}");
+            assert!(CronSchedule::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn current_slot_is_the_last_time_within_the_grace() {
-        let hourly = parse("0 * * * *").unwrap();
+        let hourly = CronSchedule::hourly();
+        let hourly = hourly.cron();
         let at = |h, m, s| Utc.with_ymd_and_hms(2026, 11, 28, h, m, s).unwrap();
-        assert_eq!(current_slot(&hourly, at(10, 0, 0)), Some(at(10, 0, 0)));
-        assert_eq!(current_slot(&hourly, at(10, 0, 59)), Some(at(10, 0, 0)));
-        assert_eq!(current_slot(&hourly, at(10, 1, 0)), Some(at(10, 0, 0)));
-        assert_eq!(current_slot(&hourly, at(10, 1, 1)), None);
-        assert_eq!(current_slot(&hourly, at(10, 59, 59)), None);
+        assert_eq!(current_slot(hourly, at(10, 0, 0)), Some(at(10, 0, 0)));
+        assert_eq!(current_slot(hourly, at(10, 0, 59)), Some(at(10, 0, 0)));
+        assert_eq!(current_slot(hourly, at(10, 1, 0)), Some(at(10, 0, 0)));
+        assert_eq!(current_slot(hourly, at(10, 1, 1)), None);
+        assert_eq!(current_slot(hourly, at(10, 59, 59)), None);
     }
 }

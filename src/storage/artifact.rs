@@ -1,6 +1,7 @@
 //! Artifacts: a row in `artifacts` and an object at `tenants/<tenant>/<path>`, kept in step.
 //!
-//! A publish also enqueues the `artifact_processor` job in its transaction.
+//! A publish also inserts the caller's follow-up job (the `artifact_processor` verification)
+//! in its transaction, so a stored artifact is always verified; storage itself knows no worker.
 //!
 //! Writes to one path are serialised by a transaction-scoped advisory lock
 //! ([`artifact::lock_path`]). While holding it, [`publish`] writes the row and its event, then
@@ -16,6 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{Staged, Storage, StorageError, object_key};
+use crate::jobs::NewJob;
 use crate::repo::{DbError, Repo};
 use crate::schemas::storage::artifact::{self, Artifact, NewArtifact};
 
@@ -38,9 +40,12 @@ pub fn event_payload(a: &Artifact) -> serde_json::Value {
     })
 }
 
+/// The job a stored artifact calls for, inserted in the transaction that stores it.
+pub type FollowUp = fn(&Artifact) -> NewJob;
+
 /// Makes a verified staged upload the artifact at `path` of `tenant`: row, `artifact.stored`
-/// event and object, together. Returns the row and whether it replaced an earlier one. On
-/// error the staged object is removed and nothing changed.
+/// event, `follow_up` job and object, together. Returns the row and whether it replaced an
+/// earlier one. On error the staged object is removed and nothing changed.
 pub async fn publish(
     repo: &Repo,
     storage: &Storage,
@@ -48,8 +53,9 @@ pub async fn publish(
     path: &str,
     staged: &Staged,
     content_type: &str,
+    follow_up: FollowUp,
 ) -> Result<(Artifact, bool), ArtifactError> {
-    let result = publish_inner(repo, storage, tenant, path, staged, content_type).await;
+    let result = publish_inner(repo, storage, tenant, path, staged, content_type, follow_up).await;
     if result.is_err() {
         storage.discard(staged).await;
     }
@@ -63,6 +69,7 @@ async fn publish_inner(
     path: &str,
     staged: &Staged,
     content_type: &str,
+    follow_up: FollowUp,
 ) -> Result<(Artifact, bool), ArtifactError> {
     let size = i64::try_from(staged.size).map_err(|_| StorageError::TooLarge {
         limit: i64::MAX as u64,
@@ -84,12 +91,7 @@ async fn publish_inner(
     )
     .await?;
     crate::events::record(&mut tx, tenant, "artifact.stored", &event_payload(&row)).await?;
-    // Verified again, from the stored bytes, once this commits.
-    crate::jobs::storage::insert(
-        &mut tx,
-        &crate::workers::artifact_processor::job(tenant, row.id, &row.sha256),
-    )
-    .await?;
+    crate::jobs::storage::insert(&mut tx, &follow_up(&row)).await?;
     let key = object_key(tenant, path);
     storage.publish(staged, &key).await?;
     if let Err(e) = tx.commit().await {

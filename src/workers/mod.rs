@@ -10,8 +10,18 @@ pub mod policy_evaluator;
 pub mod test_noop;
 pub mod test_probe;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::events::subscriber::{Subscriber, Subscribers};
 use crate::jobs::Registry;
+
+/// Every feature that consumes the event flow (CONTRACT §6), in the order they see a batch.
+/// Notifications, Telegram and the dashboard plug in here the same way.
+pub fn subscribers() -> Subscribers {
+    let all: Vec<Arc<dyn Subscriber>> = vec![Arc::new(policy_evaluator::PolicyEvaluator)];
+    all.into()
+}
 
 /// Every worker this build can run. Test-only workers join when `jobs.test_workers` is set.
 pub fn registry(config: &Config) -> Registry {

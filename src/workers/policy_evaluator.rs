@@ -72,6 +72,25 @@ pub fn job(tenant_id: Uuid, event: &RelayedEvent) -> NewJob {
     .tenant(tenant_id)
 }
 
+/// The evaluator subscribes to the event flow: each published batch enqueues the evaluations
+/// it calls for.
+impl crate::events::subscriber::Subscriber for PolicyEvaluator {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_published<'a>(
+        &'a self,
+        repo: &'a Repo,
+        events: &'a [crate::events::Event],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(async move {
+            let relayed: Vec<RelayedEvent> = events.iter().map(RelayedEvent::from).collect();
+            enqueue_for_events(repo, &relayed).await.map(|_| ())
+        })
+    }
+}
+
 impl Worker for PolicyEvaluator {
     fn name(&self) -> &'static str {
         NAME

@@ -14,6 +14,7 @@ mod events;
 mod jobs_cluster;
 mod jobs_engine;
 mod jobs_support;
+mod layers;
 mod migrate;
 mod rls;
 mod server;

@@ -51,7 +51,7 @@ pub async fn launch(
             config.storage.backend.as_str()
         )
     })?;
-    let events = crate::events::start(&config, &repo, &shutdown)
+    let events = crate::events::start(&config, &repo, crate::workers::subscribers(), &shutdown)
         .await
         .map_err(|e| format!("cannot start the event relay: {e}"))?;
     let limiter = RateLimiter::new(&config.rate_limit, config.redis.url.as_ref())?;

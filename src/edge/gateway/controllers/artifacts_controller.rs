@@ -22,6 +22,7 @@ use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::schemas::storage::artifact::{self as rows, Artifact};
 use crate::storage::artifact::{self, ArtifactError};
 use crate::storage::{ByteStream, StorageError, object_key, validate_path};
+use crate::workers::artifact_processor;
 
 const PREFIX: &str = "/v1/artifacts/";
 /// Body chunks in flight between the connection and the storage task.
@@ -219,9 +220,19 @@ pub async fn upload(
         let content_type = declared
             .or_else(|| staged.sniffed.map(str::to_owned))
             .unwrap_or_else(|| FALLBACK_TYPE.to_owned());
-        artifact::publish(&repo, &storage, tenant, &path, &staged, &content_type)
-            .await
-            .map_err(UploadError::Artifact)
+        // Verified again, from the stored bytes, once this commits.
+        let verify: artifact::FollowUp = |a| artifact_processor::job(a.tenant_id, a.id, &a.sha256);
+        artifact::publish(
+            &repo,
+            &storage,
+            tenant,
+            &path,
+            &staged,
+            &content_type,
+            verify,
+        )
+        .await
+        .map_err(UploadError::Artifact)
     });
 
     let mut ended = true;
