@@ -200,11 +200,10 @@ impl Probe for RedisProbe {
             if !self.0.is_connected() {
                 return Err("not connected".to_owned());
             }
-            self.0
-                .ping::<String>(None)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            self.0.ping::<String>(None).await.map(|_| ()).map_err(|e| {
+                tracing::warn!(error = %e, "readiness: Redis does not answer");
+                "ping failed".to_owned()
+            })
         })
     }
 }
