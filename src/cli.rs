@@ -160,14 +160,29 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
-    eprintln!("vsm: error: {}", usage_line(&e.to_string()));
+    let line = match e.kind() {
+        // clap would print the whole help here.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let rendered = e.to_string();
+            let usage = rendered
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Usage: "))
+                .unwrap_or("vsm <COMMAND>");
+            format!("a command is required: {usage} (see vsm --help)")
+        }
+        _ => usage_line(&e.to_string()),
+    };
+    eprintln!("vsm: error: {line}");
     ExitCode::from(2)
 }
 
 /// The first line of clap's message without its `error: ` prefix, e.g.
 /// "unexpected argument '--bogus' found".
 fn usage_line(rendered: &str) -> String {
-    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let line = first.trim().strip_prefix("error:").unwrap_or(first).trim();
     if line.is_empty() {
         "invalid command line (see vsm --help)".to_owned()

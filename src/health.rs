@@ -61,7 +61,10 @@ pub fn database_reason(error: &str) -> &'static str {
         ("shutting down", "database is shutting down"),
         ("starting up", "database is starting up"),
         ("recovery mode", "database is in recovery"),
-        ("not accepting connections", "database does not accept connections"),
+        (
+            "not accepting connections",
+            "database does not accept connections",
+        ),
         ("unreachable", "host unreachable"),
         ("no route to host", "host unreachable"),
         ("lookup address", "host not found"),

@@ -467,9 +467,20 @@ async fn the_rate_limit_holds_across_instances_and_fails_open_without_redis() {
     };
     let a = Instance::start(config()).await;
     let b = Instance::start(config()).await;
-    common::wait_ready(&a.base).await;
-    let (_, key) = new_tenant(&a.base, "limited").await;
+    // Each limiter connects to Redis in the background and fails open until then: wait for
+    // both, or the first requests would be let through uncounted.
     let http = Client::new();
+    for base in [&a.base, &b.base] {
+        common::eventually(Duration::from_secs(10), "redis connected", || async {
+            let Ok(res) = http.get(format!("{base}/ready")).send().await else {
+                return false;
+            };
+            let body: Value = res.json().await.unwrap_or_default();
+            body["checks"]["redis"]["status"] == "ok"
+        })
+        .await;
+    }
+    let (_, key) = new_tenant(&a.base, "limited").await;
     // 10 requests of burst, spread over both instances; the next ones are refused on either.
     let mut statuses = Vec::new();
     for i in 0..14 {

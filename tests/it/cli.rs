@@ -292,7 +292,7 @@ fn usage_errors_are_one_line_naming_the_argument_and_help_still_prints_usage() {
         (&["serve", "--listen"][..], "--listen"),
         (&["serve", "--listen", "nowhere"][..], "--listen"),
         (&["frobnicate"][..], "frobnicate"),
-        (&[][..], "subcommand"),
+        (&[][..], "a command is required"),
     ] {
         let out = vsm().args(args).output().unwrap();
         let err = stderr_of(&out);
@@ -304,7 +304,10 @@ fn usage_errors_are_one_line_naming_the_argument_and_help_still_prints_usage() {
     let help = vsm().args(["serve", "--help"]).output().unwrap();
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.contains("Usage:") && text.contains("--listen"), "{text}");
+    assert!(
+        text.contains("Usage:") && text.contains("--listen"),
+        "{text}"
+    );
     let version = vsm().arg("--version").output().unwrap();
     assert_eq!(version.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
@@ -341,7 +344,11 @@ async fn serve_work_and_all_refuse_a_role_that_row_level_security_does_not_apply
         .await
         .unwrap();
     // `app_role = ""` keeps the login role: postgres, a superuser.
-    let cases = [("", "superuser"), ("postgres", "superuser"), (&bypass[..], "BYPASSRLS")];
+    let cases = [
+        ("", "superuser"),
+        ("postgres", "superuser"),
+        (&bypass[..], "BYPASSRLS"),
+    ];
     for (role, why) in cases {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "[database]\napp_role = {role:?}").unwrap();
@@ -360,7 +367,10 @@ async fn serve_work_and_all_refuse_a_role_that_row_level_security_does_not_apply
             let err = stderr_of(&out);
             assert_eq!(out.status.code(), Some(2), "{args:?} {role:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
-            assert!(err.contains("database.app_role") && err.contains(why), "{err}");
+            assert!(
+                err.contains("database.app_role") && err.contains(why),
+                "{err}"
+            );
         }
     }
     diesel::sql_query(format!("DROP ROLE \"{bypass}\""))

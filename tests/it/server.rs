@@ -132,7 +132,10 @@ async fn a_broker_outage_makes_ready_degraded_not_unavailable() {
     assert_eq!(check["status"], "unavailable", "{body}");
     let error = check["error"].as_str().unwrap();
     assert!(!error.is_empty() && error.len() < 80, "{error}");
-    assert!(!error.contains("127.0.0.1") && !error.contains("guest"), "{error}");
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains("guest"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -150,8 +153,14 @@ async fn ready_shows_a_short_reason_never_the_database_error_text() {
     let body: serde_json::Value = res.json().await.unwrap();
     let error = body["checks"]["database"]["error"].as_str().unwrap();
     // PostgreSQL's own text names the role ("role \"vsm_no_such_role_…\" does not exist").
-    assert!(!error.contains(&role) && !error.contains("secret_db_name"), "{error}");
-    assert!(!error.contains("127.0.0.1") && !error.contains('"'), "{error}");
+    assert!(
+        !error.contains(&role) && !error.contains("secret_db_name"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains('"'),
+        "{error}"
+    );
     assert!(
         ["database or role does not exist", "authentication failed"].contains(&error),
         "{error}"

@@ -281,7 +281,10 @@ async fn the_analyzer_falls_back_to_the_builtin_one_when_the_llm_fails() {
         let error = analysis["llm_error"].take();
         assert!(error.as_str().unwrap().contains(why), "{url}: {error}");
         // Tenant-visible: a fixed reason, never the internal endpoint.
-        assert!(!error.as_str().unwrap().contains("127.0.0.1"), "{url}: {error}");
+        assert!(
+            !error.as_str().unwrap().contains("127.0.0.1"),
+            "{url}: {error}"
+        );
         analysis.as_object_mut().unwrap().remove("llm_error");
         assert_eq!(analysis, builtin_analysis, "{url}");
     }

@@ -27,7 +27,7 @@ async fn tenant(base: &str, slug: &str) -> String {
 }
 
 fn random_key() -> String {
-    format!("vsm_{}", uuid::Uuid::new_v4().simple())
+    format!("vsm_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// `n` requests with random keys, 8 at a time, each with `headers`; the status codes.
@@ -164,7 +164,7 @@ async fn x_forwarded_for_counts_only_behind_a_trusted_proxy() {
 
     // Behind a trusted proxy (the test is the proxy), the client is the rightmost address the
     // proxy did not add itself; what the client put in front of it is ignored.
-    config.server.trusted_proxies = vec!["127.0.0.0/8".to_owned()];
+    config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     let b = Instance::start(config).await;
     let codes = flood(&b.base, 20, Some("192.0.2.1, 203.0.113.7")).await;
     assert!(limited(&codes) >= 14, "{codes:?}");
@@ -258,7 +258,10 @@ async fn a_tenant_cannot_mint_keys_or_policies_past_its_caps() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["error"]["code"], "conflict");
     let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("limits.max_api_keys_per_tenant"), "{message}");
+    assert!(
+        message.contains("limits.max_api_keys_per_tenant"),
+        "{message}"
+    );
     // A revoked key frees its place.
     let res = http
         .delete(format!("{}/v1/api-keys/{}", a.base, ids[0]))
@@ -285,5 +288,8 @@ async fn a_tenant_cannot_mint_keys_or_policies_past_its_caps() {
     assert_eq!(res.status(), 409);
     let v: Value = res.json().await.unwrap();
     let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("limits.max_policies_per_tenant"), "{message}");
+    assert!(
+        message.contains("limits.max_policies_per_tenant"),
+        "{message}"
+    );
 }
