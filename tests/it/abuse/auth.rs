@@ -55,38 +55,32 @@ async fn flood(base: &str, n: usize, forwarded_for: Option<&str>) -> Vec<u16> {
 }
 
 /// Calls of `vsm_resolve_api_key` in `db` so far. Backends publish their function statistics
-/// when idle (at most once a second) and always when they exit, so the test ends the instance's
-/// connections first (its pool opens new ones as needed) and reads the total once they are gone.
-async fn key_lookups(db: &TestDb) -> i64 {
+/// when idle (at most once a second) and always when they exit, so the test stops the
+/// instances, ends their connections and reads the total once they are gone.
+async fn key_lookups(db: &TestDb, instances: &[&Instance]) -> i64 {
+    for instance in instances {
+        instance.shutdown.trigger();
+    }
     #[derive(diesel::QueryableByName)]
     struct N {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let mut conn = db.owner_conn().await;
     let terminate = format!(
         "SELECT count(pg_terminate_backend(pid))::bigint AS n FROM pg_stat_activity \
          WHERE datname = '{}' AND pid <> pg_backend_pid()",
         db.name
     );
-    diesel::sql_query(&terminate)
-        .get_result::<N>(&mut conn)
-        .await
-        .unwrap();
-    let others = format!(
-        "SELECT count(*)::bigint AS n FROM pg_stat_activity \
-         WHERE datname = '{}' AND pid <> pg_backend_pid()",
-        db.name
-    );
-    common::eventually(Duration::from_secs(10), "backends gone", || {
-        let others = others.clone();
+    // Until the stopped instances' last tasks are gone, one may still open a connection.
+    common::eventually(Duration::from_secs(10), "instance connections gone", || {
+        let terminate = terminate.clone();
         let db_name = db.name.clone();
         async move {
             let mut c = common::connect(&db_name).await;
-            diesel::sql_query(&others)
+            diesel::sql_query(&terminate)
                 .get_result::<N>(&mut c)
                 .await
-                .map(|r| r.n <= 1) // this probe's own connection
+                .map(|r| r.n == 0)
                 .unwrap_or(false)
         }
     })
@@ -128,7 +122,7 @@ async fn a_flood_of_random_keys_from_one_address_gets_429_and_costs_about_a_burs
     let unauthorized = codes.iter().filter(|c| **c == 401).count();
     let limited = codes.iter().filter(|c| **c == 429).count();
     assert_eq!(unauthorized + limited, 400, "{codes:?}");
-    let lookups = key_lookups(&db).await;
+    let lookups = key_lookups(&db, &[&a]).await;
     eprintln!(
         "400 random keys in {elapsed:.1}s: {unauthorized} x 401, {limited} x 429, {lookups} key lookups"
     );
@@ -292,4 +286,53 @@ async fn a_tenant_cannot_mint_keys_or_policies_past_its_caps() {
         message.contains("limits.max_policies_per_tenant"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn with_redis_the_address_bucket_is_shared_by_instances_and_fails_open() {
+    let db = counted_db().await;
+    let mut redis = common::PrivateRedis::start().await;
+    let config = || {
+        let mut c = instance_config(&db, None);
+        c.redis.url = Some(vsm::config::ServiceUrl::parse(&redis.url()).unwrap());
+        c
+    };
+    let a = Instance::start(config()).await;
+    let b = Instance::start(config()).await;
+    let http = Client::new();
+    for base in [&a.base, &b.base] {
+        common::eventually(Duration::from_secs(10), "redis connected", || async {
+            let Ok(res) = http.get(format!("{base}/ready")).send().await else {
+                return false;
+            };
+            let body: Value = res.json().await.unwrap_or_default();
+            body["checks"]["redis"]["status"] == "ok"
+        })
+        .await;
+    }
+    let started = Instant::now();
+    let mut codes = flood(&a.base, 100, None).await;
+    codes.extend(flood(&b.base, 100, None).await);
+    let elapsed = started.elapsed().as_secs_f64();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    let lookups = key_lookups(&db, &[&a, &b]).await;
+    eprintln!(
+        "200 random keys over two instances in {elapsed:.1}s: {limited} x 429, {lookups} key lookups"
+    );
+    // One bucket of 20 for the address across both instances, not one each.
+    let allowed = 20 + elapsed.ceil() as i64 + 1;
+    assert!(lookups <= allowed, "{lookups} lookups > {allowed}");
+    assert!(limited >= 200 - allowed as usize, "{codes:?}");
+
+    // Redis gone: the limiter fails open (unknown keys are 401 again, nothing is 500).
+    let c = Instance::start(config()).await;
+    redis.stop();
+    common::eventually(Duration::from_secs(10), "redis seen down", || async {
+        let res = http.get(format!("{}/ready", c.base)).send().await.unwrap();
+        let body: Value = res.json().await.unwrap();
+        body["checks"]["redis"]["status"] == "unavailable"
+    })
+    .await;
+    let codes = flood(&c.base, 10, None).await;
+    assert_eq!(codes, vec![401; 10]);
 }
