@@ -42,6 +42,11 @@ fn unknown_or_invalid_environment_settings_exit_2_naming_them() {
         ("VSM_LOG_FORMAT", "xml", "log.format"),
         ("DATABASE_URL", "::not a url", "database.url"),
         ("VSM_DATABASE__POOL_SIZE", "many", "database.pool_size"),
+        (
+            "VSM_SERVER__TRUSTED_PROXIES",
+            "[\"proxy.local\"]",
+            "server.trusted_proxies",
+        ),
     ] {
         let out = vsm().arg("migrate").env(var, value).output().unwrap();
         let err = stderr_of(&out);
