@@ -47,7 +47,7 @@ impl Probe for Repo {
 
 /// A fixed, secret-free class for a database failure, shown by `/ready` instead of the
 /// server's own words (CONTRACT §5: error texts from dependencies are logged, not shown).
-pub fn database_reason(error: &str) -> &'static str {
+fn database_reason(error: &str) -> &'static str {
     const CLASSES: &[(&str, &str)] = &[
         ("connection refused", "connection refused"),
         ("timed out", "timed out"),
