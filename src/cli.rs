@@ -138,13 +138,56 @@ impl Failure {
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("vsm: error: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// `--help` and `--version` print as clap renders them; every other parse error becomes the
+/// one line of CONTRACT §1 (clap's usage block and hint would make it five).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // Printing help or the version can only fail on a closed stdout; nothing to add then.
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let line = match e.kind() {
+        // clap would print the whole help here.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let rendered = e.to_string();
+            let usage = rendered
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Usage: "))
+                .unwrap_or("vsm <COMMAND>");
+            format!("a command is required: {usage} (see vsm --help)")
+        }
+        _ => usage_line(&e.to_string()),
+    };
+    eprintln!("vsm: error: {line}");
+    ExitCode::from(2)
+}
+
+/// The first line of clap's message without its `error: ` prefix, e.g.
+/// "unexpected argument '--bogus' found".
+fn usage_line(rendered: &str) -> String {
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let line = first.trim().strip_prefix("error:").unwrap_or(first).trim();
+    if line.is_empty() {
+        "invalid command line (see vsm --help)".to_owned()
+    } else {
+        format!("{line} (see vsm --help)")
     }
 }
 
@@ -235,6 +278,24 @@ async fn create_tenant(config: &Config, slug: &str, name: Option<&str>) -> Resul
     Ok(())
 }
 
+/// Refuses to serve or work as a role that row-level security does not apply to (CONTRACT §3):
+/// otherwise `app_role = ""` with a superuser login would silently turn tenant isolation off.
+async fn ensure_isolated(repo: &Repo, config: &Config) -> Result<(), Failure> {
+    let role = repo
+        .effective_role()
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot read the database role: {e}")))?;
+    match role.escapes_rls() {
+        None => Ok(()),
+        Some(why) => Err(Failure::usage(format!(
+            "invalid configuration: key `database.app_role`: connections would run as role {:?}, \
+             which {why}, so row-level security would not isolate tenants (app_role = {:?}; use \
+             a role without SUPERUSER and BYPASSRLS, e.g. vsm_app)",
+            role.name, config.database.app_role
+        ))),
+    }
+}
+
 /// `vsm serve`, or with `workers` the gateway and the job engine of `vsm all` in one process.
 async fn serve(config: Config, workers: bool) -> Result<(), Failure> {
     let config = Arc::new(config);
@@ -242,6 +303,7 @@ async fn serve(config: Config, workers: bool) -> Result<(), Failure> {
     let repo = Repo::connect(&config.database)
         .await
         .map_err(Failure::runtime)?;
+    ensure_isolated(&repo, &config).await?;
     let listen = config.server.listen;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
@@ -286,6 +348,7 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
     let repo = Repo::connect(&config.database)
         .await
         .map_err(Failure::runtime)?;
+    ensure_isolated(&repo, &config).await?;
     let listen = config.jobs.metrics_listen;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;

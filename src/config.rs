@@ -42,8 +42,10 @@ pub struct Config {
     pub events: EventsConfig,
     /// Artifact storage backend (CONTRACT §8).
     pub storage: StorageConfig,
-    /// Per-API-key request rate limit.
+    /// Request rate limits per key and per tenant, and failed authentication per address.
     pub rate_limit: RateLimitConfig,
+    /// Resource budgets per tenant.
+    pub limits: LimitsConfig,
 }
 
 /// `[database]`
@@ -98,6 +100,9 @@ pub struct ServerConfig {
     pub json_body_limit: usize,
     /// HTTP worker threads; 0 = one per core. Default 0.
     pub workers: usize,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client for the
+    /// failed-authentication limit. Default empty: the header is never trusted.
+    pub trusted_proxies: Vec<crate::edge::gateway::client_addr::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 25,
             json_body_limit: 1024 * 1024,
             workers: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -278,14 +284,26 @@ impl Default for S3Config {
     }
 }
 
-/// `[rate_limit]`: a token bucket per API key, shared through Redis when `REDIS_URL` is set.
+/// `[rate_limit]`: token buckets per API key, per tenant and per client address (failed
+/// authentication), shared through Redis when `REDIS_URL` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Sustained requests per second per key. Default 50. 0 disables the limit.
+    /// Sustained requests per second per key. Default 50. 0 disables the per-key and the
+    /// per-tenant limit.
     pub requests_per_second: f64,
     /// Requests a key may make at once before the rate applies. Default 100.
     pub burst: f64,
+    /// Sustained requests per second per tenant, all its keys together (more keys buy no more
+    /// capacity). Default 100. 0 disables the per-tenant limit.
+    pub tenant_requests_per_second: f64,
+    /// Requests a tenant may make at once. Default 200.
+    pub tenant_burst: f64,
+    /// Key lookups per second per client address for keys that are not already known (each
+    /// unknown key costs one; a valid one is refunded). Default 1. 0 disables the limit.
+    pub failed_auth_per_second: f64,
+    /// Unknown keys an address may try at once before it gets 429. Default 20.
+    pub failed_auth_burst: f64,
 }
 
 impl Default for RateLimitConfig {
@@ -293,6 +311,35 @@ impl Default for RateLimitConfig {
         Self {
             requests_per_second: 50.0,
             burst: 100.0,
+            tenant_requests_per_second: 100.0,
+            tenant_burst: 200.0,
+            failed_auth_per_second: 1.0,
+            failed_auth_burst: 20.0,
+        }
+    }
+}
+
+/// `[limits]`: how many of each resource one tenant may hold; creating one more is 409.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Unrevoked API keys per tenant. Default 100.
+    pub max_api_keys_per_tenant: u64,
+    /// Policies per tenant. Default 1000.
+    pub max_policies_per_tenant: u64,
+    /// Outbound webhooks per tenant. Default 100.
+    pub max_webhooks_per_tenant: u64,
+    /// Linked Telegram chats per tenant. Default 100.
+    pub max_telegram_chats_per_tenant: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_api_keys_per_tenant: 100,
+            max_policies_per_tenant: 1000,
+            max_webhooks_per_tenant: 100,
+            max_telegram_chats_per_tenant: 100,
         }
     }
 }

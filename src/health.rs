@@ -34,8 +34,49 @@ impl Probe for Repo {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.ping().await.map(|_| ()).map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            self.ping().await.map(|_| ()).map_err(|e| {
+                // The full text can name roles, databases and hosts: log it, show its class.
+                let reason = database_reason(&e.to_string());
+                tracing::warn!(error = %e, reason, "readiness: the database does not answer");
+                reason.to_owned()
+            })
+        })
     }
+}
+
+/// A fixed, secret-free class for a database failure, shown by `/ready` instead of the
+/// server's own words (CONTRACT §5: error texts from dependencies are logged, not shown).
+fn database_reason(error: &str) -> &'static str {
+    const CLASSES: &[(&str, &str)] = &[
+        ("connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("timeout", "timed out"),
+        ("authentication failed", "authentication failed"),
+        ("no pg_hba.conf entry", "authentication failed"),
+        ("set role", "cannot switch to the application role"),
+        ("does not exist", "database or role does not exist"),
+        ("too many connections", "too many connections"),
+        ("remaining connection slots", "too many connections"),
+        ("shutting down", "database is shutting down"),
+        ("starting up", "database is starting up"),
+        ("recovery mode", "database is in recovery"),
+        (
+            "not accepting connections",
+            "database does not accept connections",
+        ),
+        ("unreachable", "host unreachable"),
+        ("no route to host", "host unreachable"),
+        ("lookup address", "host not found"),
+        ("name or service not known", "host not found"),
+        ("connection reset", "connection lost"),
+        ("closed", "connection lost"),
+    ];
+    let error = error.to_ascii_lowercase();
+    CLASSES
+        .iter()
+        .find(|(needle, _)| error.contains(needle))
+        .map_or("database unavailable", |(_, reason)| reason)
 }
 
 /// The process's readiness: its probes and its shutdown state.

@@ -335,6 +335,19 @@ impl Repo {
         Ok(row.map(|r| (r.api_key_id, r.tenant_id)))
     }
 
+    /// The role pooled connections act as (after `SET ROLE database.app_role`, or the login
+    /// role when that is empty) and whether row-level security applies to it.
+    pub async fn effective_role(&self) -> Result<EffectiveRole, DbError> {
+        let mut conn = self.pool.get().await?;
+        let role: EffectiveRole = diesel::sql_query(
+            "SELECT current_user::text AS name, rolsuper AS superuser, rolbypassrls AS bypass_rls \
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .get_result(&mut conn)
+        .await?;
+        Ok(role)
+    }
+
     /// Round trip to the database; `Ok(latency)` when it answers.
     pub async fn ping(&self) -> Result<Duration, DbError> {
         let started = Instant::now();
@@ -351,6 +364,30 @@ impl Repo {
     /// The configured URL (password redacted when displayed).
     pub fn url(&self) -> &ServiceUrl {
         &self.url
+    }
+}
+
+/// The role serving and working connections run as ([`Repo::effective_role`]).
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct EffectiveRole {
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub superuser: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub bypass_rls: bool,
+}
+
+impl EffectiveRole {
+    /// Why row-level security would not apply to this role, if it would not.
+    pub fn escapes_rls(&self) -> Option<&'static str> {
+        if self.superuser {
+            Some("is a superuser")
+        } else if self.bypass_rls {
+            Some("has BYPASSRLS")
+        } else {
+            None
+        }
     }
 }
 

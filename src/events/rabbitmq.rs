@@ -253,6 +253,13 @@ impl Probe for ConsumerState {
         "rabbitmq"
     }
 
+    /// A broker outage loses nothing (the outbox keeps every event and this consumer catches up
+    /// from the database on reconnect), so it must not take the instance out of the load
+    /// balancer: `/ready` says `degraded`, still 200 (CONTRACT §5).
+    fn critical(&self) -> bool {
+        false
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         let connected = self.connected.load(Ordering::Acquire);
         Box::pin(async move {

@@ -111,9 +111,10 @@ async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Re
         Some(url) => match llm::analyze(ctx, url, &ep.title, &ep.content).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(episode_id = %episode_id, error = %format!("{e:#}"), "LLM analysis failed; using the built-in analyzer");
+                // The detail names the endpoint: it goes to the log, the tenant sees the reason.
+                tracing::warn!(episode_id = %episode_id, error = %format!("{:#}", e.detail), reason = %e.reason, "LLM analysis failed; using the built-in analyzer");
                 let mut a = builtin::analyze(&ep.title, &ep.content);
-                a["llm_error"] = json!(format!("{e:#}"));
+                a["llm_error"] = json!(e.reason);
                 a
             }
         },

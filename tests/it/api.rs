@@ -402,61 +402,10 @@ async fn the_openapi_document_covers_every_route() {
     }
 }
 
-/// A private Redis on a free port, so stopping it disturbs no other test.
-struct PrivateRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = common::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        PrivateRedis { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn the_rate_limit_holds_across_instances_and_fails_open_without_redis() {
     let db = TestDb::migrated().await;
-    let mut redis = PrivateRedis::start().await;
+    let mut redis = common::PrivateRedis::start().await;
     let config = || {
         let mut c = instance_config(&db, None);
         c.server.admin_token = Some(vsm::config::Secret::new(ADMIN));
@@ -467,9 +416,20 @@ async fn the_rate_limit_holds_across_instances_and_fails_open_without_redis() {
     };
     let a = Instance::start(config()).await;
     let b = Instance::start(config()).await;
-    common::wait_ready(&a.base).await;
-    let (_, key) = new_tenant(&a.base, "limited").await;
+    // Each limiter connects to Redis in the background and fails open until then: wait for
+    // both, or the first requests would be let through uncounted.
     let http = Client::new();
+    for base in [&a.base, &b.base] {
+        common::eventually(Duration::from_secs(10), "redis connected", || async {
+            let Ok(res) = http.get(format!("{base}/ready")).send().await else {
+                return false;
+            };
+            let body: Value = res.json().await.unwrap_or_default();
+            body["checks"]["redis"]["status"] == "ok"
+        })
+        .await;
+    }
+    let (_, key) = new_tenant(&a.base, "limited").await;
     // 10 requests of burst, spread over both instances; the next ones are refused on either.
     let mut statuses = Vec::new();
     for i in 0..14 {

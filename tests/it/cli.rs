@@ -42,6 +42,11 @@ fn unknown_or_invalid_environment_settings_exit_2_naming_them() {
         ("VSM_LOG_FORMAT", "xml", "log.format"),
         ("DATABASE_URL", "::not a url", "database.url"),
         ("VSM_DATABASE__POOL_SIZE", "many", "database.pool_size"),
+        (
+            "VSM_SERVER__TRUSTED_PROXIES",
+            "[\"proxy.local\"]",
+            "server.trusted_proxies",
+        ),
     ] {
         let out = vsm().arg("migrate").env(var, value).output().unwrap();
         let err = stderr_of(&out);
@@ -283,4 +288,98 @@ async fn serve_fails_with_exit_1_naming_the_database_when_it_is_unreachable() {
     let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn usage_errors_are_one_line_naming_the_argument_and_help_still_prints_usage() {
+    for (args, named) in [
+        (&["serve", "--bogus"][..], "--bogus"),
+        (&["serve", "--listen"][..], "--listen"),
+        (&["serve", "--listen", "nowhere"][..], "--listen"),
+        (&["frobnicate"][..], "frobnicate"),
+        (&[][..], "a command is required"),
+    ] {
+        let out = vsm().args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("vsm: error: "), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+    let help = vsm().args(["serve", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Usage:") && text.contains("--listen"),
+        "{text}"
+    );
+    let version = vsm().arg("--version").output().unwrap();
+    assert_eq!(version.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// Runs `cmd` to completion, or kills it after `secs` (a role check that does not fire would
+/// otherwise leave `vsm serve` running): `None` when it had to be killed.
+fn output_within(mut cmd: std::process::Command, secs: u64) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[tokio::test]
+async fn serve_work_and_all_refuse_a_role_that_row_level_security_does_not_apply_to() {
+    use diesel_async::RunQueryDsl;
+    let db = TestDb::migrated().await;
+    let bypass = format!("vsm_test_bypass_{}", uuid::Uuid::now_v7().simple());
+    let mut owner = db.owner_conn().await;
+    diesel::sql_query(format!("CREATE ROLE \"{bypass}\" NOLOGIN BYPASSRLS"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    // `app_role = ""` keeps the login role: postgres, a superuser.
+    let cases = [
+        ("", "superuser"),
+        ("postgres", "superuser"),
+        (&bypass[..], "BYPASSRLS"),
+    ];
+    for (role, why) in cases {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[database]\napp_role = {role:?}").unwrap();
+        for args in [
+            &["serve", "--listen", "127.0.0.1:0"][..],
+            &["work", "--metrics-listen", "127.0.0.1:0"][..],
+            &["all", "--listen", "127.0.0.1:0"][..],
+        ] {
+            let mut cmd = vsm();
+            cmd.arg("--config")
+                .arg(file.path())
+                .args(args)
+                .env("DATABASE_URL", db.url());
+            let out = output_within(cmd, 20)
+                .unwrap_or_else(|| panic!("{args:?} with app_role {role:?} kept running"));
+            let err = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {role:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.contains("database.app_role") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+    diesel::sql_query(format!("DROP ROLE \"{bypass}\""))
+        .execute(&mut owner)
+        .await
+        .unwrap();
 }

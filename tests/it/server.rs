@@ -115,3 +115,55 @@ async fn shutdown_turns_readiness_off_and_stops_the_server() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_broker_outage_makes_ready_degraded_not_unavailable() {
+    let db = TestDb::migrated().await;
+    // Nothing listens there: the consumer never connects.
+    let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", common::free_port());
+    let config = common::instance_config(&db, Some((&closed, &common::unique_exchange())));
+    let a = common::Instance::start(config).await;
+    let res = reqwest::get(format!("{}/ready", a.base)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
+    let check = &body["checks"]["rabbitmq"];
+    assert_eq!(check["status"], "unavailable", "{body}");
+    let error = check["error"].as_str().unwrap();
+    assert!(!error.is_empty() && error.len() < 80, "{error}");
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains("guest"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn ready_shows_a_short_reason_never_the_database_error_text() {
+    let role = format!("vsm_no_such_role_{}", uuid::Uuid::now_v7().simple());
+    let cfg = DatabaseConfig {
+        url: ServiceUrl::parse(&format!("postgres://{role}@127.0.0.1:5432/secret_db_name"))
+            .unwrap(),
+        connect_timeout_secs: 1,
+        ..DatabaseConfig::default()
+    };
+    let s = spawn(Repo::connect_lazy(&cfg).unwrap());
+    let res = reqwest::get(format!("{}/ready", s.base)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let error = body["checks"]["database"]["error"].as_str().unwrap();
+    // PostgreSQL's own text names the role ("role \"vsm_no_such_role_…\" does not exist").
+    assert!(
+        !error.contains(&role) && !error.contains("secret_db_name"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains('"'),
+        "{error}"
+    );
+    assert!(
+        ["database or role does not exist", "authentication failed"].contains(&error),
+        "{error}"
+    );
+    s.shutdown.trigger();
+}

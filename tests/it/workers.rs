@@ -259,7 +259,7 @@ async fn the_analyzer_falls_back_to_the_builtin_one_when_the_llm_fails() {
     for (url, why) in [
         (failing, "500"),
         (garbled, "not a JSON object"),
-        (closed, "failed"),
+        (closed, "llm unavailable: connection refused"),
     ] {
         let (t, ep) = {
             let mut owner = db.owner_conn().await;
@@ -280,6 +280,11 @@ async fn the_analyzer_falls_back_to_the_builtin_one_when_the_llm_fails() {
         let mut analysis = done.analysis.unwrap();
         let error = analysis["llm_error"].take();
         assert!(error.as_str().unwrap().contains(why), "{url}: {error}");
+        // Tenant-visible: a fixed reason, never the internal endpoint.
+        assert!(
+            !error.as_str().unwrap().contains("127.0.0.1"),
+            "{url}: {error}"
+        );
         analysis.as_object_mut().unwrap().remove("llm_error");
         assert_eq!(analysis, builtin_analysis, "{url}");
     }

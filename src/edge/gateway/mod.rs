@@ -2,6 +2,8 @@
 //! passes through, and one controller per concern.
 
 pub mod auth;
+pub mod budget;
+pub mod client_addr;
 pub mod controllers;
 pub mod error;
 pub mod observe;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use serde_json::{Value, json};
 
 use super::builtin;
@@ -30,12 +30,57 @@ pub fn endpoint(base: &ServiceUrl) -> String {
     }
 }
 
+/// Why the LLM could not be used. `reason` is short and fixed ("llm unavailable: timeout"):
+/// it is stored in the tenant-visible `analysis.llm_error`, so it never names the endpoint,
+/// a host or a credential. `detail` is the full chain, for the log only.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct LlmError {
+    pub reason: String,
+    #[source]
+    pub detail: anyhow::Error,
+}
+
+impl LlmError {
+    fn new(reason: impl Into<String>, detail: anyhow::Error) -> Self {
+        LlmError {
+            reason: reason.into(),
+            detail,
+        }
+    }
+
+    fn malformed(what: &str, detail: anyhow::Error) -> Self {
+        Self::new(format!("llm answer malformed: {what}"), detail)
+    }
+}
+
+/// The class of a failed request, from reqwest's own flags and the cause it wraps.
+fn request_reason(e: &reqwest::Error) -> &'static str {
+    let mut chain = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(cause) = source {
+        chain.push_str(&cause.to_string().to_ascii_lowercase());
+        source = cause.source();
+    }
+    if e.is_timeout() || chain.contains("timed out") {
+        "llm unavailable: timeout"
+    } else if chain.contains("connection refused") {
+        "llm unavailable: connection refused"
+    } else if chain.contains("dns") || chain.contains("lookup") {
+        "llm unavailable: host not found"
+    } else if e.is_connect() {
+        "llm unavailable: cannot connect"
+    } else {
+        "llm unavailable: request failed"
+    }
+}
+
 pub async fn analyze(
     ctx: &JobContext,
     url: &ServiceUrl,
     title: &str,
     content: &str,
-) -> anyhow::Result<Value> {
+) -> Result<Value, LlmError> {
     let cfg = &ctx.config.analysis;
     let body = json!({
         "model": cfg.llm_model,
@@ -54,25 +99,46 @@ pub async fn analyze(
     if let Some(key) = &cfg.llm_api_key {
         request = request.bearer_auth(key.expose());
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("LLM request to {} failed", url.host_port()))?;
+    let response = request.send().await.map_err(|e| {
+        let reason = request_reason(&e);
+        LlmError::new(
+            reason,
+            anyhow::Error::new(e).context(format!("LLM request to {} failed", url.host_port())),
+        )
+    })?;
     let status = response.status();
     if !status.is_success() {
-        bail!("LLM at {} answered {status}", url.host_port());
+        return Err(LlmError::new(
+            format!("llm unavailable: HTTP {}", status.as_u16()),
+            anyhow!("LLM at {} answered {status}", url.host_port()),
+        ));
     }
-    let reply: Value = response.json().await.context("LLM answer is not JSON")?;
+    let reply: Value = response
+        .json()
+        .await
+        .map_err(|e| LlmError::malformed("not JSON", anyhow::Error::new(e)))?;
     let text = reply
         .pointer("/choices/0/message/content")
         .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("LLM answer has no choices[0].message.content"))?;
-    let parsed: Value = serde_json::from_str(strip_fences(text))
-        .context("LLM message content is not a JSON object")?;
+        .ok_or_else(|| {
+            LlmError::malformed(
+                "no choices[0].message.content",
+                anyhow!("LLM answer has no choices[0].message.content"),
+            )
+        })?;
+    let parsed: Value = serde_json::from_str(strip_fences(text)).map_err(|e| {
+        LlmError::malformed(
+            "message content is not a JSON object",
+            anyhow::Error::new(e).context("LLM message content is not a JSON object"),
+        )
+    })?;
     let mut analysis = builtin::analyze(title, content);
-    analysis["summary"] = json!(summary(&parsed)?);
-    analysis["keywords"] = json!(keywords(&parsed)?);
-    analysis["sentiment"] = sentiment(&parsed)?;
+    analysis["summary"] =
+        json!(summary(&parsed).map_err(|e| LlmError::malformed("invalid summary", e))?);
+    analysis["keywords"] =
+        json!(keywords(&parsed).map_err(|e| LlmError::malformed("invalid keywords", e))?);
+    analysis["sentiment"] =
+        sentiment(&parsed).map_err(|e| LlmError::malformed("invalid sentiment", e))?;
     analysis["analyzer"] = json!(format!("llm:{}", cfg.llm_model));
     Ok(analysis)
 }

@@ -1,4 +1,5 @@
 //! `POST /v1/api-keys` and `DELETE /v1/api-keys/{id}`: a tenant issues and revokes its keys.
+//! A tenant holds at most `limits.max_api_keys_per_tenant` unrevoked keys.
 //! A revoked key stops working at once on this instance and within the key-cache TTL (5 s)
 //! everywhere.
 
@@ -9,6 +10,7 @@ use uuid::Uuid;
 
 use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
+use crate::edge::gateway::budget::{self, Resource};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::schemas::storage::api_key;
 
@@ -33,7 +35,9 @@ pub struct ApiKeyCreated {
     request_body(content = CreateApiKey, description = "optional"),
     responses(
         (status = 201, body = ApiKeyCreated),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "limits.max_api_keys_per_tenant reached"),
+        (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
     )
 )]
@@ -47,6 +51,13 @@ pub async fn create(
         .and_then(|b| b.into_inner().name)
         .unwrap_or_else(|| "default".to_owned());
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    budget::ensure_room(
+        &mut tx,
+        &state.config.limits,
+        auth.tenant_id,
+        Resource::ApiKeys,
+    )
+    .await?;
     let key = api_key::issue(&mut tx, auth.tenant_id, &name).await?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(ApiKeyCreated {

@@ -85,6 +85,13 @@ pub async fn create(
         .into_inner()
         .into_new(Uuid::now_v7(), auth.tenant_id, &state)?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+    crate::edge::gateway::budget::ensure_room(
+        &mut tx,
+        &state.config.limits,
+        auth.tenant_id,
+        crate::edge::gateway::budget::Resource::Policies,
+    )
+    .await?;
     let created = policy::insert(&mut tx, &new).await?;
     crate::events::record(&mut tx, auth.tenant_id, "policy.created", &event(&created)).await?;
     tx.commit().await?;
