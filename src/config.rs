@@ -102,7 +102,7 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client for the
     /// failed-authentication limit. Default empty: the header is never trusted.
-    pub trusted_proxies: Vec<crate::edge::gateway::client_addr::IpNet>,
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 impl Default for ServerConfig {
@@ -477,6 +477,47 @@ pub struct CronEntry {
     /// Job arguments (a table). Default `{}`.
     #[serde(default = "empty_object")]
     pub args: serde_json::Value,
+}
+
+/// A `server.trusted_proxies` entry: an address range (`10.0.0.0/8`, `2001:db8::/32`) or one
+/// address (`127.0.0.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrustedProxy(ipnet::IpNet);
+
+impl TrustedProxy {
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let net = match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => ipnet::IpNet::from(ip.to_canonical()),
+            Err(_) => s
+                .parse::<ipnet::IpNet>()
+                .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?,
+        };
+        Ok(TrustedProxy(net.trunc()))
+    }
+}
+
+impl TryFrom<String> for TrustedProxy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<TrustedProxy> for String {
+    fn from(p: TrustedProxy) -> String {
+        p.0.to_string()
+    }
 }
 
 /// A cron expression, parsed when the configuration is read, so a bad one is a configuration

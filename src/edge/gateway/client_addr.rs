@@ -4,96 +4,16 @@
 //! rightmost `X-Forwarded-For` entry that is not itself a trusted proxy. Entries left of that
 //! are whatever the client sent and are ignored, so a client cannot pick its own bucket.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address (`127.0.0.1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net).into(), 32, self.prefix)
-                    == masked(u32::from(ip).into(), 32, self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(net.into(), 128, self.prefix) == masked(ip.into(), 128, self.prefix)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The first `prefix` of `bits` bits of `value`.
-fn masked(value: u128, bits: u8, prefix: u8) -> u128 {
-    match bits - prefix.min(bits) {
-        0 => value,
-        host if host >= 128 => 0,
-        host => value >> host,
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
-        };
-        Ok(IpNet { addr, prefix })
-    }
-}
-
-impl TryFrom<String> for IpNet {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<IpNet> for String {
-    fn from(n: IpNet) -> String {
-        n.to_string()
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+use crate::config::TrustedProxy;
 
 /// The client's address: see the module documentation. `None` only without a peer address
 /// (not a TCP connection), which the caller buckets together.
 pub fn client_ip(
     peer: Option<IpAddr>,
     forwarded_for: &[&str],
-    trusted: &[IpNet],
+    trusted: &[TrustedProxy],
 ) -> Option<IpAddr> {
     let peer = peer?.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -147,24 +67,24 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn nets(list: &[&str]) -> Vec<IpNet> {
+    fn nets(list: &[&str]) -> Vec<TrustedProxy> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
     #[test]
     fn ranges_contain_their_addresses() {
-        let net: IpNet = "10.1.0.0/16".parse().unwrap();
+        let net: TrustedProxy = "10.1.0.0/16".parse().unwrap();
         assert!(net.contains(ip("10.1.200.3")));
         assert!(!net.contains(ip("10.2.0.1")));
         assert!(net.contains(ip("::ffff:10.1.0.9")));
-        let one: IpNet = "127.0.0.1".parse().unwrap();
+        let one: TrustedProxy = "127.0.0.1".parse().unwrap();
         assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
-        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        let all: TrustedProxy = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("192.0.2.1")));
-        let v6: IpNet = "2001:db8::/32".parse().unwrap();
+        let v6: TrustedProxy = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains(ip("2001:db8:1::1")) && !v6.contains(ip("2001:db9::1")));
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
-        assert!("proxy.local".parse::<IpNet>().is_err());
+        assert!("10.0.0.0/33".parse::<TrustedProxy>().is_err());
+        assert!("proxy.local".parse::<TrustedProxy>().is_err());
     }
 
     #[test]
