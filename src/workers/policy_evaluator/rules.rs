@@ -938,7 +938,7 @@ mod tests {
                 "max_patterns",
             ),
             (
-                rules_with_if(json!({"all": [pattern(1, "abcd"), pattern(2, "efgh")]})),
+                rules_with_if(json!({"all": [pattern(1, "abcde"), pattern(2, "fghij")]})),
                 "rules.if.all[1].value",
                 "max_pattern_bytes",
             ),
