@@ -171,3 +171,152 @@ async fn a_1_mib_policy_of_16000_patterns_is_refused_fast_without_stalling_the_s
     );
     assert!(growth < MAX_GROWTH_KIB, "RSS grew by {growth} KiB");
 }
+
+/// Series of the per-topic event metric families, and the topic label of each.
+fn topic_series(metrics: &str) -> Vec<(String, String)> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("cybernetic_events_recorded_total{")
+                || l.starts_with("cybernetic_events_published_total{")
+                || l.starts_with("cybernetic_events_delivered_total{")
+        })
+        .filter_map(|l| {
+            let (family, rest) = l.split_once('{')?;
+            let topic = rest.strip_prefix("topic=\"")?.split('"').next()?;
+            Some((family.to_owned(), topic.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_topics_and_unmatched_paths_add_no_metrics_series() {
+    let db = TestDb::migrated().await;
+    let instance = common::Instance::start(common::instance_config(&db, None)).await;
+    let base = instance.base.clone();
+    let (_, key) = vsm::schemas::storage::tenant::create(&instance.repo, "flood", None)
+        .await
+        .unwrap();
+    let key = key.key;
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut stream = common::SseClient::connect(&base, &key, "", None).await;
+    assert_eq!(stream.status, 200);
+    let before = metrics().await;
+
+    // 100 invented topics of 2 KB each, published by 7 policies on one episode.
+    let topic = |i: usize| format!("t{i}.{}", "a".repeat(2000));
+    for (p, chunk) in (0..100).collect::<Vec<_>>().chunks(16).enumerate() {
+        let then: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"publish": {"topic": topic(*i), "data": {}}}))
+            .collect();
+        let res = http
+            .post(format!("{base}/v1/policies"))
+            .bearer_auth(&key)
+            .json(&json!({"name": format!("flood-{p}"), "rules": {"when": {"topics": ["episode.created"]}, "then": then}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            201,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+    let res = http
+        .post(format!("{base}/v1/episodes"))
+        .bearer_auth(&key)
+        .json(&json!({"title": "trigger", "content": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // Run the evaluation the relay enqueues (once it has), then read the 100 events back.
+    let config = vsm::config::Config::default();
+    let engine = crate::jobs_support::engine(
+        &instance.repo,
+        vsm::workers::registry(&config),
+        crate::jobs_support::options(&[("default", 2)]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while engine.drain("default").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no evaluation job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut invented = 0;
+    while invented < 100 {
+        let frame = stream
+            .next_event(Duration::from_secs(15))
+            .await
+            .expect("the published events");
+        if frame.event.as_deref().is_some_and(|e| e.starts_with('t')) {
+            invented += 1;
+        }
+    }
+    // And requests to 50 paths no route matches.
+    for i in 0..50 {
+        http.get(format!("{base}/no-such-route/{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    // The relay counts an event published only after the broker confirmed it (which may be
+    // after the SSE client saw it): wait until each family has counted both kinds of topic.
+    let families = [
+        "cybernetic_events_recorded_total",
+        "cybernetic_events_published_total",
+        "cybernetic_events_delivered_total",
+    ];
+    common::eventually(
+        Duration::from_secs(10),
+        "known topics and `other` counted in every family",
+        || async {
+            let series = topic_series(&metrics().await);
+            families.iter().all(|family| {
+                ["episode.created", "other"]
+                    .iter()
+                    .all(|label| series.iter().any(|(f, l)| f == family && l == label))
+            })
+        },
+    )
+    .await;
+    let after = metrics().await;
+
+    let (series_before, series_after) = (topic_series(&before), topic_series(&after));
+    eprintln!(
+        "/metrics: {} -> {} bytes; per-topic event series {} -> {}",
+        before.len(),
+        after.len(),
+        series_before.len(),
+        series_after.len()
+    );
+    for (family, label) in &series_after {
+        assert!(
+            label == "other" || vsm::events::topic::KNOWN_TOPICS.contains(&label.as_str()),
+            "{family} labelled with an unknown topic: {}",
+            label.chars().take(40).collect::<String>()
+        );
+    }
+    assert!(
+        series_after.len() <= 3 * (vsm::events::topic::KNOWN_TOPICS.len() + 1),
+        "{} series",
+        series_after.len()
+    );
+    assert!(!after.contains("no-such-route"), "raw path as a label");
+    // New route templates add a few histograms; 100 topics of 2 KB would add 600 KB.
+    assert!(
+        after.len() < before.len() + 64 * 1024,
+        "/metrics grew to {} bytes",
+        after.len()
+    );
+}
