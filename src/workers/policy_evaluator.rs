@@ -40,8 +40,9 @@ pub use rules::{RuleError, Rules, validate};
 
 pub const NAME: &str = "policy_evaluator";
 
-/// Policies whose compiled rules this process keeps (each at most the complexity budget of
-/// `[policies]`: a few hundred KiB at worst, usually a few KiB).
+/// Weight of the compiled rules this process keeps: one unit per policy plus one per compiled
+/// pattern (at most 96 KiB each), so at most about 100 MiB however the rules are written
+/// (usually a few KiB per policy).
 const CACHE_CAPACITY: usize = 1024;
 
 /// This process's compiled rules, shared by every evaluation it runs.

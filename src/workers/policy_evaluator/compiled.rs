@@ -5,7 +5,9 @@
 //! hold the `updated_at` they were compiled from, so an updated policy is compiled again on
 //! its next evaluation and a stale entry is never used. A rule that fails validation is kept
 //! too (as its error), so a bad stored policy is reported, not recompiled, on every event.
-//! The cache is bounded: past `capacity` entries the least recently used is dropped.
+//! The cache is bounded by weight, not only by count: an entry weighs 1 plus its compiled
+//! patterns (each at most `REGEX_SIZE_LIMIT` + `REGEX_DFA_SIZE_LIMIT` of memory), and past
+//! `capacity` the least recently used entries are dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,18 +23,25 @@ pub type Compiled = Arc<Result<Rules, RuleError>>;
 struct Entry {
     updated_at: DateTime<Utc>,
     compiled: Compiled,
+    weight: usize,
     last_used: u64,
+}
+
+fn weight(compiled: &Compiled) -> usize {
+    1 + compiled.as_ref().as_ref().map_or(0, Rules::pattern_count)
 }
 
 struct Inner {
     entries: HashMap<Uuid, Entry>,
+    /// Sum of the entries' weights.
+    weight: usize,
     /// Increases on every lookup: the recency of an entry.
     tick: u64,
     /// How many times rules were compiled (for tests and diagnostics).
     compilations: u64,
 }
 
-/// Compiled rules by policy id, at most `capacity` of them.
+/// Compiled rules by policy id, weighing at most `capacity` together.
 pub struct RuleCache {
     capacity: usize,
     inner: Mutex<Inner>,
@@ -44,6 +53,7 @@ impl RuleCache {
             capacity: capacity.max(1),
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
+                weight: 0,
                 tick: 0,
                 compilations: 0,
             }),
@@ -72,26 +82,32 @@ impl RuleCache {
         compile: impl FnOnce() -> Result<Rules, RuleError>,
     ) -> Compiled {
         let compiled = Arc::new(compile());
+        let added = weight(&compiled);
         let mut inner = self.lock();
         inner.compilations += 1;
         inner.tick += 1;
         let tick = inner.tick;
-        if !inner.entries.contains_key(&id) && inner.entries.len() >= self.capacity {
-            // O(capacity), and only when a new policy arrives at a full cache.
+        if let Some(old) = inner.entries.remove(&id) {
+            inner.weight -= old.weight;
+        }
+        // O(entries) per eviction, and only when a cache near its capacity takes a new entry.
+        while !inner.entries.is_empty() && inner.weight + added > self.capacity {
             let oldest = inner
                 .entries
                 .iter()
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                inner.entries.remove(&k);
+            if let Some(old) = oldest.and_then(|k| inner.entries.remove(&k)) {
+                inner.weight -= old.weight;
             }
         }
+        inner.weight += added;
         inner.entries.insert(
             id,
             Entry {
                 updated_at,
                 compiled: compiled.clone(),
+                weight: added,
                 last_used: tick,
             },
         );
@@ -156,5 +172,31 @@ mod tests {
         assert!(cache.get(b, t0).is_none());
         assert!(cache.get(a, t1).is_some() && cache.get(c, t0).is_some());
         assert_eq!(cache.compilations(), 4);
+    }
+
+    #[test]
+    fn compiled_patterns_count_against_the_capacity() {
+        let heavy = || {
+            super::super::rules::validate(
+                &serde_json::json!({"when": {"topics": ["a.b"]},
+                    "if": {"any": [
+                        {"field": "data.s", "op": "matches", "value": "^a"},
+                        {"field": "data.s", "op": "matches", "value": "^b"},
+                        {"field": "data.s", "op": "matches", "value": "^c"}]},
+                    "then": [{"publish": {"topic": "c.d"}}]}),
+                &[],
+                &crate::config::PoliciesConfig::default(),
+            )
+        };
+        let cache = RuleCache::new(4);
+        let (light_id, heavy_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let t = Utc::now();
+        cache.insert_with(light_id, t, rules);
+        // 1 + 3 patterns: the light entry must go to make room.
+        let compiled = cache.insert_with(heavy_id, t, heavy);
+        assert_eq!(compiled.as_ref().as_ref().map(Rules::pattern_count), Ok(3));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(light_id, t).is_none());
+        assert!(cache.get(heavy_id, t).is_some());
     }
 }

@@ -34,9 +34,11 @@ const MAX_TOPICS: usize = 100;
 /// Most scalars in an `in` list.
 const MAX_IN_ITEMS: usize = 1000;
 /// Largest compiled `matches` pattern (a short pattern such as `\w{1000}` compiles huge).
-const REGEX_SIZE_LIMIT: usize = 64 * 1024;
-/// Cache of the lazy DFA of one compiled pattern, which grows while matching.
-const REGEX_DFA_SIZE_LIMIT: usize = 256 * 1024;
+/// Ordinary patterns, Unicode classes included, compile to a few KiB.
+pub const REGEX_SIZE_LIMIT: usize = 32 * 1024;
+/// Cache of the lazy DFA of one compiled pattern, which grows while matching; past it the
+/// regex engine falls back to a slower one, still linear in the input.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 64 * 1024;
 
 /// A rule that cannot be saved: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -548,6 +550,18 @@ impl Truth {
 }
 
 impl Rules {
+    /// How many compiled `matches` patterns these rules hold (what they weigh in memory).
+    pub fn pattern_count(&self) -> usize {
+        fn count(c: &Cond) -> usize {
+            match c {
+                Cond::All(cs) | Cond::Any(cs) => cs.iter().map(count).sum(),
+                Cond::Not(c) => count(c),
+                Cond::Compare(cmp) => usize::from(cmp.regex.is_some()),
+            }
+        }
+        self.condition.as_ref().map_or(0, count)
+    }
+
     /// Whether the event (`{"topic","event_id","data"}`) triggers these rules: its topic
     /// matches `when.topics` and `if` is definitely true.
     pub fn triggers(&self, topic: &str, event: &Value) -> bool {
