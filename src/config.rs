@@ -1043,6 +1043,36 @@ mod tests {
     }
 
     #[test]
+    fn policies_budget_defaults_overrides_and_validation() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults");
+        assert_eq!(c.policies, PoliciesConfig::default());
+        assert_eq!(
+            (c.policies.max_conditions, c.policies.max_patterns),
+            (64, 16)
+        );
+        // The shipped default.toml says the same as the built-in defaults.
+        let shipped = Config::load_from(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            None,
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(shipped.policies, PoliciesConfig::default());
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[("VSM_POLICIES__MAX_PATTERNS", "4")]),
+        )
+        .unwrap();
+        assert_eq!(c.policies.max_patterns, 4);
+        let err = Config::load_from(dir.path(), None, env(&[("VSM_POLICIES__MAX_ACTIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policies.max_actions"), "{err}");
+    }
+
+    #[test]
     fn jobs_defaults_overrides_and_validation() {
         let dir = dir_with(&[]);
         let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults");
