@@ -99,6 +99,10 @@ impl Worker for PolicyEvaluator {
         10
     }
 
+    // `scope` stays `System`: evaluations are started by the event relay, for real events. A
+    // tenant enqueueing (or retrying) one could feed its policies invented events and repeat
+    // their actions at will.
+
     /// The relay may hand the same event over twice (after a crash); one evaluation suffices.
     fn unique_for(&self) -> Option<Duration> {
         Some(Duration::from_secs(3600))

@@ -5,7 +5,7 @@
 //!  "if":   {"all": [{"field": "data.analysis.sentiment.label", "op": "eq", "value": "negative"},
 //!                   {"not": {"field": "data.tags", "op": "contains", "value": "test"}}]},
 //!  "then": [{"notify": {"channel": "telegram", "to": "12345", "template": "Bad news: {{data.episode_id}}"}},
-//!           {"enqueue": {"worker": "health_check", "args": {}}},
+//!           {"enqueue": {"worker": "episode_analyzer", "args": {"episode_id": "..."}}},
 //!           {"publish": {"topic": "ops.escalated", "data": {"level": 2}}},
 //!           {"set_state": {"system": 3, "merge": {"alert": true}}}]}
 //! ```
