@@ -46,6 +46,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Resource budgets per tenant.
     pub limits: LimitsConfig,
+    /// Complexity budget of a policy's rules (CONTRACT §4, §7).
+    pub policies: PoliciesConfig,
 }
 
 /// `[database]`
@@ -581,6 +583,56 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
+/// `[policies]`: the complexity budget of one policy's rules, checked when it is saved (422
+/// naming the JSON path) and again when a stored policy is compiled for evaluation, so that
+/// no rule a tenant writes can make a request or an evaluation use unbounded CPU or memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Most conditions (`all`, `any`, `not` and comparisons, counted together) in `if`. Default 64.
+    pub max_conditions: usize,
+    /// Deepest nesting of conditions (a lone comparison is depth 1). Default 8.
+    pub max_depth: usize,
+    /// Most `matches` comparisons (regular expressions). Default 16.
+    pub max_patterns: usize,
+    /// Most bytes of all `matches` patterns together. Default 4096.
+    pub max_pattern_bytes: usize,
+    /// Most actions in `then`. Default 16.
+    pub max_actions: usize,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            max_conditions: 64,
+            max_depth: 8,
+            max_patterns: 16,
+            max_pattern_bytes: 4096,
+            max_actions: 16,
+        }
+    }
+}
+
+impl PoliciesConfig {
+    /// A zero budget would refuse every policy: each limit must be at least 1.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("max_conditions", self.max_conditions),
+            ("max_depth", self.max_depth),
+            ("max_patterns", self.max_patterns),
+            ("max_pattern_bytes", self.max_pattern_bytes),
+            ("max_actions", self.max_actions),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "key `policies.{key}`: must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[analysis]`: how the episode analyzer works.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -671,6 +723,7 @@ impl Config {
             .extract::<Config>()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.jobs.validate()?;
+        config.policies.validate()?;
         config.validate()?;
         Ok(config)
     }
@@ -1145,6 +1198,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("VSM_LISTN"), "{err}");
+    }
+
+    #[test]
+    fn policies_budget_defaults_overrides_and_validation() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults");
+        assert_eq!(c.policies, PoliciesConfig::default());
+        assert_eq!(
+            (c.policies.max_conditions, c.policies.max_patterns),
+            (64, 16)
+        );
+        // The shipped default.toml says the same as the built-in defaults.
+        let shipped = Config::load_from(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            None,
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(shipped.policies, PoliciesConfig::default());
+        let c = Config::load_from(
+            dir.path(),
+            None,
+            env(&[("VSM_POLICIES__MAX_PATTERNS", "4")]),
+        )
+        .unwrap();
+        assert_eq!(c.policies.max_patterns, 4);
+        let err = Config::load_from(dir.path(), None, env(&[("VSM_POLICIES__MAX_ACTIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policies.max_actions"), "{err}");
     }
 
     #[test]

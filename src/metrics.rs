@@ -1,5 +1,13 @@
 //! Prometheus metrics (CONTRACT §5). One registry per process; every metric keeps the plan's
-//! `cybernetic_` prefix, and labels are bounded (route templates, never raw paths).
+//! `cybernetic_` prefix, and every label has a bounded set of values, whatever tenants send:
+//! - `method`: the usual methods, anything else `OTHER`; `status`: the status code;
+//!   `path`: the matched route template, `unmatched` for every path no route matches
+//!   (`edge::gateway::observe`).
+//! - `topic`: the platform's own topics ([`crate::events::topic::KNOWN_TOPICS`]), every
+//!   topic a tenant invents `other` ([`TopicCounter`]).
+//! - `queue`, `worker`: from the workers' own declarations (a policy may enqueue only a
+//!   registered worker, and the worker decides the queue); `state`: the job states.
+//! - `backend`, `op`, `result`, `direction`: fixed names in the storage adapters.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -19,6 +27,25 @@ const LATENCY_BUCKETS: &[f64] = &[
 const JOB_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
+
+/// A counter by event topic whose label is bounded: [`TopicCounter::with_label_values`] maps
+/// a topic outside [`crate::events::topic::KNOWN_TOPICS`] to `other`, so a tenant publishing
+/// invented topics adds no series. Callers use it like the `IntCounterVec` it wraps.
+#[derive(Clone)]
+pub struct TopicCounter(IntCounterVec);
+
+impl TopicCounter {
+    fn new(name: &str, help: &str) -> Self {
+        Self(IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("valid metric"))
+    }
+
+    /// The counter of the topic `labels[0]` (or of `other`).
+    pub fn with_label_values(&self, labels: &[&str]) -> prometheus::IntCounter {
+        let topic = labels.first().copied().unwrap_or_default();
+        self.0
+            .with_label_values(&[crate::events::topic::metric_label(topic)])
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -46,11 +73,11 @@ pub struct Metrics {
     /// `cybernetic_sse_connections`: open SSE streams on this instance.
     pub sse_connections: IntGauge,
     /// `cybernetic_events_recorded_total{topic}`: committed events the relay sequenced.
-    pub events_recorded: IntCounterVec,
+    pub events_recorded: TopicCounter,
     /// `cybernetic_events_published_total{topic}`: events confirmed published (broker or in-process).
-    pub events_published: IntCounterVec,
+    pub events_published: TopicCounter,
     /// `cybernetic_events_delivered_total{topic}`: event frames written to SSE clients.
-    pub events_delivered: IntCounterVec,
+    pub events_delivered: TopicCounter,
     /// `cybernetic_event_relay_lag_seconds`: from the event's commit to its publication.
     pub event_relay_lag: prometheus::Histogram,
     /// `cybernetic_event_relay_leader`: 1 while this process's relay leads.
@@ -151,9 +178,7 @@ impl Metrics {
             "Open SSE event streams on this instance",
         )
         .expect("valid metric");
-        let topic_counter = |name: &str, help: &str| {
-            IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("valid metric")
-        };
+        let topic_counter = TopicCounter::new;
         let events_recorded = topic_counter(
             "cybernetic_events_recorded_total",
             "Committed events sequenced by the relay",
@@ -233,9 +258,9 @@ impl Metrics {
             Box::new(job_queue_time.clone()),
             Box::new(job_queue_depth.clone()),
             Box::new(sse_connections.clone()),
-            Box::new(events_recorded.clone()),
-            Box::new(events_published.clone()),
-            Box::new(events_delivered.clone()),
+            Box::new(events_recorded.0.clone()),
+            Box::new(events_published.0.clone()),
+            Box::new(events_delivered.0.clone()),
             Box::new(event_relay_lag.clone()),
             Box::new(event_relay_leader.clone()),
             Box::new(storage_operations.clone()),

@@ -1,6 +1,41 @@
 //! Topic names and subscription filters: a topic is `<domain>.<action>` (lowercase letters,
 //! digits, `_`); a filter is an exact topic or `<domain>.*`.
 
+/// The topics the platform itself emits (CONTRACT §6): the only topics that get a metric
+/// label of their own. Tenants may publish any other topic (policy `publish` actions); those
+/// are labelled [`OTHER`], so a tenant cannot add series to `/metrics`.
+pub const KNOWN_TOPICS: &[&str] = &[
+    "system.state",
+    "system.health",
+    "episode.created",
+    "episode.analyzed",
+    "episode.failed",
+    "policy.created",
+    "policy.updated",
+    "policy.deleted",
+    "policy.triggered",
+    "artifact.stored",
+    "artifact.processed",
+    "artifact.deleted",
+    "job.completed",
+    "job.discarded",
+    "notification.sent",
+    "notification.failed",
+    "telegram.command",
+];
+
+/// The metric label of every topic not in [`KNOWN_TOPICS`].
+pub const OTHER: &str = "other";
+
+/// `topic` itself when the platform knows it, else [`OTHER`]: a bounded label.
+pub fn metric_label(topic: &str) -> &str {
+    if KNOWN_TOPICS.contains(&topic) {
+        topic
+    } else {
+        OTHER
+    }
+}
+
 /// Why a topic or filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid topic {0:?}: expected <domain>.<action> or <domain>.* in lowercase")]
@@ -94,6 +129,17 @@ mod tests {
             "a b.c",
         ] {
             assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_known_topics_are_their_own_metric_label() {
+        for known in KNOWN_TOPICS {
+            assert!(validate(known).is_ok(), "{known}");
+            assert_eq!(metric_label(known), *known);
+        }
+        for other in ["ops.escalated", "episode.createdx", "system", ""] {
+            assert_eq!(metric_label(other), OTHER);
         }
     }
 

@@ -84,6 +84,17 @@ impl JobContext {
     }
 }
 
+/// Whose work a worker does, which decides who may start its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Acts only within its job's tenant (under that tenant's row-level security): a tenant
+    /// may enqueue it from a policy and retry its jobs.
+    Tenant,
+    /// Platform work (health checks, the evaluations the event relay starts, ...): its effects
+    /// reach beyond one tenant, so only the platform enqueues or retries it.
+    System,
+}
+
 /// One kind of job. A worker declares its name, queue, priority, attempts and uniqueness next
 /// to its code (a `job(..) -> NewJob` constructor in its file) and is registered in
 /// [`crate::workers::registry`].
@@ -115,6 +126,12 @@ pub trait Worker: Send + Sync + 'static {
     /// Longest one attempt may run; then it fails with a timeout error. Default 5 minutes.
     fn timeout(&self) -> Duration {
         Duration::from_secs(300)
+    }
+
+    /// Whose work it does. Default [`Scope::System`], so a new worker is out of tenants' reach
+    /// until it says otherwise.
+    fn scope(&self) -> Scope {
+        Scope::System
     }
 
     /// Delay before retrying after failed attempt number `attempt` (1-based).
@@ -155,6 +172,23 @@ impl Registry {
 
     pub fn names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self.workers.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether a tenant may start jobs of the worker named `name` (false for unknown names).
+    pub fn is_tenant_scoped(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|w| w.scope() == Scope::Tenant)
+    }
+
+    /// Names of the workers a tenant may start (a policy's `enqueue`, a job retry), sorted.
+    pub fn tenant_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.scope() == Scope::Tenant)
+            .map(|(n, _)| *n)
+            .collect();
         names.sort_unstable();
         names
     }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
+use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
 use crate::schemas::storage::artifact::{self, Artifact};
 use crate::storage::{Storage, StorageError, object_key};
 
@@ -56,6 +56,11 @@ impl ArtifactProcessor {
 impl Worker for ArtifactProcessor {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Re-checks one of its tenant's artifacts, under that tenant's row-level security.
+    fn scope(&self) -> Scope {
+        Scope::Tenant
     }
 
     fn max_attempts(&self) -> i32 {

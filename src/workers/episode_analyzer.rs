@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
+use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
 use crate::repo::DbError;
 use crate::schemas::schema::episodes;
 use crate::schemas::vsm::episode;
@@ -38,6 +38,11 @@ pub fn job(tenant_id: Uuid, episode_id: Uuid) -> NewJob {
 impl Worker for EpisodeAnalyzer {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Analyses one of its tenant's episodes, under that tenant's row-level security.
+    fn scope(&self) -> Scope {
+        Scope::Tenant
     }
 
     fn queue(&self) -> &'static str {

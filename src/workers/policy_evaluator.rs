@@ -12,13 +12,18 @@
 //! each batch it publishes (before marking it published, so a crash repeats the call and the
 //! unique evaluation job absorbs the repeat): it inserts one evaluation job per event of a
 //! tenant that has an active, in-window policy whose `when.topics` match.
+//!
+//! Rules are compiled once per policy version and kept in a bounded [`RuleCache`]: an
+//! evaluation reads only the policies' ids and versions unless one of them is new or changed.
 
+pub mod compiled;
 pub mod rules;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
@@ -30,9 +35,18 @@ use crate::repo::{Conn, DbError, Repo};
 use crate::schemas::schema::policies;
 use crate::schemas::vsm::system_state;
 
+pub use compiled::RuleCache;
 pub use rules::{RuleError, Rules, validate};
 
 pub const NAME: &str = "policy_evaluator";
+
+/// Weight of the compiled rules this process keeps: one unit per policy plus one per compiled
+/// pattern (at most 96 KiB each), so at most about 100 MiB however the rules are written
+/// (usually a few KiB per policy).
+const CACHE_CAPACITY: usize = 1024;
+
+/// This process's compiled rules, shared by every evaluation it runs.
+static COMPILED: LazyLock<RuleCache> = LazyLock::new(|| RuleCache::new(CACHE_CAPACITY));
 
 /// Events produced by policy actions carry `_policy_depth`; past this depth they trigger no
 /// further evaluation, so two policies publishing each other's topics cannot loop forever.
@@ -104,6 +118,10 @@ impl Worker for PolicyEvaluator {
         10
     }
 
+    // `scope` stays `System`: evaluations are started by the event relay, for real events. A
+    // tenant enqueueing (or retrying) one could feed its policies invented events and repeat
+    // their actions at will.
+
     /// The relay may hand the same event over twice (after a crash); one evaluation suffices.
     fn unique_for(&self) -> Option<Duration> {
         Some(Duration::from_secs(3600))
@@ -142,6 +160,17 @@ pub async fn evaluate(
     topic: &str,
     event: &Value,
 ) -> Result<Vec<String>, DbError> {
+    evaluate_with(ctx, &COMPILED, tenant, topic, event).await
+}
+
+/// [`evaluate`] with compiled rules kept in `cache`.
+pub async fn evaluate_with(
+    ctx: &JobContext,
+    cache: &RuleCache,
+    tenant: Uuid,
+    topic: &str,
+    event: &Value,
+) -> Result<Vec<String>, DbError> {
     let doc = json!({
         "topic": topic,
         "event_id": event.get("seq").cloned().unwrap_or(Value::Null),
@@ -151,11 +180,10 @@ pub async fn evaluate(
         .get("_policy_depth")
         .and_then(Value::as_i64)
         .unwrap_or(0);
-    let workers = ctx.registry.names();
     let mut tx = ctx.repo.tenant_tx(tenant).await?;
     let mut failures = Vec::new();
-    for (policy_id, name, raw) in active_policies(&mut tx).await? {
-        let rules = match validate(&raw, &workers) {
+    for (policy_id, name, compiled) in compiled_policies(ctx, cache, &mut tx).await? {
+        let rules = match compiled.as_ref() {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(policy_id = %policy_id, error = %e, "stored policy rules are invalid; skipped");
@@ -216,6 +244,11 @@ async fn perform(
             "notify via {channel} to {} failed: no notification channel is available",
             mask(to)
         )),
+        // Validation already refuses a system worker; this check holds even for rules that
+        // were stored before it did, or for a worker whose scope changed since.
+        rules::Action::Enqueue { worker, .. } if !ctx.registry.is_tenant_scoped(worker) => Err(
+            format!("enqueue: {worker:?} is not a worker a policy may enqueue"),
+        ),
         rules::Action::Enqueue { worker, args } => match ctx.registry.job(worker, args.clone()) {
             Some(job) => {
                 let inserted = storage::insert(conn, &job.tenant(tenant)).await?;
@@ -252,10 +285,16 @@ fn mask(to: &str) -> String {
     format!("{shown}***({} chars)", to.chars().count())
 }
 
-/// `(id, name, rules)` of the tenant's active policies in their window, highest priority first.
-async fn active_policies(conn: &mut Conn) -> Result<Vec<(Uuid, String, Value)>, DbError> {
+/// `(id, name, compiled rules)` of the tenant's active policies in their window, highest
+/// priority first. Rules are read and compiled only for policies not in `cache` at their
+/// current version.
+async fn compiled_policies(
+    ctx: &JobContext,
+    cache: &RuleCache,
+    conn: &mut Conn,
+) -> Result<Vec<(Uuid, String, compiled::Compiled)>, DbError> {
     let now = Utc::now();
-    Ok(policies::table
+    let active: Vec<(Uuid, String, DateTime<Utc>)> = policies::table
         .filter(policies::active.eq(true))
         .filter(
             policies::effective_from
@@ -268,9 +307,37 @@ async fn active_policies(conn: &mut Conn) -> Result<Vec<(Uuid, String, Value)>, 
                 .or(policies::effective_until.gt(now)),
         )
         .order((policies::priority.desc(), policies::name.asc()))
-        .select((policies::id, policies::name, policies::rules))
+        .select((policies::id, policies::name, policies::updated_at))
         .load(conn)
-        .await?)
+        .await?;
+    let mut found: HashMap<Uuid, compiled::Compiled> = HashMap::new();
+    let mut missing = Vec::new();
+    for (id, _, updated_at) in &active {
+        match cache.get(*id, *updated_at) {
+            Some(c) => {
+                found.insert(*id, c);
+            }
+            None => missing.push(*id),
+        }
+    }
+    if !missing.is_empty() {
+        let rows: Vec<(Uuid, DateTime<Utc>, Value)> = policies::table
+            .filter(policies::id.eq_any(&missing))
+            .select((policies::id, policies::updated_at, policies::rules))
+            .load(conn)
+            .await?;
+        let enqueueable = ctx.registry.tenant_names();
+        for (id, updated_at, raw) in rows {
+            let c = cache.insert_with(id, updated_at, || {
+                validate(&raw, &enqueueable, &ctx.config.policies)
+            });
+            found.insert(id, c);
+        }
+    }
+    Ok(active
+        .into_iter()
+        .filter_map(|(id, name, _)| found.remove(&id).map(|c| (id, name, c)))
+        .collect())
 }
 
 /// Whether the event should be evaluated at all. Evaluations' own traces are not: their
@@ -297,10 +364,10 @@ pub async fn enqueue_for_event(
     tenant_id: Uuid,
     events: &[&RelayedEvent],
 ) -> Result<usize, DbError> {
-    let listening: Vec<Rules> = active_policies(conn)
+    let listening: Vec<Rules> = active_whens(conn)
         .await?
-        .into_iter()
-        .filter_map(|(_, _, raw)| topics_only(&raw))
+        .iter()
+        .filter_map(topics_only)
         .collect();
     let mut inserted = 0;
     for event in events {
@@ -332,9 +399,31 @@ pub async fn enqueue_for_events(repo: &Repo, events: &[RelayedEvent]) -> Result<
     Ok(inserted)
 }
 
+/// `rules.when` of the tenant's active policies in their window: all the relay needs, so it
+/// never reads (or parses) whole rule documents.
+async fn active_whens(conn: &mut Conn) -> Result<Vec<Value>, DbError> {
+    let now = Utc::now();
+    let whens: Vec<Option<Value>> = policies::table
+        .filter(policies::active.eq(true))
+        .filter(
+            policies::effective_from
+                .is_null()
+                .or(policies::effective_from.le(now)),
+        )
+        .filter(
+            policies::effective_until
+                .is_null()
+                .or(policies::effective_until.gt(now)),
+        )
+        .select(policies::rules.retrieve_as_object("when").nullable())
+        .load(conn)
+        .await?;
+    Ok(whens.into_iter().flatten().collect())
+}
+
 /// Only `when.topics` of stored rules (the rest is checked when evaluating).
-fn topics_only(raw: &Value) -> Option<Rules> {
-    let topics = raw.get("when")?.get("topics")?.as_array()?;
+fn topics_only(when: &Value) -> Option<Rules> {
+    let topics = when.get("topics")?.as_array()?;
     let filters = topics
         .iter()
         .map(|t| {

@@ -3,7 +3,7 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::jobs::{Job, JobContext, JobResult, Outcome, Worker};
+use crate::jobs::{Job, JobContext, JobResult, Outcome, Scope, Worker};
 
 pub const NAME: &str = "test_noop";
 
@@ -12,6 +12,11 @@ pub struct TestNoop;
 impl Worker for TestNoop {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Does nothing: tests may start it as a tenant.
+    fn scope(&self) -> Scope {
+        Scope::Tenant
     }
 
     fn perform<'a>(&'a self, _ctx: &'a JobContext, _job: &'a Job) -> BoxFuture<'a, JobResult> {

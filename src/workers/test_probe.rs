@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 
-use crate::jobs::{Job, JobContext, JobResult, Outcome, Worker};
+use crate::jobs::{Job, JobContext, JobResult, Outcome, Scope, Worker};
 
 pub const NAME: &str = "test_probe";
 
@@ -58,6 +58,11 @@ impl Drop for Running {
 impl Worker for TestProbe {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// Test-only: tests start it from tenants' policies.
+    fn scope(&self) -> Scope {
+        Scope::Tenant
     }
 
     fn perform<'a>(&'a self, _ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {

@@ -468,3 +468,123 @@ async fn jobs_cancel_and_retry_and_queue_control_needs_the_admin_token() {
         .await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test]
+async fn a_policy_may_enqueue_only_tenant_scoped_workers() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("enqueuer").await;
+    for (worker, status) in [
+        ("health_check", 422),
+        ("policy_evaluator", 422),
+        ("episode_analyzer", 201),
+    ] {
+        let rules = json!({"when": {"topics": ["episode.created"]}, "then": [
+            {"publish": {"topic": "x.y", "data": {}}},
+            {"enqueue": {"worker": worker, "args": {}}},
+        ]});
+        let (s, body) = api
+            .call(
+                "POST",
+                "/v1/policies",
+                &key,
+                Some(json!({"name": worker, "rules": rules})),
+            )
+            .await;
+        assert_eq!(s, status, "{worker}: {body}");
+        if status == 422 {
+            assert_eq!(body["error"]["code"], "validation_failed");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("rules.then[1].enqueue.worker"),
+                "{message}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_retry_a_system_job_and_no_other_tenant_hears_of_it() {
+    use std::time::Duration;
+    let db = TestDb::migrated().await;
+    let (a, api) = api(&db).await;
+    let created = |slug: &'static str| {
+        let api = &api;
+        async move {
+            let v: Value = api
+                .http
+                .post(format!("{}/v1/tenants", api.base))
+                .bearer_auth(ADMIN)
+                .json(&json!({"slug": slug}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                v["tenant_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<uuid::Uuid>()
+                    .unwrap(),
+                v["api_key"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (tenant_a, key_a) = created("old-policy").await;
+    let (_, key_b) = created("bystander").await;
+    // A finished health check carrying tenant A's id: what an old policy's enqueue left behind.
+    let job =
+        crate::jobs_support::insert(&a.repo, vsm::workers::health_check::job().tenant(tenant_a))
+            .await;
+    let mut owner = db.owner_conn().await;
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "UPDATE jobs SET state = 'completed', completed_at = now() WHERE id = '{}'",
+            job.id
+        )),
+        &mut owner,
+    )
+    .await
+    .unwrap();
+    let mut stream_b = common::SseClient::connect(&api.base, &key_b, "", None).await;
+    assert_eq!(stream_b.status, 200);
+
+    let (s, body) = api
+        .call("POST", &format!("/v1/jobs/{}/retry", job.id), &key_a, None)
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (_, shown) = api
+        .call("GET", &format!("/v1/jobs/{}", job.id), &key_a, None)
+        .await;
+    assert_eq!(shown["state"], "completed", "left as it was");
+
+    // Whatever is runnable now runs: nothing, so no system.health is produced.
+    let config = vsm::config::Config::default();
+    let engine = crate::jobs_support::engine(
+        &a.repo,
+        vsm::workers::registry(&config),
+        crate::jobs_support::options(&[("default", 2)]),
+    );
+    assert_eq!(engine.drain("default").await.unwrap(), 0);
+    // B's own next event arrives; nothing system-wide came before it.
+    api.call(
+        "POST",
+        "/v1/episodes",
+        &key_b,
+        Some(json!({"title": "sentinel", "content": ""})),
+    )
+    .await;
+    loop {
+        let frame = stream_b
+            .next_event(Duration::from_secs(10))
+            .await
+            .expect("B's own event");
+        assert_ne!(frame.event.as_deref(), Some("system.health"), "{frame:?}");
+        if frame.event.as_deref() == Some("episode.created") {
+            break;
+        }
+    }
+}

@@ -328,7 +328,7 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
             "escalate",
             10,
             json!({"when": {"topics": ["episode.analyzed"]}, "if": negative, "then": [
-                {"enqueue": {"worker": "health_check", "args": {}}},
+                {"enqueue": {"worker": "test_noop", "args": {}}},
                 {"publish": {"topic": "ops.escalated", "data": {"level": 2}}},
                 {"set_state": {"system": 3, "merge": {"alert": true}}},
             ]}),
@@ -360,6 +360,16 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
                 json!({"when": {"topics": ["episode.analyzed"]}, "then": [{"publish": {"topic": "never.expired"}}]}),
             )
         },
+        // Stored without the API's validation (as an old policy could have been): enqueueing a
+        // system worker is refused by the evaluator too.
+        new_policy(
+            t,
+            "sneaky",
+            6,
+            json!({"when": {"topics": ["episode.analyzed"]}, "then": [
+                {"enqueue": {"worker": "health_check", "args": {}}},
+            ]}),
+        ),
         new_policy(
             t,
             "positive_only",
@@ -410,8 +420,10 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
         "one job for the matching event (the repeat is the same unique job)"
     );
 
-    let e = engine_with(&repo, Config::default());
-    // The evaluation, then the health check it enqueued.
+    let mut config = Config::default();
+    config.jobs.test_workers = true;
+    let e = engine_with(&repo, config);
+    // The evaluation, then the test_noop job it enqueued.
     assert_eq!(e.drain("default").await.unwrap(), 2);
     let mut owner = db.owner_conn().await;
     // The notify action cannot succeed: the job is discarded with the reason, recipient masked.
@@ -435,16 +447,24 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
     );
     assert!(!error.contains("123456789"), "recipient leaked: {error}");
 
-    // enqueue: a health check job for the tenant.
+    // enqueue: a job of the tenant-scoped worker for the tenant, none of the system one.
     assert_eq!(
         count(
             &mut owner,
             &format!(
-                "SELECT count(*) AS n FROM jobs WHERE worker = 'health_check' AND tenant_id = '{t}'"
+                "SELECT count(*) AS n FROM jobs WHERE worker = 'test_noop' AND tenant_id = '{t}'"
             )
         )
         .await,
         1
+    );
+    assert_eq!(
+        count(
+            &mut owner,
+            "SELECT count(*) AS n FROM jobs WHERE worker = 'health_check'"
+        )
+        .await,
+        0
     );
     // publish: the event, marked so that policies cannot loop forever.
     let escalated = events(&db, "ops.escalated").await;
@@ -515,5 +535,61 @@ async fn the_health_check_stores_its_measurements_and_emits_system_health() {
         )
         .await,
         1
+    );
+}
+
+#[tokio::test]
+async fn rules_are_compiled_once_per_policy_version_not_per_event() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let t = tenant::create(&repo, "compiled", None).await.unwrap().0.id;
+    let rules = json!({"when": {"topics": ["episode.created"]},
+        "if": {"field": "data.title", "op": "matches", "value": "^(outage|incident)"},
+        "then": [{"publish": {"topic": "ops.alert", "data": {}}}]});
+    let p = new_policy(t, "alert", 0, rules);
+    let mut tx = repo.tenant_tx(t).await.unwrap();
+    policy::insert(&mut tx, &p).await.unwrap();
+    tx.commit().await.unwrap();
+    let config = Config::default();
+    let ctx = vsm::jobs::JobContext::new(
+        repo.clone(),
+        Arc::new(config.clone()),
+        vsm::workers::registry(&config),
+    );
+    let cache = policy_evaluator::RuleCache::new(16);
+    for i in 0..5 {
+        let event = json!({"seq": i, "payload": {"title": "outage in checkout"}});
+        let failures = policy_evaluator::evaluate_with(&ctx, &cache, t, "episode.created", &event)
+            .await
+            .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert_eq!(
+        events(&db, "ops.alert").await.len(),
+        5,
+        "every event evaluated"
+    );
+    assert_eq!(cache.compilations(), 1, "compiled once for five events");
+    // A changed policy is compiled again, once.
+    let mut tx = repo.tenant_tx(t).await.unwrap();
+    let changed = NewPolicy {
+        rules: json!({"when": {"topics": ["episode.created"]},
+            "if": {"field": "data.title", "op": "matches", "value": "^never"},
+            "then": [{"publish": {"topic": "ops.alert", "data": {}}}]}),
+        ..p.clone()
+    };
+    policy::update(&mut tx, p.id, &changed).await.unwrap();
+    tx.commit().await.unwrap();
+    for i in 5..8 {
+        let event = json!({"seq": i, "payload": {"title": "outage in checkout"}});
+        policy_evaluator::evaluate_with(&ctx, &cache, t, "episode.created", &event)
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.compilations(), 2);
+    assert_eq!(
+        events(&db, "ops.alert").await.len(),
+        5,
+        "the new rules apply at once"
     );
 }

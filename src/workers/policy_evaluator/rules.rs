@@ -5,7 +5,7 @@
 //!  "if":   {"all": [{"field": "data.analysis.sentiment.label", "op": "eq", "value": "negative"},
 //!                   {"not": {"field": "data.tags", "op": "contains", "value": "test"}}]},
 //!  "then": [{"notify": {"channel": "telegram", "to": "12345", "template": "Bad news: {{data.episode_id}}"}},
-//!           {"enqueue": {"worker": "health_check", "args": {}}},
+//!           {"enqueue": {"worker": "episode_analyzer", "args": {"episode_id": "..."}}},
 //!           {"publish": {"topic": "ops.escalated", "data": {"level": 2}}},
 //!           {"set_state": {"system": 3, "merge": {"alert": true}}}]}
 //! ```
@@ -16,18 +16,29 @@
 //!   missing field or a type mismatch is *unknown*, `not` of unknown is unknown, and only a
 //!   definite *true* triggers the policy, so nothing unknown ever evaluates to true.
 //! - Every error names its JSON path from `rules` (`rules.if.all[1].op`).
+//! - A complexity budget ([`PoliciesConfig`]) caps the conditions, their nesting, the
+//!   `matches` patterns and their total size, and the actions. It is counted while walking the
+//!   document, before any pattern is compiled, so an over-budget rule costs no more to refuse
+//!   than a rule at the budget costs to accept.
+//! - `enqueue` may name only the workers passed as enqueueable: those of tenant scope
+//!   ([`crate::jobs::Scope::Tenant`]).
 
 use regex::Regex;
 use serde_json::{Map, Value};
 
+pub use crate::config::PoliciesConfig;
 use crate::events::topic::{Filter, Filters};
 
-/// Deepest condition nesting accepted.
-const MAX_DEPTH: usize = 16;
-/// Most items in an `all`/`any`, an `in` list, or `then`.
-const MAX_ITEMS: usize = 100;
-/// Largest compiled `matches` pattern.
-const REGEX_SIZE_LIMIT: usize = 64 * 1024;
+/// Most topics in `when.topics`.
+const MAX_TOPICS: usize = 100;
+/// Most scalars in an `in` list.
+const MAX_IN_ITEMS: usize = 1000;
+/// Largest compiled `matches` pattern (a short pattern such as `\w{1000}` compiles huge).
+/// Ordinary patterns, Unicode classes included, compile to a few KiB.
+pub const REGEX_SIZE_LIMIT: usize = 32 * 1024;
+/// Cache of the lazy DFA of one compiled pattern, which grows while matching; past it the
+/// regex engine falls back to a slower one, still linear in the input.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 64 * 1024;
 
 /// A rule that cannot be saved: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,8 +138,62 @@ pub enum Action {
 /// Notification channels a `notify` action may name.
 pub const CHANNELS: &[&str] = &["telegram", "webhook"];
 
-/// Validates a policy's `rules`; `workers` are the names an `enqueue` action may use.
-pub fn validate(rules: &Value, workers: &[&str]) -> Result<Rules, RuleError> {
+/// What one rule document has spent of its complexity budget so far.
+struct Budget<'a> {
+    limits: &'a PoliciesConfig,
+    conditions: usize,
+    patterns: usize,
+    pattern_bytes: usize,
+}
+
+impl Budget<'_> {
+    fn condition(&mut self, path: &str) -> Result<(), RuleError> {
+        self.conditions += 1;
+        if self.conditions > self.limits.max_conditions {
+            return err(
+                path,
+                format!(
+                    "more than {} conditions in one policy (policies.max_conditions)",
+                    self.limits.max_conditions
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Counted before the pattern is compiled.
+    fn pattern(&mut self, pattern: &str, path: &str) -> Result<(), RuleError> {
+        self.patterns += 1;
+        self.pattern_bytes += pattern.len();
+        if self.patterns > self.limits.max_patterns {
+            return err(
+                path,
+                format!(
+                    "more than {} matches patterns in one policy (policies.max_patterns)",
+                    self.limits.max_patterns
+                ),
+            );
+        }
+        if self.pattern_bytes > self.limits.max_pattern_bytes {
+            return err(
+                path,
+                format!(
+                    "matches patterns exceed {} bytes in one policy (policies.max_pattern_bytes)",
+                    self.limits.max_pattern_bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Validates a policy's `rules` within the complexity budget `limits`; `enqueueable` are the
+/// workers an `enqueue` action may name.
+pub fn validate(
+    rules: &Value,
+    enqueueable: &[&str],
+    limits: &PoliciesConfig,
+) -> Result<Rules, RuleError> {
     let obj = object(rules, "rules")?;
     only_keys(obj, "rules", &["when", "if", "then"])?;
     let when = obj
@@ -137,8 +202,13 @@ pub fn validate(rules: &Value, workers: &[&str]) -> Result<Rules, RuleError> {
     let when = object(when, "rules.when")?;
     only_keys(when, "rules.when", &["topics"])?;
     let topics = match when.get("topics") {
-        Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_ITEMS => list,
-        Some(Value::Array(_)) => return err("rules.when.topics", "must list 1 to 100 topics"),
+        Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_TOPICS => list,
+        Some(Value::Array(_)) => {
+            return err(
+                "rules.when.topics",
+                format!("must list 1 to {MAX_TOPICS} topics"),
+            );
+        }
         Some(_) => return err("rules.when.topics", "must be an array of topics"),
         None => return err("rules.when.topics", "is required"),
     };
@@ -158,17 +228,31 @@ pub fn validate(rules: &Value, workers: &[&str]) -> Result<Rules, RuleError> {
             }
         }
     }
+    let mut budget = Budget {
+        limits,
+        conditions: 0,
+        patterns: 0,
+        pattern_bytes: 0,
+    };
     let condition = match obj.get("if") {
-        Some(c) => Some(condition(c, "rules.if", 1)?),
+        Some(c) => Some(condition(c, "rules.if", 1, &mut budget)?),
         None => None,
     };
     let actions = match obj.get("then") {
-        Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_ITEMS => list
+        Some(Value::Array(list)) if !list.is_empty() && list.len() <= limits.max_actions => list
             .iter()
             .enumerate()
-            .map(|(i, a)| action(a, &format!("rules.then[{i}]"), workers))
+            .map(|(i, a)| action(a, &format!("rules.then[{i}]"), enqueueable))
             .collect::<Result<Vec<_>, _>>()?,
-        Some(Value::Array(_)) => return err("rules.then", "must list 1 to 100 actions"),
+        Some(Value::Array(_)) => {
+            return err(
+                "rules.then",
+                format!(
+                    "must list 1 to {} actions (policies.max_actions)",
+                    limits.max_actions
+                ),
+            );
+        }
         Some(_) => return err("rules.then", "must be an array of actions"),
         None => return err("rules.then", "is required"),
     };
@@ -214,16 +298,23 @@ fn single<'a>(
     }
 }
 
-fn condition(v: &Value, path: &str, depth: usize) -> Result<Cond, RuleError> {
-    if depth > MAX_DEPTH {
+fn condition(
+    v: &Value,
+    path: &str,
+    depth: usize,
+    budget: &mut Budget<'_>,
+) -> Result<Cond, RuleError> {
+    let max_depth = budget.limits.max_depth;
+    if depth > max_depth {
         return err(
             path,
-            format!("conditions nest deeper than {MAX_DEPTH} levels"),
+            format!("conditions nest deeper than {max_depth} levels (policies.max_depth)"),
         );
     }
+    budget.condition(path)?;
     let obj = object(v, path)?;
     if obj.contains_key("field") || obj.contains_key("op") {
-        return compare(obj, path).map(Cond::Compare);
+        return compare(obj, path, budget).map(Cond::Compare);
     }
     let (kind, inner) = single(obj, path, &["all", "any", "not", "field"])?;
     let inner_path = format!("{path}.{kind}");
@@ -232,16 +323,19 @@ fn condition(v: &Value, path: &str, depth: usize) -> Result<Cond, RuleError> {
             inner,
             &inner_path,
             depth + 1,
+            budget,
         )?))),
         _ => {
+            // No length check of its own: the condition budget stops a long list at the
+            // first item over it, naming that item.
             let list = match inner {
-                Value::Array(list) if !list.is_empty() && list.len() <= MAX_ITEMS => list,
-                _ => return err(&inner_path, "must be an array of 1 to 100 conditions"),
+                Value::Array(list) if !list.is_empty() => list,
+                _ => return err(&inner_path, "must be a non-empty array of conditions"),
             };
             let conds = list
                 .iter()
                 .enumerate()
-                .map(|(i, c)| condition(c, &format!("{inner_path}[{i}]"), depth + 1))
+                .map(|(i, c)| condition(c, &format!("{inner_path}[{i}]"), depth + 1, budget))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(if kind == "all" {
                 Cond::All(conds)
@@ -252,7 +346,11 @@ fn condition(v: &Value, path: &str, depth: usize) -> Result<Cond, RuleError> {
     }
 }
 
-fn compare(obj: &Map<String, Value>, path: &str) -> Result<Compare, RuleError> {
+fn compare(
+    obj: &Map<String, Value>,
+    path: &str,
+    budget: &mut Budget<'_>,
+) -> Result<Compare, RuleError> {
     only_keys(obj, path, &["field", "op", "value"])?;
     let field_path = format!("{path}.field");
     let field = match obj.get("field") {
@@ -306,17 +404,26 @@ fn compare(obj: &Map<String, Value>, path: &str) -> Result<Compare, RuleError> {
                 "must be a number or a string for an ordering comparison",
             );
         }
-        (Op::In, Some(Value::Array(list))) if list.len() <= 1000 && list.iter().all(is_scalar) => {
+        (Op::In, Some(Value::Array(list)))
+            if list.len() <= MAX_IN_ITEMS && list.iter().all(is_scalar) =>
+        {
             Value::Array(list)
         }
-        (Op::In, Some(_)) => return err(&value_path, "must be an array of up to 1000 scalars"),
+        (Op::In, Some(_)) => {
+            return err(
+                &value_path,
+                format!("must be an array of up to {MAX_IN_ITEMS} scalars"),
+            );
+        }
         (Op::Contains, Some(v)) if is_scalar(&v) => v,
         (Op::Contains, Some(_)) => {
             return err(&value_path, "must be a string, number, boolean or null");
         }
         (Op::Matches, Some(Value::String(p))) => {
+            budget.pattern(&p, &value_path)?;
             let compiled = regex::RegexBuilder::new(&p)
                 .size_limit(REGEX_SIZE_LIMIT)
+                .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
                 .build()
                 .map_err(|e| RuleError {
                     path: value_path.clone(),
@@ -357,7 +464,7 @@ fn object_or_empty(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Va
     }
 }
 
-fn action(v: &Value, path: &str, workers: &[&str]) -> Result<Action, RuleError> {
+fn action(v: &Value, path: &str, enqueueable: &[&str]) -> Result<Action, RuleError> {
     let obj = object(v, path)?;
     let (kind, body) = single(obj, path, &["notify", "enqueue", "publish", "set_state"])?;
     let path = format!("{path}.{kind}");
@@ -381,10 +488,13 @@ fn action(v: &Value, path: &str, workers: &[&str]) -> Result<Action, RuleError> 
         "enqueue" => {
             only_keys(body, &path, &["worker", "args"])?;
             let worker = nonempty_string(body, "worker", &path)?;
-            if !workers.contains(&worker.as_str()) {
+            if !enqueueable.contains(&worker.as_str()) {
                 return err(
                     &format!("{path}.worker"),
-                    format!("is not a known worker (known: {})", workers.join(", ")),
+                    format!(
+                        "is not a worker a policy may enqueue (one of: {})",
+                        enqueueable.join(", ")
+                    ),
                 );
             }
             Ok(Action::Enqueue {
@@ -440,6 +550,18 @@ impl Truth {
 }
 
 impl Rules {
+    /// How many compiled `matches` patterns these rules hold (what they weigh in memory).
+    pub fn pattern_count(&self) -> usize {
+        fn count(c: &Cond) -> usize {
+            match c {
+                Cond::All(cs) | Cond::Any(cs) => cs.iter().map(count).sum(),
+                Cond::Not(c) => count(c),
+                Cond::Compare(cmp) => usize::from(cmp.regex.is_some()),
+            }
+        }
+        self.condition.as_ref().map_or(0, count)
+    }
+
     /// Whether the event (`{"topic","event_id","data"}`) triggers these rules: its topic
     /// matches `when.topics` and `if` is definitely true.
     pub fn triggers(&self, topic: &str, event: &Value) -> bool {
@@ -571,7 +693,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const WORKERS: &[&str] = &["health_check", "episode_analyzer"];
+    /// Tenant-scoped workers, as the registry would list them.
+    const WORKERS: &[&str] = &["artifact_processor", "episode_analyzer"];
+
+    fn validate(rules: &Value, workers: &[&str]) -> Result<Rules, RuleError> {
+        super::validate(rules, workers, &PoliciesConfig::default())
+    }
 
     fn rules_with_if(cond: Value) -> Value {
         json!({"when": {"topics": ["episode.analyzed"]}, "if": cond, "then": [{"publish": {"topic": "ops.alert"}}]})
@@ -593,7 +720,7 @@ mod tests {
                 ]},
                 "then": [
                     {"notify": {"channel": "telegram", "to": "12345", "template": "hi"}},
-                    {"enqueue": {"worker": "health_check", "args": {}}},
+                    {"enqueue": {"worker": "episode_analyzer", "args": {}}},
                     {"publish": {"topic": "ops.escalated", "data": {"level": 2}}},
                     {"set_state": {"system": 3, "merge": {"alert": true}}},
                 ],
@@ -668,8 +795,13 @@ mod tests {
                 json!({"when": {"topics": ["a.b"]}, "then": [{"enqueue": {"worker": "rm_rf"}}]}),
                 "rules.then[0].enqueue.worker",
             ),
+            // A system worker (not in the enqueueable list) is refused like an unknown one.
             (
-                json!({"when": {"topics": ["a.b"]}, "then": [{"enqueue": {"worker": "health_check", "args": [1]}}]}),
+                json!({"when": {"topics": ["a.b"]}, "then": [{"publish": {"topic": "c.d"}}, {"enqueue": {"worker": "health_check"}}]}),
+                "rules.then[1].enqueue.worker",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [{"enqueue": {"worker": "episode_analyzer", "args": [1]}}]}),
                 "rules.then[0].enqueue.args",
             ),
             (
@@ -758,10 +890,91 @@ mod tests {
             assert!(!e.message.is_empty());
         }
         let mut deep = json!({"field": "data.a", "op": "exists"});
-        for _ in 0..MAX_DEPTH + 1 {
+        for _ in 0..PoliciesConfig::default().max_depth {
             deep = json!({"not": deep});
         }
         assert!(rejected(rules_with_if(deep)).message.contains("deeper"));
+    }
+
+    fn comparison(i: usize) -> Value {
+        json!({"field": "data.n", "op": "eq", "value": i})
+    }
+
+    fn pattern(i: usize, p: &str) -> Value {
+        json!({"field": "data.s", "op": "matches", "value": format!("{p}{i}")})
+    }
+
+    #[test]
+    fn the_complexity_budget_is_enforced_with_the_path_of_the_first_item_over_it() {
+        let limits = PoliciesConfig {
+            max_conditions: 5,
+            max_depth: 3,
+            max_patterns: 2,
+            max_pattern_bytes: 10,
+            max_actions: 2,
+        };
+        let check = |rules: Value| super::validate(&rules, WORKERS, &limits);
+        let publish = json!({"publish": {"topic": "c.d"}});
+        // At the budget: accepted.
+        check(rules_with_if(
+            json!({"all": [comparison(1), comparison(2), comparison(3), comparison(4)]}),
+        ))
+        .unwrap();
+        check(rules_with_if(
+            json!({"all": [pattern(1, "ab"), pattern(2, "cd")]}),
+        ))
+        .unwrap();
+        check(rules_with_if(json!({"not": {"not": comparison(1)}}))).unwrap();
+        check(json!({"when": {"topics": ["a.b"]}, "then": [publish, publish]})).unwrap();
+        let cases: Vec<(Value, &str, &str)> = vec![
+            // 1 `all` + 5 comparisons: the fifth comparison is the sixth condition.
+            (
+                rules_with_if(json!({"all": (0..5).map(comparison).collect::<Vec<_>>()})),
+                "rules.if.all[4]",
+                "max_conditions",
+            ),
+            // Counted across nesting, not per list.
+            (
+                rules_with_if(
+                    json!({"any": [{"all": [comparison(1), comparison(2)]}, {"all": [comparison(3), comparison(4)]}]}),
+                ),
+                "rules.if.any[1].all[0]",
+                "max_conditions",
+            ),
+            (
+                rules_with_if(json!({"not": {"not": {"not": comparison(1)}}})),
+                "rules.if.not.not.not",
+                "max_depth",
+            ),
+            (
+                rules_with_if(json!({"all": [pattern(1, "a"), pattern(2, "b"), pattern(3, "c")]})),
+                "rules.if.all[2].value",
+                "max_patterns",
+            ),
+            (
+                rules_with_if(json!({"all": [pattern(1, "abcde"), pattern(2, "fghij")]})),
+                "rules.if.all[1].value",
+                "max_pattern_bytes",
+            ),
+            (
+                json!({"when": {"topics": ["a.b"]}, "then": [publish, publish, publish]}),
+                "rules.then",
+                "max_actions",
+            ),
+        ];
+        for (rules, path, limit) in cases {
+            let e = check(rules.clone()).expect_err("over budget");
+            assert_eq!(e.path, path, "{rules}: {e}");
+            assert!(e.message.contains(limit), "{e}");
+        }
+        // A pattern too large once compiled is refused even within the byte budget.
+        let e = super::validate(
+            &rules_with_if(json!({"field": "data.s", "op": "matches", "value": "\\w{1000}"})),
+            WORKERS,
+            &PoliciesConfig::default(),
+        )
+        .expect_err("compiled size");
+        assert_eq!(e.path, "rules.if.value");
     }
 
     fn eval(cond: Value, data: Value) -> Truth {

@@ -1,6 +1,8 @@
 //! Jobs and queues (CONTRACT §4): a tenant lists, inspects, cancels and retries its own jobs
 //! (row-level security: another tenant's job is 404); queue counts are the tenant's, pausing
-//! and resuming a queue is cluster-wide and needs the admin token.
+//! and resuming a queue is cluster-wide and needs the admin token. Only jobs of tenant-scoped
+//! workers ([`crate::jobs::Scope::Tenant`]) may be retried by a tenant: a system job that
+//! carries a tenant id (e.g. enqueued by a policy before such enqueues were refused) is 403.
 
 use std::collections::BTreeMap;
 
@@ -119,7 +121,9 @@ pub async fn cancel(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = Job),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "the job's worker is platform work, not the tenant's"),
+        (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the job is running or already available"),
         (status = 429, body = ErrorBody)
     )
@@ -147,7 +151,19 @@ async fn change(
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let changed = match change {
         Change::Cancel => jobs::cancel(&mut tx, id).await?,
-        Change::Retry => jobs::retry(&mut tx, id).await?,
+        Change::Retry => {
+            let Some(job) = jobs::find(&mut tx, id).await? else {
+                return Err(ApiError::NotFound("no such job".into()));
+            };
+            // A retry runs the worker again on the tenant's say-so: only tenant work may be.
+            if !state.workers.is_tenant_scoped(&job.worker) {
+                return Err(ApiError::Forbidden(format!(
+                    "jobs of {} are platform work and cannot be retried by a tenant",
+                    job.worker
+                )));
+            }
+            jobs::retry(&mut tx, id).await?
+        }
     };
     let result = match changed {
         Some(job) => Ok(HttpResponse::Ok().json(job)),

@@ -1,6 +1,9 @@
 //! Policies (CONTRACT §4, §7): S5's rules. Rules are validated by the policy evaluator's own
-//! validator before they are saved (422 naming the JSON path); every change records
-//! `policy.created|updated|deleted` in its transaction.
+//! validator, within the complexity budget of `[policies]`, before they are saved (422 naming
+//! the JSON path); every change records `policy.created|updated|deleted` in its transaction.
+//!
+//! Validation compiles the rules' patterns: it runs on the blocking thread pool, never on an
+//! HTTP worker thread, so a policy at the budget does not hold up other requests.
 
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use chrono::{DateTime, Utc};
@@ -9,6 +12,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::config::PoliciesConfig;
 use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
@@ -33,24 +37,45 @@ pub struct PolicyBody {
     pub effective_until: Option<DateTime<Utc>>,
 }
 
+/// Checks `rules` within the budget and that they can be stored; gives them back when valid.
+/// A refused document is dropped here too, off the HTTP worker thread.
+fn check_rules(
+    rules: serde_json::Value,
+    enqueueable: &[&str],
+    limits: &PoliciesConfig,
+) -> Result<serde_json::Value, ApiError> {
+    policy_evaluator::validate(&rules, enqueueable, limits).map_err(|e| ApiError::Validation {
+        field: e.path,
+        message: e.message,
+    })?;
+    crate::schemas::check_jsonb(&rules).map_err(|m| ApiError::Validation {
+        field: "rules".into(),
+        message: m.into(),
+    })?;
+    Ok(rules)
+}
+
 impl PolicyBody {
-    /// Validates the rules and builds the row.
-    fn into_new(self, id: Uuid, tenant_id: Uuid, state: &AppState) -> Result<NewPolicy, ApiError> {
-        let workers = state.workers.names();
-        policy_evaluator::validate(&self.rules, &workers).map_err(|e| ApiError::Validation {
-            field: e.path,
-            message: e.message,
-        })?;
-        crate::schemas::check_jsonb(&self.rules).map_err(|m| ApiError::Validation {
-            field: "rules".into(),
-            message: m.into(),
-        })?;
+    /// Validates the rules (on the blocking pool) and builds the row. Only tenant-scoped
+    /// workers may be named by `enqueue`.
+    async fn into_new(
+        self,
+        id: Uuid,
+        tenant_id: Uuid,
+        state: &AppState,
+    ) -> Result<NewPolicy, ApiError> {
+        let enqueueable = state.workers.tenant_names();
+        let limits = state.config.policies.clone();
+        let rules = self.rules;
+        let rules = web::block(move || check_rules(rules, &enqueueable, &limits))
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("validating rules: {e}")))??;
         Ok(NewPolicy {
             id,
             tenant_id,
             name: self.name,
             description: self.description,
-            rules: self.rules,
+            rules,
             active: self.active.unwrap_or(true),
             priority: self.priority.unwrap_or(0),
             effective_from: self.effective_from,
@@ -83,7 +108,8 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let new = body
         .into_inner()
-        .into_new(Uuid::now_v7(), auth.tenant_id, &state)?;
+        .into_new(Uuid::now_v7(), auth.tenant_id, &state)
+        .await?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     crate::edge::gateway::budget::ensure_room(
         &mut tx,
@@ -162,7 +188,10 @@ pub async fn update(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let new = body.into_inner().into_new(id, auth.tenant_id, &state)?;
+    let new = body
+        .into_inner()
+        .into_new(id, auth.tenant_id, &state)
+        .await?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let updated = policy::update(&mut tx, id, &new).await?;
     crate::events::record(&mut tx, auth.tenant_id, "policy.updated", &event(&updated)).await?;
