@@ -3,8 +3,8 @@
 //! - `method`: the usual methods, anything else `OTHER`; `status`: the status code;
 //!   `path`: the matched route template, `unmatched` for every path no route matches
 //!   (`edge::gateway::observe`).
-//! - `topic`: the platform's own topics ([`crate::events::topic::KNOWN_TOPICS`]), every
-//!   topic a tenant invents `other` ([`TopicCounter`]).
+//! - `topic`: the platform's own topics (`events::topic::KNOWN_TOPICS`), every topic a tenant
+//!   invents `other` ([`TopicCounter`] takes only static labels).
 //! - `queue`, `worker`: from the workers' own declarations (a policy may enqueue only a
 //!   registered worker, and the worker decides the queue); `state`: the job states.
 //! - `backend`, `op`, `result`, `direction`: fixed names in the storage adapters.
@@ -28,9 +28,10 @@ const JOB_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
 
-/// A counter by event topic whose label is bounded: [`TopicCounter::with_label_values`] maps
-/// a topic outside [`crate::events::topic::KNOWN_TOPICS`] to `other`, so a tenant publishing
-/// invented topics adds no series. Callers use it like the `IntCounterVec` it wraps.
+/// A counter by event topic whose label is bounded: it takes only `&'static str` labels, and
+/// a topic a tenant invents is a runtime string, so it cannot become a label by accident.
+/// Callers pass `events::topic::metric_label(topic)`: the topic itself when the platform knows
+/// it, else `other`.
 #[derive(Clone)]
 pub struct TopicCounter(IntCounterVec);
 
@@ -39,11 +40,9 @@ impl TopicCounter {
         Self(IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("valid metric"))
     }
 
-    /// The counter of the topic `labels[0]` (or of `other`).
-    pub fn with_label_values(&self, labels: &[&str]) -> prometheus::IntCounter {
-        let topic = labels.first().copied().unwrap_or_default();
-        self.0
-            .with_label_values(&[crate::events::topic::metric_label(topic)])
+    /// The counter of one known topic (or of `other`).
+    pub fn topic(&self, label: &'static str) -> prometheus::IntCounter {
+        self.0.with_label_values(&[label])
     }
 }
 

@@ -17,7 +17,7 @@ use futures_util::{FutureExt, StreamExt};
 use super::hub::Hub;
 use super::rabbitmq::Publisher;
 use super::subscriber::Subscribers;
-use super::{Event, NOTIFY_CHANNEL, store};
+use super::{Event, NOTIFY_CHANNEL, store, topic};
 use crate::config::{DatabaseConfig, EventsConfig};
 use crate::metrics::METRICS;
 use crate::repo::{Conn, Repo};
@@ -191,7 +191,10 @@ impl Relay {
         let pending = store::unpublished(&mut tx, BATCH).await.map_err(err)?;
         tx.commit().await.map_err(err)?;
         for e in &sequenced {
-            METRICS.events_recorded.with_label_values(&[&e.topic]).inc();
+            METRICS
+                .events_recorded
+                .topic(topic::metric_label(&e.topic))
+                .inc();
         }
         if pending.is_empty() {
             return Ok(sequenced.len() as i64 == BATCH);
@@ -212,7 +215,7 @@ impl Relay {
         for e in &pending {
             METRICS
                 .events_published
-                .with_label_values(&[&e.topic])
+                .topic(topic::metric_label(&e.topic))
                 .inc();
             let lag = (now - e.occurred_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
             METRICS.event_relay_lag.observe(lag.max(0.0));

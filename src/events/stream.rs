@@ -194,7 +194,7 @@ impl State {
         self.last_sent = event.seq;
         METRICS
             .events_delivered
-            .with_label_values(&[&event.topic])
+            .topic(super::topic::metric_label(&event.topic))
             .inc();
         self.queue.push_back(event.frame.clone());
     }

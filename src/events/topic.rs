@@ -28,12 +28,12 @@ pub const KNOWN_TOPICS: &[&str] = &[
 pub const OTHER: &str = "other";
 
 /// `topic` itself when the platform knows it, else [`OTHER`]: a bounded label.
-pub fn metric_label(topic: &str) -> &str {
-    if KNOWN_TOPICS.contains(&topic) {
-        topic
-    } else {
-        OTHER
-    }
+pub fn metric_label(topic: &str) -> &'static str {
+    KNOWN_TOPICS
+        .iter()
+        .find(|known| **known == topic)
+        .copied()
+        .unwrap_or(OTHER)
 }
 
 /// Why a topic or filter was refused.
