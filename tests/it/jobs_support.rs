@@ -161,3 +161,30 @@ pub async fn wait_for_count(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Makes the test database refuse every connection (new ones and, by terminating them, the
+/// open ones) until [`allow_connections`]: a database outage confined to this test's database.
+pub async fn block_connections(db: &str) {
+    let mut admin = crate::common::connect("postgres").await;
+    diesel::sql_query(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .expect("block connections");
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<diesel::sql_types::Text, _>(db)
+    .execute(&mut admin)
+    .await
+    .expect("terminate backends");
+}
+
+/// Ends the outage started by [`block_connections`].
+pub async fn allow_connections(db: &str) {
+    let mut admin = crate::common::connect("postgres").await;
+    diesel::sql_query(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .expect("allow connections");
+}
