@@ -298,8 +298,7 @@ impl Engine {
                 let mut acks = vec![execute(inner, &job).await];
                 let mut discarded = Vec::new();
                 let written =
-                    record_outcomes(&inner.repo, &inner.opts.node, &mut acks, &mut discarded)
-                        .await;
+                    record_outcomes(&inner.repo, &inner.opts.node, &mut acks, &mut discarded).await;
                 discard::run_hooks(&inner.ctx, &discarded).await;
                 written?;
                 ran += 1;
@@ -768,9 +767,7 @@ fn is_transient(e: &DbError) -> bool {
         DbError::Unavailable(_) => true,
         DbError::NotFound | DbError::Validation { .. } | DbError::Conflict { .. } => false,
         DbError::Other(DieselError::DatabaseError(kind, info)) => match kind {
-            Kind::UnableToSendCommand | Kind::ClosedConnection | Kind::SerializationFailure => {
-                true
-            }
+            Kind::UnableToSendCommand | Kind::ClosedConnection | Kind::SerializationFailure => true,
             Kind::Unknown => {
                 let m = info.message();
                 m.contains("connection") || m.contains("shutting down") || m.contains("recovery")

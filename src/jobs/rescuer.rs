@@ -24,7 +24,11 @@ pub async fn rescue_once(repo: &Repo, after: Duration) -> Result<Vec<Rescued>, D
 /// Rescues once and runs the `on_discarded` hooks of the jobs it discarded.
 pub async fn rescue_and_end(ctx: &JobContext, after: Duration) -> Result<Vec<Rescued>, DbError> {
     let rescued = rescue_once(&ctx.repo, after).await?;
-    let discarded: Vec<_> = rescued.iter().filter(|r| r.discarded).map(|r| r.id).collect();
+    let discarded: Vec<_> = rescued
+        .iter()
+        .filter(|r| r.discarded)
+        .map(|r| r.id)
+        .collect();
     discard::run_hooks(ctx, &discarded).await;
     Ok(rescued)
 }
