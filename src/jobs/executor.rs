@@ -778,3 +778,64 @@ fn is_transient(e: &DbError) -> bool {
         DbError::Other(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack() -> Ack {
+        Ack {
+            id: Uuid::now_v7(),
+            attempt: 1,
+            state: AckState::Completed,
+            scheduled_at: None,
+            error: None,
+            duration_ms: 0,
+            tenant: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_backlog_stops_taking_outcomes_at_its_cap() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut pending: Vec<Ack> = (0..ACK_BACKLOG - 1).map(|_| ack()).collect();
+        let mut stop = None;
+        for _ in 0..3 {
+            tx.send(AckMsg::Ack(ack())).await.ok();
+        }
+        take_arrived(&mut rx, &mut pending, &mut stop);
+        assert_eq!(pending.len(), ACK_BACKLOG);
+        let until = tokio::time::Instant::now() + Duration::from_millis(20);
+        wait_taking_outcomes(&mut rx, &mut pending, &mut stop, until).await;
+        assert_eq!(
+            pending.len(),
+            ACK_BACKLOG,
+            "nothing more joins a full backlog"
+        );
+        assert_eq!(rx.len(), 2, "the rest wait in the channel");
+        pending.truncate(ACK_BACKLOG - 2);
+        let until = tokio::time::Instant::now() + Duration::from_millis(20);
+        wait_taking_outcomes(&mut rx, &mut pending, &mut stop, until).await;
+        assert_eq!(pending.len(), ACK_BACKLOG);
+        assert!(rx.is_empty());
+    }
+
+    #[test]
+    fn error_texts_lose_nul_and_are_capped_at_a_char_boundary() {
+        assert_eq!(sanitize_error("a\0b\0"), "ab");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = sanitize_error(&long);
+        assert!(cut.len() <= MAX_ERROR_LEN);
+        assert!(cut.ends_with("(truncated)"));
+        assert_eq!(sanitize_error("short"), "short");
+    }
+
+    #[test]
+    fn connection_failures_are_retried_and_refused_data_is_isolated() {
+        assert!(is_transient(&DbError::Unavailable("down".into())));
+        assert!(!is_transient(&DbError::Validation {
+            field: "body",
+            message: "text must not contain the NUL character",
+        }));
+    }
+}

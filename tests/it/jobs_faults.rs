@@ -363,3 +363,74 @@ async fn a_job_the_rescuer_discards_runs_on_discarded_and_is_logged_like_any_oth
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_node_stopping_during_an_outage_leaves_its_unwritten_jobs_to_the_rescuer() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (finished_tx, mut finished) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let mut opts = options(&[("default", 2)]);
+    opts.grace = Duration::from_secs(1);
+    let node = opts.node.clone();
+    let e = engine(
+        &repo,
+        registry(vec![Scripted::new("waiter", move |job| {
+            let started_tx = started_tx.clone();
+            let finished_tx = finished_tx.clone();
+            let release = r.clone();
+            async move {
+                let _ = started_tx.send(job.id);
+                release.notified().await;
+                let _ = finished_tx.send(job.id);
+                Ok(Outcome::Complete)
+            }
+        })]),
+        opts,
+    );
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(e.clone().run(shutdown.clone()));
+    let id = insert(&repo, NewJob::new("waiter", json!({}))).await.id;
+    let got = tokio::time::timeout(Duration::from_secs(10), started.recv()).await;
+    assert_eq!(got.ok().flatten(), Some(id));
+
+    block_connections(&db.name).await;
+    release.notify_one();
+    let done = tokio::time::timeout(Duration::from_secs(5), finished.recv()).await;
+    assert_eq!(done.ok().flatten(), Some(id));
+    let stopping = Instant::now();
+    shutdown.trigger();
+    // The acknowledger gives up after the grace period instead of holding the process.
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the engine stops within the grace period")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "stopped {:.2}s after shutdown",
+        stopping.elapsed().as_secs_f64()
+    );
+    allow_connections(&db.name).await;
+
+    // The node's heartbeat stopped with it, so the job is rescued, not stranded.
+    let mut owner = db.owner_conn().await;
+    assert_eq!(
+        count(
+            &mut owner,
+            &format!(
+                "SELECT count(*) AS n FROM job_nodes WHERE id = '{node}' \
+                 AND heartbeat_at < now() - interval '1 second'"
+            )
+        )
+        .await,
+        1,
+        "the node's row is stale"
+    );
+    let rescued = vsm::jobs::rescuer::rescue_once(&repo, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(get(&mut owner, id).await.state, state::AVAILABLE);
+}
