@@ -254,9 +254,15 @@ impl Engine {
             deadline: tokio::time::Instant::now() + inner.opts.grace,
             done: done_tx,
         };
-        let unwritten = match ack_tx.send(stop).await {
-            Ok(()) => done_rx.await.unwrap_or(0),
-            Err(_) => 0,
+        // With the backlog full the acknowledger takes nothing from the channel, so even the
+        // stop request may not get in: bound the wait by the grace period too.
+        let unwritten = match tokio::time::timeout(inner.opts.grace, ack_tx.send(stop)).await {
+            Ok(Ok(())) => done_rx.await.unwrap_or(0),
+            Ok(Err(_)) => 0,
+            Err(_) => {
+                acker.abort();
+                inner.backlog.load(Ordering::Relaxed).max(1)
+            }
         };
         let _ = acker.await;
         if unwritten > 0 {
