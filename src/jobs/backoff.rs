@@ -24,6 +24,16 @@ pub fn exponential(attempt: i32) -> Duration {
     Duration::from_secs_f64(base * factor)
 }
 
+/// The delay before retrying after the `failures`-th consecutive failure (1-based) of engine
+/// machinery (writing outcomes, running hooks): `first`, doubling, at most `cap`, with the same
+/// jitter, so nodes recovering from one outage do not retry in lockstep.
+pub fn capped(failures: u32, first: Duration, cap: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let base = first.saturating_mul(1 << exp).min(cap).as_secs_f64();
+    let factor = 1.0 + rand::rng().random_range(-JITTER..=JITTER);
+    Duration::from_secs_f64(base * factor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +59,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn capped_doubles_up_to_its_cap() {
+        let first = Duration::from_millis(50);
+        let cap = Duration::from_secs(2);
+        let within = |d: Duration, b: f64| {
+            let d = d.as_secs_f64();
+            d >= b * (1.0 - JITTER) - 1e-9 && d <= b * (1.0 + JITTER) + 1e-9
+        };
+        assert!(within(capped(1, first, cap), 0.05));
+        assert!(within(capped(2, first, cap), 0.1));
+        assert!(within(capped(5, first, cap), 0.8));
+        assert!(within(capped(7, first, cap), 2.0));
+        assert!(within(capped(u32::MAX, first, cap), 2.0));
     }
 
     #[test]

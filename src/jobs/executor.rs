@@ -2,9 +2,16 @@
 //! each job runs as its own task (timeout enforced, panics caught), and one acknowledger writes
 //! outcomes back in batches. Graceful shutdown: stop fetching, let running jobs finish within
 //! the grace period, abort the rest and hand them back.
+//!
+//! Outcomes survive a database outage: the acknowledger keeps retrying (capped backoff) for as
+//! long as the process lives, holding at most [`ACK_BACKLOG`] outcomes while producers stop
+//! fetching. Only at shutdown does it give up, after the grace period; the node has stopped
+//! heartbeating by then, so the rescuer runs those jobs again. A batch that fails for a reason
+//! other than the connection is written row by row, so one bad outcome affects only itself.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +21,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use super::storage::{self, Ack, AckState, Job};
-use super::{JobContext, JobResult, Outcome, Registry, Worker};
+use super::{JobContext, JobResult, Outcome, Registry, Worker, backoff, discard};
 use crate::config::{Config, CronEntry};
 use crate::metrics::METRICS;
 use crate::repo::{DbError, Repo};
@@ -26,6 +33,15 @@ const FETCH_BATCH: usize = 1000;
 const GATHER: Duration = Duration::from_millis(2);
 /// Most outcomes written by one acknowledgement.
 const ACK_BATCH: usize = 2000;
+/// Most outcomes the acknowledger holds unwritten (the database refuses them); above it the
+/// producers stop fetching, so an outage cannot grow memory without bound.
+pub const ACK_BACKLOG: usize = 10 * ACK_BATCH;
+/// Retry delays of a failed acknowledgement: from the first, doubling, to the cap (which
+/// bounds how late outcomes are written after the database is back).
+const ACK_RETRY_FIRST: Duration = Duration::from_millis(50);
+const ACK_RETRY_CAP: Duration = Duration::from_secs(2);
+/// Longest error text kept per attempt, in bytes.
+pub const MAX_ERROR_LEN: usize = 8 * 1024;
 
 /// How an engine runs; [`EngineOptions::from_config`] reads it from `[jobs]`.
 #[derive(Debug, Clone)]
@@ -67,8 +83,12 @@ impl EngineOptions {
 /// What the acknowledger is told.
 enum AckMsg {
     Ack(Ack),
-    /// Write everything received so far, answer, and stop.
-    Stop(oneshot::Sender<()>),
+    /// Write everything received so far, trying until `deadline`, answer with how many
+    /// outcomes are still unwritten, and stop.
+    Stop {
+        deadline: tokio::time::Instant,
+        done: oneshot::Sender<usize>,
+    },
 }
 
 /// One queue's runtime state on this node.
@@ -90,6 +110,8 @@ struct Inner {
     queues: HashMap<String, QueueRt>,
     /// Jobs running on this node, so a cancel can stop them.
     running: Mutex<HashMap<Uuid, AbortHandle>>,
+    /// Outcomes the acknowledger holds unwritten; producers pause above [`ACK_BACKLOG`].
+    backlog: AtomicUsize,
 }
 
 /// A node's job engine.
@@ -125,6 +147,7 @@ impl Engine {
                 opts,
                 queues,
                 running: Mutex::new(HashMap::new()),
+                backlog: AtomicUsize::new(0),
             }),
         }
     }
@@ -175,7 +198,7 @@ impl Engine {
             shutdown.clone(),
         )));
         services.push(tokio::spawn(super::rescuer::run(
-            inner.repo.clone(),
+            inner.ctx.clone(),
             inner.opts.rescue_after,
             shutdown.clone(),
         )));
@@ -227,10 +250,29 @@ impl Engine {
             let _ = tokio::time::timeout(Duration::from_secs(2), inner.idle()).await;
         }
         let (done_tx, done_rx) = oneshot::channel();
-        if ack_tx.send(AckMsg::Stop(done_tx)).await.is_ok() {
-            let _ = done_rx.await;
-        }
+        let stop = AckMsg::Stop {
+            deadline: tokio::time::Instant::now() + inner.opts.grace,
+            done: done_tx,
+        };
+        // With the backlog full the acknowledger takes nothing from the channel, so even the
+        // stop request may not get in: bound the wait by the grace period too.
+        let unwritten = match tokio::time::timeout(inner.opts.grace, ack_tx.send(stop)).await {
+            Ok(Ok(())) => done_rx.await.unwrap_or(0),
+            Ok(Err(_)) => 0,
+            Err(_) => {
+                acker.abort();
+                inner.backlog.load(Ordering::Relaxed).max(1)
+            }
+        };
         let _ = acker.await;
+        if unwritten > 0 {
+            // The heartbeat has stopped with the shutdown: if the hand-back below fails too,
+            // the node's row goes stale and any node's rescuer runs these jobs again.
+            tracing::error!(
+                jobs = unwritten,
+                "stopping with outcomes the database did not take; the jobs will run again"
+            );
+        }
         match hand_back_and_leave(&inner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "handed unfinished jobs back"),
@@ -259,10 +301,12 @@ impl Engine {
                 return Ok(ran);
             }
             for job in jobs {
-                let ack = execute(inner, &job).await;
-                let mut tx = inner.repo.system_tx().await?;
-                storage::ack(&mut tx, &inner.opts.node, &[ack]).await?;
-                tx.commit().await?;
+                let mut acks = vec![execute(inner, &job).await];
+                let mut discarded = Vec::new();
+                let written =
+                    record_outcomes(&inner.repo, &inner.opts.node, &mut acks, &mut discarded).await;
+                discard::run_hooks(&inner.ctx, &discarded).await;
+                written?;
                 ran += 1;
             }
         }
@@ -359,7 +403,9 @@ async fn produce(
             return;
         }
         let free = rt.slots.available_permits();
-        if more && free > 0 {
+        // While the acknowledger cannot write outcomes, running more jobs only piles them up.
+        let backlogged = inner.backlog.load(Ordering::Relaxed) >= ACK_BACKLOG;
+        if more && free > 0 && !backlogged {
             match fetch(&inner, &queue, free.min(FETCH_BATCH)).await {
                 Ok(jobs) => {
                     failures = 0;
@@ -534,74 +580,268 @@ pub fn to_ack(job: &Job, result: JobResult, elapsed: Duration, backoff: Duration
         attempt: job.attempt,
         state,
         scheduled_at,
-        error,
+        error: error.map(|e| sanitize_error(&e)),
         duration_ms: elapsed.as_millis().min(i64::MAX as u128) as i64,
         tenant: job.tenant_id.is_some(),
     }
 }
 
-/// Writes outcomes in batches: whatever arrived while the previous batch was being written
-/// goes in the next, up to [`ACK_BATCH`]. A failed write is retried (the jobs stay `executing`
-/// meanwhile; if this node dies they are rescued).
+/// An error text PostgreSQL can store and a reader can use: without NUL characters (text
+/// columns refuse them) and at most [`MAX_ERROR_LEN`] bytes, cut at a character boundary.
+pub fn sanitize_error(text: &str) -> String {
+    let mut clean: String = text.chars().filter(|c| *c != '\0').collect();
+    if clean.len() > MAX_ERROR_LEN {
+        const MARK: &str = " …(truncated)";
+        let mut cut = MAX_ERROR_LEN - MARK.len();
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+        clean.push_str(MARK);
+    }
+    clean
+}
+
+/// The shutdown request the acknowledger received, if any.
+type StopRequest = Option<(tokio::time::Instant, oneshot::Sender<usize>)>;
+
+/// Writes outcomes in batches: whatever arrived while the previous batch was being written goes
+/// in the next. A failed write is retried with capped backoff for as long as the process runs
+/// (the jobs stay `executing` meanwhile; nothing is dropped), while new outcomes keep joining
+/// the backlog up to [`ACK_BACKLOG`]. After a stop request it tries until the request's
+/// deadline, then reports what is left.
 async fn acknowledge(inner: Arc<Inner>, mut rx: mpsc::Receiver<AckMsg>) {
-    let mut batch: Vec<Ack> = Vec::with_capacity(ACK_BATCH);
-    let mut stop: Option<oneshot::Sender<()>> = None;
+    let mut pending: Vec<Ack> = Vec::new();
+    let mut stop: StopRequest = None;
+    let mut failures = 0u32;
     loop {
-        match rx.recv().await {
-            Some(AckMsg::Ack(a)) => batch.push(a),
-            Some(AckMsg::Stop(done)) => stop = Some(done),
-            None => {}
-        }
-        while stop.is_none() && batch.len() < ACK_BATCH {
-            match rx.try_recv() {
-                Ok(AckMsg::Ack(a)) => batch.push(a),
-                Ok(AckMsg::Stop(done)) => stop = Some(done),
-                Err(_) => break,
+        take_arrived(&mut rx, &mut pending, &mut stop);
+        if pending.is_empty() {
+            if let Some((_, done)) = stop.take() {
+                let _ = done.send(0);
+                return;
             }
-        }
-        flush(&inner, &mut batch).await;
-        if let Some(done) = stop.take() {
-            // Anything that raced in after Stop (a job aborted late) goes too.
-            while let Ok(AckMsg::Ack(a)) = rx.try_recv() {
-                batch.push(a);
+            match rx.recv().await {
+                Some(msg) => receive(msg, &mut pending, &mut stop),
+                None => return,
             }
-            flush(&inner, &mut batch).await;
-            let _ = done.send(());
-            return;
+            continue;
         }
-        if rx.is_closed() && rx.is_empty() {
-            return;
+        inner.backlog.store(pending.len(), Ordering::Relaxed);
+        let mut discarded = Vec::new();
+        let written =
+            record_outcomes(&inner.repo, &inner.opts.node, &mut pending, &mut discarded).await;
+        inner.backlog.store(pending.len(), Ordering::Relaxed);
+        spawn_hooks(&inner, discarded);
+        match written {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(failures, "acknowledging jobs works again");
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(failures, jobs = pending.len(), error = %e, "acknowledging jobs failed; retrying");
+                }
+                let mut until = tokio::time::Instant::now()
+                    + backoff::capped(failures, ACK_RETRY_FIRST, ACK_RETRY_CAP);
+                if let Some((deadline, _)) = &stop {
+                    if tokio::time::Instant::now() >= *deadline {
+                        if let Some((_, done)) = stop.take() {
+                            let _ = done.send(pending.len());
+                        }
+                        return;
+                    }
+                    until = until.min(*deadline);
+                }
+                wait_taking_outcomes(&mut rx, &mut pending, &mut stop, until).await;
+            }
         }
     }
 }
 
-async fn flush(inner: &Inner, batch: &mut Vec<Ack>) {
-    if batch.is_empty() {
+fn receive(msg: AckMsg, pending: &mut Vec<Ack>, stop: &mut StopRequest) {
+    match msg {
+        AckMsg::Ack(a) => pending.push(a),
+        AckMsg::Stop { deadline, done } => *stop = Some((deadline, done)),
+    }
+}
+
+/// Moves outcomes that have already arrived into `pending`, up to the backlog cap.
+fn take_arrived(rx: &mut mpsc::Receiver<AckMsg>, pending: &mut Vec<Ack>, stop: &mut StopRequest) {
+    while pending.len() < ACK_BACKLOG {
+        match rx.try_recv() {
+            Ok(msg) => receive(msg, pending, stop),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sleeps until `until`, meanwhile taking new outcomes while the backlog is under its cap
+/// (above it, finished jobs wait to hand over their outcome, holding their slots).
+async fn wait_taking_outcomes(
+    rx: &mut mpsc::Receiver<AckMsg>,
+    pending: &mut Vec<Ack>,
+    stop: &mut StopRequest,
+    until: tokio::time::Instant,
+) {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return,
+            msg = rx.recv(), if open && pending.len() < ACK_BACKLOG => match msg {
+                Some(msg) => receive(msg, pending, stop),
+                None => open = false,
+            },
+        }
+    }
+}
+
+fn spawn_hooks(inner: &Arc<Inner>, discarded: Vec<Uuid>) {
+    if discarded.is_empty() {
         return;
     }
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=8 {
-        let result = async {
-            let mut tx = inner.repo.system_tx().await?;
-            storage::ack(&mut tx, &inner.opts.node, batch).await?;
-            tx.commit().await
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                batch.clear();
-                return;
-            }
+    let ctx = inner.ctx.clone();
+    tokio::spawn(async move { discard::run_hooks(&ctx, &discarded).await });
+}
+
+/// Writes `acks` (at most [`ACK_BATCH`] per statement), removing each written one, and adds
+/// the jobs that became discarded to `discarded`. A batch failing for a reason other than the
+/// connection is written row by row, so only a bad row is affected, and that one is recorded
+/// again with its error text replaced. Fails (leaving the unwritten ones in `acks`) only when
+/// the database cannot be reached.
+pub async fn record_outcomes(
+    repo: &Repo,
+    node: &str,
+    acks: &mut Vec<Ack>,
+    discarded: &mut Vec<Uuid>,
+) -> Result<(), DbError> {
+    while !acks.is_empty() {
+        let n = acks.len().min(ACK_BATCH);
+        match write_acks(repo, node, &acks[..n]).await {
+            Ok(d) => discarded.extend(d),
+            Err(e) if is_transient(&e) => return Err(e),
             Err(e) => {
-                tracing::warn!(attempt, jobs = batch.len(), error = %e, "acknowledging jobs failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                tracing::warn!(jobs = n, error = %e, "a batch of outcomes was refused; writing them one by one");
+                for i in 0..n {
+                    match write_one(repo, node, &acks[i]).await {
+                        Ok(d) => discarded.extend(d),
+                        Err(e) => {
+                            acks.drain(..i);
+                            return Err(e);
+                        }
+                    }
+                }
             }
+        }
+        acks.drain(..n);
+    }
+    Ok(())
+}
+
+/// Writes one outcome; if the database refuses it (not the connection), writes it again with
+/// an error text that cannot be at fault, so the job still ends in the state its attempt
+/// reached.
+async fn write_one(repo: &Repo, node: &str, ack: &Ack) -> Result<Vec<Uuid>, DbError> {
+    match write_acks(repo, node, std::slice::from_ref(ack)).await {
+        Err(e) if !is_transient(&e) => {
+            tracing::error!(job_id = %ack.id, error = %e, "an outcome was refused; recording it without its error text");
+            let mut plain = ack.clone();
+            plain.error = Some(sanitize_error(&format!(
+                "(the error text could not be stored: {e})"
+            )));
+            write_acks(repo, node, std::slice::from_ref(&plain)).await
+        }
+        other => other,
+    }
+}
+
+async fn write_acks(repo: &Repo, node: &str, acks: &[Ack]) -> Result<Vec<Uuid>, DbError> {
+    let mut tx = repo.system_tx().await?;
+    let acked = storage::ack(&mut tx, node, acks).await?;
+    tx.commit().await?;
+    Ok(acked.discarded)
+}
+
+/// Whether `e` says the database could not be reached or the connection broke (retry the same
+/// write later) rather than that the data was refused (isolate the bad row).
+fn is_transient(e: &DbError) -> bool {
+    use diesel::result::{DatabaseErrorKind as Kind, Error as DieselError};
+    match e {
+        DbError::Unavailable(_) => true,
+        DbError::NotFound | DbError::Validation { .. } | DbError::Conflict { .. } => false,
+        DbError::Other(DieselError::DatabaseError(kind, info)) => match kind {
+            Kind::UnableToSendCommand | Kind::ClosedConnection | Kind::SerializationFailure => true,
+            Kind::Unknown => {
+                let m = info.message();
+                m.contains("connection") || m.contains("shutting down") || m.contains("recovery")
+            }
+            _ => false,
+        },
+        // Pool, transaction-manager and protocol failures: not the rows' fault.
+        DbError::Other(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack() -> Ack {
+        Ack {
+            id: Uuid::now_v7(),
+            attempt: 1,
+            state: AckState::Completed,
+            scheduled_at: None,
+            error: None,
+            duration_ms: 0,
+            tenant: false,
         }
     }
-    tracing::error!(
-        jobs = batch.len(),
-        "giving up acknowledging jobs; they will be rescued and run again"
-    );
-    batch.clear();
+
+    #[tokio::test]
+    async fn the_backlog_stops_taking_outcomes_at_its_cap() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut pending: Vec<Ack> = (0..ACK_BACKLOG - 1).map(|_| ack()).collect();
+        let mut stop = None;
+        for _ in 0..3 {
+            tx.send(AckMsg::Ack(ack())).await.ok();
+        }
+        take_arrived(&mut rx, &mut pending, &mut stop);
+        assert_eq!(pending.len(), ACK_BACKLOG);
+        let until = tokio::time::Instant::now() + Duration::from_millis(20);
+        wait_taking_outcomes(&mut rx, &mut pending, &mut stop, until).await;
+        assert_eq!(
+            pending.len(),
+            ACK_BACKLOG,
+            "nothing more joins a full backlog"
+        );
+        assert_eq!(rx.len(), 2, "the rest wait in the channel");
+        pending.truncate(ACK_BACKLOG - 2);
+        let until = tokio::time::Instant::now() + Duration::from_millis(20);
+        wait_taking_outcomes(&mut rx, &mut pending, &mut stop, until).await;
+        assert_eq!(pending.len(), ACK_BACKLOG);
+        assert!(rx.is_empty());
+    }
+
+    #[test]
+    fn error_texts_lose_nul_and_are_capped_at_a_char_boundary() {
+        assert_eq!(sanitize_error("a\0b\0"), "ab");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = sanitize_error(&long);
+        assert!(cut.len() <= MAX_ERROR_LEN);
+        assert!(cut.ends_with("(truncated)"));
+        assert_eq!(sanitize_error("short"), "short");
+    }
+
+    #[test]
+    fn connection_failures_are_retried_and_refused_data_is_isolated() {
+        assert!(is_transient(&DbError::Unavailable("down".into())));
+        assert!(!is_transient(&DbError::Validation {
+            field: "body",
+            message: "text must not contain the NUL character",
+        }));
+    }
 }

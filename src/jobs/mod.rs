@@ -12,6 +12,7 @@
 pub mod backoff;
 pub mod cron;
 pub mod depth;
+pub mod discard;
 pub mod executor;
 pub mod heartbeat;
 pub mod notifier;
@@ -64,6 +65,7 @@ pub type JobError = anyhow::Error;
 pub type JobResult = Result<Outcome, JobError>;
 
 /// What a worker can reach while it runs.
+#[derive(Clone)]
 pub struct JobContext {
     pub repo: Repo,
     pub config: Arc<Config>,
@@ -141,6 +143,21 @@ pub trait Worker: Send + Sync + 'static {
 
     /// Runs one attempt.
     fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult>;
+
+    /// Called once `job` has become `discarded`, whichever path got it there (an error, timeout
+    /// or panic on its last attempt, an `Outcome::Discard`, the rescuer), after that is
+    /// committed, so the worker can end the work item the job stands for. `reason` is the last
+    /// error kept on the job. An error is retried a few times, so this must be idempotent.
+    /// Default: nothing.
+    fn on_discarded<'a>(
+        &'a self,
+        ctx: &'a JobContext,
+        job: &'a Job,
+        reason: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        let _ = (ctx, job, reason);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The workers a node can run, by name.

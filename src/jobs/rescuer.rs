@@ -2,25 +2,38 @@
 //! a node whose heartbeat is older than `jobs.rescue_after_secs` become available again (or
 //! discarded if that was their last attempt), with an error recording the rescue. It runs on
 //! every node, several times per `rescue_after`, so a dead node's jobs run elsewhere within
-//! `rescue_after + rescue_after / 4` of its last heartbeat.
+//! `rescue_after + rescue_after / 4` of its last heartbeat. A job it discards gets its worker's
+//! `on_discarded` hook like any other discarded job.
 
 use std::time::Duration;
 
-use uuid::Uuid;
-
-use super::storage;
+use super::storage::{self, Rescued};
+use super::{JobContext, discard};
 use crate::repo::{DbError, Repo};
 use crate::shutdown::Shutdown;
 
-/// Rescues once; returns the rescued jobs.
-pub async fn rescue_once(repo: &Repo, after: Duration) -> Result<Vec<Uuid>, DbError> {
+/// Rescues once; returns the rescued jobs. Does not run `on_discarded` hooks (see
+/// [`rescue_and_end`]).
+pub async fn rescue_once(repo: &Repo, after: Duration) -> Result<Vec<Rescued>, DbError> {
     let mut tx = repo.system_tx().await?;
     let rescued = storage::rescue(&mut tx, after).await?;
     tx.commit().await?;
     Ok(rescued)
 }
 
-pub async fn run(repo: Repo, after: Duration, shutdown: Shutdown) {
+/// Rescues once and runs the `on_discarded` hooks of the jobs it discarded.
+pub async fn rescue_and_end(ctx: &JobContext, after: Duration) -> Result<Vec<Rescued>, DbError> {
+    let rescued = rescue_once(&ctx.repo, after).await?;
+    let discarded: Vec<_> = rescued
+        .iter()
+        .filter(|r| r.discarded)
+        .map(|r| r.id)
+        .collect();
+    discard::run_hooks(ctx, &discarded).await;
+    Ok(rescued)
+}
+
+pub async fn run(ctx: JobContext, after: Duration, shutdown: Shutdown) {
     let every = (after / 4).max(Duration::from_millis(250));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -29,10 +42,10 @@ pub async fn run(repo: Repo, after: Duration, shutdown: Shutdown) {
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
-        match rescue_once(&repo, after).await {
-            Ok(ids) if !ids.is_empty() => {
+        match rescue_and_end(&ctx, after).await {
+            Ok(jobs) if !jobs.is_empty() => {
                 tracing::warn!(
-                    jobs = ids.len(),
+                    jobs = jobs.len(),
                     "rescued jobs of a node that stopped heartbeating"
                 );
             }

@@ -409,12 +409,49 @@ pub struct Ack {
     pub tenant: bool,
 }
 
+/// The statements that record finished attempts, shared by [`ack`] and [`rescue`] so a job
+/// ends the same way whoever ends it: a `task_log` row per tenant job and a `job.completed` /
+/// `job.discarded` event for it. They read the CTE `done(id, tenant_id, worker, queue, attempt,
+/// outcome, duration_ms, error)`; `$enabled` is a SQL boolean that can skip both.
+macro_rules! record_attempts {
+    ($enabled:literal) => {
+        concat!(
+            "logged AS (
+               INSERT INTO task_log (tenant_id, job_id, worker, queue, attempt, state, duration_ms, error)
+               SELECT tenant_id, id, worker, queue, attempt, outcome, duration_ms, error
+               FROM done WHERE tenant_id IS NOT NULL AND ",
+            $enabled,
+            "
+             ),
+             evented AS (
+               INSERT INTO events (tenant_id, topic, payload)
+               SELECT tenant_id, 'job.' || outcome,
+                      jsonb_build_object('job_id', id, 'worker', worker, 'queue', queue,
+                                         'attempt', attempt, 'error', error)
+               FROM done WHERE tenant_id IS NOT NULL AND ",
+            $enabled,
+            " AND outcome IN ('completed', 'discarded')
+               RETURNING 1
+             )"
+        )
+    };
+}
+
+/// What [`ack`] wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Acked {
+    /// Jobs updated (stale acknowledgements update nothing).
+    pub updated: usize,
+    /// Those of them that became `discarded` (their worker's `on_discarded` is due).
+    pub discarded: Vec<Uuid>,
+}
+
 /// Records a batch of outcomes in one statement: updates the jobs still executing this attempt
 /// on `node`, appends errors, writes `task_log` rows for tenant jobs and `job.completed` /
-/// `job.discarded` events for them. Returns how many jobs were updated.
-pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<usize, DbError> {
+/// `job.discarded` events for them.
+pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<Acked, DbError> {
     if acks.is_empty() {
-        return Ok(0);
+        return Ok(Acked::default());
     }
     #[derive(QueryableByName)]
     struct Updated {
@@ -422,6 +459,8 @@ pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<usize, DbE
         updated: i64,
         #[diesel(sql_type = BigInt)]
         evented: i64,
+        #[diesel(sql_type = Array<SqlUuid>)]
+        discarded: Vec<Uuid>,
     }
     let ids: Vec<Uuid> = acks.iter().map(|a| a.id).collect();
     let attempts: Vec<i32> = acks.iter().map(|a| a.attempt).collect();
@@ -432,7 +471,7 @@ pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<usize, DbE
     let any_tenant = acks.iter().any(|a| a.tenant);
     // Completions without errors (the common case) skip the per-row CASE work on errors/meta;
     // the statement is one UPDATE either way.
-    let result: Updated = diesel::sql_query(
+    let result: Updated = diesel::sql_query(concat!(
         "WITH v AS (
            SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[], $6::int8[])
              AS v(id, attempt, outcome, scheduled_at, error, duration_ms)
@@ -455,21 +494,12 @@ pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<usize, DbE
            WHERE j.id = v.id AND j.state = 'executing' AND j.attempt = v.attempt AND j.attempted_by = $7
            RETURNING j.id, j.tenant_id, j.worker, j.queue, v.attempt, v.outcome, v.duration_ms, v.error
          ),
-         logged AS (
-           INSERT INTO task_log (tenant_id, job_id, worker, queue, attempt, state, duration_ms, error)
-           SELECT tenant_id, id, worker, queue, attempt, outcome, duration_ms, error
-           FROM done WHERE tenant_id IS NOT NULL AND $8
-         ),
-         evented AS (
-           INSERT INTO events (tenant_id, topic, payload)
-           SELECT tenant_id, 'job.' || outcome,
-                  jsonb_build_object('job_id', id, 'worker', worker, 'queue', queue,
-                                     'attempt', attempt, 'error', error)
-           FROM done WHERE tenant_id IS NOT NULL AND $8 AND outcome IN ('completed', 'discarded')
-           RETURNING 1
-         )
-         SELECT (SELECT count(*) FROM done) AS updated, (SELECT count(*) FROM evented) AS evented",
-    )
+         ",
+        record_attempts!("$8"),
+        "
+         SELECT (SELECT count(*) FROM done) AS updated, (SELECT count(*) FROM evented) AS evented,
+                (SELECT coalesce(array_agg(id), '{}') FROM done WHERE outcome = 'discarded') AS discarded"
+    ))
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Integer>, _>(&attempts)
     .bind::<Array<Text>, _>(&states)
@@ -483,7 +513,10 @@ pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<usize, DbE
     if result.evented > 0 {
         notify(conn, crate::events::NOTIFY_CHANNEL, "").await?;
     }
-    Ok(result.updated as usize)
+    Ok(Acked {
+        updated: result.updated as usize,
+        discarded: result.discarded,
+    })
 }
 
 /// Makes scheduled and retryable jobs whose time has come available (up to `limit`), and
@@ -539,32 +572,54 @@ pub async fn remove_node(conn: &mut Conn, node: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A job [`rescue`] took from a silent node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    pub id: Uuid,
+    /// That was its last attempt: it is `discarded` (its worker's `on_discarded` is due), not
+    /// `available`.
+    pub discarded: bool,
+}
+
 /// Hands executing jobs of nodes silent for longer than `after` to other nodes: `available`
 /// again (the attempt they used stays used; an error says why), or `discarded` when that was
-/// their last attempt. Forgets those nodes. Returns the rescued jobs' ids.
-pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Uuid>, DbError> {
+/// their last attempt. Each rescued attempt is recorded like an acknowledged one (task log,
+/// `job.discarded` event), through the same statements. Forgets those nodes.
+pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Rescued>, DbError> {
     #[derive(QueryableByName)]
-    struct Rescued {
+    struct Row {
         #[diesel(sql_type = SqlUuid)]
         id: Uuid,
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        state: String,
+        outcome: String,
+        #[diesel(sql_type = BigInt)]
+        evented: i64,
     }
-    let rescued: Vec<Rescued> = diesel::sql_query(
-        "UPDATE jobs j SET
-           state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
-           discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
-           scheduled_at = now(),
-           errors = j.errors || jsonb_build_array(jsonb_build_object(
-             'attempt', j.attempt, 'at', now(),
-             'error', 'rescued: node ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating'))
-         WHERE j.state = 'executing' AND NOT EXISTS (
-           SELECT 1 FROM job_nodes n
-           WHERE n.id = j.attempted_by AND n.heartbeat_at > now() - make_interval(secs => $1))
-         RETURNING j.id, j.queue, j.state",
-    )
+    let rescued: Vec<Row> = diesel::sql_query(concat!(
+        "WITH done AS (
+           UPDATE jobs j SET
+             state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
+             discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+             scheduled_at = now(),
+             errors = j.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', j.attempt, 'at', now(),
+               'error', 'rescued: node ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating'))
+           WHERE j.state = 'executing' AND NOT EXISTS (
+             SELECT 1 FROM job_nodes n
+             WHERE n.id = j.attempted_by AND n.heartbeat_at > now() - make_interval(secs => $1))
+           RETURNING j.id, j.tenant_id, j.worker, j.queue, j.attempt,
+             CASE WHEN j.state = 'discarded' THEN 'discarded' ELSE 'retryable' END AS outcome,
+             greatest(0, extract(epoch FROM now() - coalesce(j.attempted_at, now())) * 1000)::int8
+               AS duration_ms,
+             'rescued: node ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating' AS error
+         ),
+         ",
+        record_attempts!("true"),
+        "
+         SELECT id, queue, outcome, (SELECT count(*) FROM evented) AS evented FROM done"
+    ))
     .bind::<Double, _>(after.as_secs_f64())
     .load(conn)
     .await?;
@@ -576,13 +631,22 @@ pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Uuid>, DbErr
     .await?;
     let queues: std::collections::BTreeSet<&str> = rescued
         .iter()
-        .filter(|r| r.state == state::AVAILABLE)
+        .filter(|r| r.outcome != state::DISCARDED)
         .map(|r| r.queue.as_str())
         .collect();
     for queue in queues {
         notify(conn, NOTIFY_CHANNEL, queue).await?;
     }
-    Ok(rescued.into_iter().map(|r| r.id).collect())
+    if rescued.iter().any(|r| r.evented > 0) {
+        notify(conn, crate::events::NOTIFY_CHANNEL, "").await?;
+    }
+    Ok(rescued
+        .into_iter()
+        .map(|r| Rescued {
+            id: r.id,
+            discarded: r.outcome == state::DISCARDED,
+        })
+        .collect())
 }
 
 /// Gives back every job `node` still holds (shutdown after the grace period): `available`

@@ -2,8 +2,10 @@
 //! analysis (`{summary, keywords, sentiment{label,score}, entities{urls,emails,mentions},
 //! word_count, analyzer}`) with the built-in deterministic analyzer, or with the configured
 //! OpenAI-compatible LLM (`analysis.llm_url`, falling back to the built-in one on any failure),
-//! then marks it `complete` and emits `episode.analyzed` in the same transaction. When the last
-//! attempt fails the episode is marked `error` and `episode.failed` is emitted.
+//! then marks it `complete` and emits `episode.analyzed` in the same transaction. When its job
+//! is discarded, however that happens (last attempt failed, timed out, panicked or was
+//! rescued), the engine calls `on_discarded`, which marks the episode `error` and emits
+//! `episode.failed`, so no episode stays `analyzing` for good.
 //!
 //! The slow part (the LLM call) runs outside any transaction. Re-running a job whose episode is
 //! already complete does nothing, so a rescued or retried job is harmless.
@@ -13,17 +15,12 @@ pub mod llm;
 
 use std::time::Duration;
 
-use anyhow::Context;
-use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
 use crate::repo::DbError;
-use crate::schemas::schema::episodes;
 use crate::schemas::vsm::episode;
 
 pub const NAME: &str = "episode_analyzer";
@@ -72,27 +69,35 @@ impl Worker for EpisodeAnalyzer {
                     "episode_analyzer jobs belong to a tenant".into(),
                 ));
             };
-            let Some(episode_id) = job
-                .args
-                .get("episode_id")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<Uuid>().ok())
-            else {
+            let Some(episode_id) = episode_of(job) else {
                 return Ok(Outcome::Discard("args.episode_id must be a UUID".into()));
             };
-            match analyze(ctx, tenant, episode_id).await {
-                Ok(outcome) => Ok(outcome),
-                Err(e) if job.attempt >= job.max_attempts => {
-                    let reason = format!("{e:#}");
-                    mark_failed(ctx, tenant, episode_id, &reason)
-                        .await
-                        .context("marking the episode as failed")?;
-                    Err(e)
-                }
-                Err(e) => Err(e),
-            }
+            analyze(ctx, tenant, episode_id).await
         })
     }
+
+    fn on_discarded<'a>(
+        &'a self,
+        ctx: &'a JobContext,
+        job: &'a Job,
+        reason: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            // A job without a tenant or episode never stood for an episode.
+            let (Some(tenant), Some(episode_id)) = (job.tenant_id, episode_of(job)) else {
+                return Ok(());
+            };
+            mark_failed(ctx, tenant, episode_id, reason).await?;
+            Ok(())
+        })
+    }
+}
+
+fn episode_of(job: &Job) -> Option<Uuid> {
+    job.args
+        .get("episode_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Uuid>().ok())
 }
 
 async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Result<Outcome> {
@@ -109,7 +114,7 @@ async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Re
     if ep.status == "complete" {
         return Ok(Outcome::Complete);
     }
-    set_status(&mut tx, episode_id, "analyzing").await?;
+    episode::set_status(&mut tx, episode_id, "analyzing").await?;
     tx.commit().await?;
 
     let analysis = match &ctx.config.analysis.llm_url {
@@ -127,15 +132,7 @@ async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Re
     };
 
     let mut tx = ctx.repo.tenant_tx(tenant).await?;
-    diesel::update(episodes::table.find(episode_id))
-        .set((
-            episodes::status.eq("complete"),
-            episodes::analysis.eq(&analysis),
-            episodes::error.eq(None::<String>),
-            episodes::updated_at.eq(Utc::now()),
-        ))
-        .execute(&mut *tx)
-        .await?;
+    episode::complete(&mut tx, episode_id, &analysis).await?;
     crate::events::record(
         &mut tx,
         tenant,
@@ -147,21 +144,8 @@ async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Re
     Ok(Outcome::Complete)
 }
 
-async fn set_status(
-    conn: &mut crate::repo::Conn,
-    episode_id: Uuid,
-    status: &str,
-) -> Result<(), DbError> {
-    diesel::update(episodes::table.find(episode_id))
-        .set((
-            episodes::status.eq(status),
-            episodes::updated_at.eq(Utc::now()),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
+/// Marks the episode `error` and emits `episode.failed`, in one transaction; nothing when it
+/// is gone or already complete (so a repeated call emits nothing twice).
 async fn mark_failed(
     ctx: &JobContext,
     tenant: Uuid,
@@ -169,20 +153,14 @@ async fn mark_failed(
     reason: &str,
 ) -> Result<(), DbError> {
     let mut tx = ctx.repo.tenant_tx(tenant).await?;
-    diesel::update(episodes::table.find(episode_id))
-        .set((
-            episodes::status.eq("error"),
-            episodes::error.eq(reason),
-            episodes::updated_at.eq(Utc::now()),
-        ))
-        .execute(&mut *tx)
+    if episode::fail(&mut tx, episode_id, reason).await? {
+        crate::events::record(
+            &mut tx,
+            tenant,
+            "episode.failed",
+            &json!({"episode_id": episode_id, "error": reason}),
+        )
         .await?;
-    crate::events::record(
-        &mut tx,
-        tenant,
-        "episode.failed",
-        &json!({"episode_id": episode_id, "error": reason}),
-    )
-    .await?;
+    }
     tx.commit().await
 }

@@ -39,6 +39,8 @@ pub struct Scripted {
     pub name: &'static str,
     pub timeout: Duration,
     pub run: Run,
+    /// Told `(job id, reason)` by each `on_discarded` call.
+    pub discarded: Option<tokio::sync::mpsc::UnboundedSender<(Uuid, String)>>,
 }
 
 impl Scripted {
@@ -51,7 +53,14 @@ impl Scripted {
             name,
             timeout: Duration::from_secs(30),
             run: Arc::new(move |job| Box::pin(f(job))),
+            discarded: None,
         }
+    }
+
+    /// Reports each `on_discarded` call to `tx`.
+    pub fn on_discarded(mut self, tx: tokio::sync::mpsc::UnboundedSender<(Uuid, String)>) -> Self {
+        self.discarded = Some(tx);
+        self
     }
 
     pub fn timeout(mut self, t: Duration) -> Self {
@@ -71,6 +80,18 @@ impl Worker for Scripted {
 
     fn perform<'a>(&'a self, _ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {
         (self.run)(job.clone())
+    }
+
+    fn on_discarded<'a>(
+        &'a self,
+        _ctx: &'a JobContext,
+        job: &'a Job,
+        reason: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        if let Some(tx) = &self.discarded {
+            let _ = tx.send((job.id, reason.to_owned()));
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -160,4 +181,31 @@ pub async fn wait_for_count(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Makes the test database refuse every connection (new ones and, by terminating them, the
+/// open ones) until [`allow_connections`]: a database outage confined to this test's database.
+pub async fn block_connections(db: &str) {
+    let mut admin = crate::common::connect("postgres").await;
+    diesel::sql_query(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .expect("block connections");
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<diesel::sql_types::Text, _>(db)
+    .execute(&mut admin)
+    .await
+    .expect("terminate backends");
+}
+
+/// Ends the outage started by [`block_connections`].
+pub async fn allow_connections(db: &str) {
+    let mut admin = crate::common::connect("postgres").await;
+    diesel::sql_query(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .expect("allow connections");
 }

@@ -13,6 +13,7 @@ mod constraints;
 mod events;
 mod jobs_cluster;
 mod jobs_engine;
+mod jobs_faults;
 mod jobs_support;
 mod layers;
 mod migrate;

@@ -593,3 +593,66 @@ async fn rules_are_compiled_once_per_policy_version_not_per_event() {
         "the new rules apply at once"
     );
 }
+
+#[tokio::test]
+async fn an_analysis_whose_last_attempt_is_rescued_marks_the_episode_failed() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (t, ep) = episode_with_job(&repo).await;
+    let mut owner = db.owner_conn().await;
+    // A node took the job's last attempt, set the episode `analyzing`, and died.
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE jobs SET attempt = max_attempts - 1"),
+        &mut owner,
+    )
+    .await
+    .unwrap();
+    let mut tx = repo.system_tx().await.unwrap();
+    storage::heartbeat(&mut tx, "dead", &["analysis".into()])
+        .await
+        .unwrap();
+    let claimed = storage::fetch(&mut tx, "analysis", 10, "dead")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt, claimed[0].max_attempts);
+    let mut tx = repo.tenant_tx(t).await.unwrap();
+    episode::set_status(&mut tx, ep, "analyzing").await.unwrap();
+    tx.commit().await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "UPDATE job_nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = 'dead'",
+        ),
+        &mut owner,
+    )
+    .await
+    .unwrap();
+
+    let e = engine_with(&repo, Config::default());
+    let shutdown = vsm::shutdown::Shutdown::new();
+    let running = tokio::spawn(e.run(shutdown.clone()));
+    common::eventually(
+        std::time::Duration::from_secs(15),
+        "the episode is marked error",
+        || async { load_episode(&repo, t, ep).await.status == "error" },
+    )
+    .await;
+    let episode = load_episode(&repo, t, ep).await;
+    assert!(
+        episode
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("stopped heartbeating"),
+        "{:?}",
+        episode.error
+    );
+    let failed = events(&db, "episode.failed").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, Some(t));
+    assert_eq!(failed[0].1["episode_id"], json!(ep));
+    assert_eq!(events(&db, "job.discarded").await.len(), 1);
+    shutdown.trigger();
+    running.await.unwrap().unwrap();
+}

@@ -80,3 +80,49 @@ pub async fn list(
     }
     Ok(query.load(conn).await?)
 }
+
+/// Sets the episode's status (e.g. `analyzing` while its analysis runs).
+pub async fn set_status(conn: &mut Conn, id: Uuid, status: &str) -> Result<(), DbError> {
+    diesel::update(episodes::table.find(id))
+        .set((
+            episodes::status.eq(status),
+            episodes::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores the episode's analysis and marks it `complete`.
+pub async fn complete(
+    conn: &mut Conn,
+    id: Uuid,
+    analysis: &serde_json::Value,
+) -> Result<(), DbError> {
+    diesel::update(episodes::table.find(id))
+        .set((
+            episodes::status.eq("complete"),
+            episodes::analysis.eq(analysis),
+            episodes::error.eq(None::<String>),
+            episodes::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks the episode `error` with `reason`, unless it is already complete (a late failure
+/// must not undo a finished analysis) or already `error` (so repeating this changes nothing).
+/// Returns whether it changed.
+pub async fn fail(conn: &mut Conn, id: Uuid, reason: &str) -> Result<bool, DbError> {
+    let n = diesel::update(episodes::table.find(id))
+        .filter(episodes::status.ne_all(["complete", "error"]))
+        .set((
+            episodes::status.eq("error"),
+            episodes::error.eq(reason),
+            episodes::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n > 0)
+}
