@@ -177,6 +177,9 @@ pub struct EventsConfig {
     pub max_stream_secs: u64,
     /// Events buffered per SSE client before it is cut off with reason `overflow`. Default 1024.
     pub client_buffer: usize,
+    /// Bytes of event frames buffered per SSE client before it is cut off with reason
+    /// `overflow` (at least one event always fits). Default 8 MiB.
+    pub client_buffer_bytes: usize,
     /// `retry:` hint sent to SSE clients, in milliseconds. Default 3000.
     pub retry_ms: u64,
     /// Relay polling fallback when no NOTIFY arrives, in milliseconds. Default 1000.
@@ -192,6 +195,7 @@ impl Default for EventsConfig {
             heartbeat_secs: 15,
             max_stream_secs: 3600,
             client_buffer: 1024,
+            client_buffer_bytes: 8 * 1024 * 1024,
             retry_ms: 3000,
             relay_poll_ms: 1000,
         }
