@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod controllers;
+pub mod drain;
 pub mod error;
 pub mod observe;
 pub mod openapi;
