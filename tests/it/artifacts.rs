@@ -739,3 +739,30 @@ async fn an_uploaded_html_page_downloads_as_an_attachment_that_is_never_sniffed(
         "inline; filename*=UTF-8''logo%2Epng"
     );
 }
+
+#[tokio::test]
+async fn the_serving_process_sweeps_staging_uploads_a_killed_process_left() {
+    let app = App::start_with(|c| c.storage.staging_sweep_interval_secs = 1).await;
+    let staging = app.root.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let left = staging.join(Uuid::now_v7().to_string());
+    std::fs::write(&left, b"abandoned").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&left)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .unwrap();
+    let fresh = staging.join(Uuid::now_v7().to_string());
+    std::fs::write(&fresh, b"in progress").unwrap();
+    common::eventually(
+        Duration::from_secs(10),
+        "the old staging upload swept",
+        || {
+            let gone = !left.exists();
+            async move { gone }
+        },
+    )
+    .await;
+    assert!(fresh.exists());
+}

@@ -64,6 +64,11 @@ pub async fn launch(
     if let Some(redis) = limiter.probe() {
         probes.push(Box::new(redis));
     }
+    tokio::spawn(crate::storage::sweeper::run(
+        storage.clone(),
+        config.storage.clone(),
+        shutdown.clone(),
+    ));
     let workers = crate::workers::registry(&config);
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
