@@ -241,7 +241,11 @@ async fn a_cut_broker_connection_loses_nothing_and_delivery_resumes_by_itself() 
     for n in 2..=10 {
         record(&a.repo, t, "system.state", n).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The relay has taken them in (sequenced) while the broker was unreachable.
+    common::eventually(WAIT, "events sequenced during the cut", || async {
+        committed(&db).await.len() == 10
+    })
+    .await;
     proxy.restore();
     for n in 11..=12 {
         record(&a.repo, t, "system.state", n).await;
