@@ -247,6 +247,17 @@ async fn sigterm_refuses_new_connections_drains_in_flight_requests_and_exits_pro
         .await
         .unwrap();
     upload.write_all(&piece).await.unwrap();
+    // Both the stream and the upload are in flight (the third is the /metrics request itself).
+    let metrics = format!("http://{addr}/metrics");
+    common::eventually(Duration::from_secs(10), "the upload in flight", || {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+            text.lines()
+                .any(|l| l.starts_with("cybernetic_http_requests_in_flight 3"))
+        }
+    })
+    .await;
 
     let signalled = Instant::now();
     let status = std::process::Command::new("kill")
@@ -271,7 +282,8 @@ async fn sigterm_refuses_new_connections_drains_in_flight_requests_and_exits_pro
     )
     .await;
     assert!(closed(&mut sse).await, "the SSE connection stays open");
-    // A request on the already-open connection: 503 while draining, and the connection closes.
+    // A request on the already-open idle connection: 503 while draining, and the connection
+    // closes after it.
     let ready = format!("GET /ready HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     idle.write_all(ready.as_bytes()).await.unwrap();
     let (status, head, _) = read_response(&mut idle).await;

@@ -17,6 +17,7 @@ use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes};
 use tokio::sync::Notify;
 
+use crate::metrics::METRICS;
 use crate::shutdown::Shutdown;
 
 /// The requests in flight on one server.
@@ -34,6 +35,7 @@ struct Counter {
 impl InFlight {
     fn enter(&self) -> Guard {
         self.inner.count.fetch_add(1, Ordering::AcqRel);
+        METRICS.http_in_flight.inc();
         Guard(self.clone())
     }
 
@@ -60,6 +62,7 @@ struct Guard(InFlight);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        METRICS.http_in_flight.dec();
         if self.0.inner.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.inner.idle.notify_waiters();
         }

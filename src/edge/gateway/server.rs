@@ -92,6 +92,8 @@ const FLUSH_ALLOWANCE: std::time::Duration = std::time::Duration::from_millis(10
 pub struct Server {
     inner: actix_web::dev::Server,
     port: u16,
+    /// A duplicate of the listening socket's descriptor, to close it at shutdown.
+    listening: TcpListener,
     shutdown: Shutdown,
     in_flight: InFlight,
     grace: std::time::Duration,
@@ -104,6 +106,7 @@ impl Server {
         shutdown: Shutdown,
     ) -> std::io::Result<Server> {
         let port = listener.local_addr()?.port();
+        let listening = listener.try_clone()?;
         let server_cfg = state.config.server.clone();
         let json_limit = server_cfg.json_body_limit;
         let data = web::Data::new(state);
@@ -134,6 +137,7 @@ impl Server {
         Ok(Server {
             inner,
             port,
+            listening,
             shutdown,
             in_flight,
             grace: server_cfg.shutdown_grace(),
@@ -150,6 +154,7 @@ impl Server {
     pub async fn run(self) -> std::io::Result<()> {
         let Server {
             inner,
+            listening,
             shutdown,
             in_flight,
             grace,
@@ -158,11 +163,12 @@ impl Server {
         let handle = inner.handle();
         let drained = async move {
             shutdown.wait().await;
-            // Sent now, handled at the server's next poll: the accept thread drops the listening
-            // socket and the workers stop taking connections. actix's graceful stop would also
-            // wait for idle keep-alive connections, so completion is decided here instead.
-            let stopped = handle.stop(true);
-            tokio::task::yield_now().await;
+            // actix's graceful stop is not used: it waits for connections (idle keep-alive ones
+            // too) polling once a second, and a worker it finds idle ends its runtime at once.
+            // Instead: stop accepting, refuse new connections, let the workers finish what is in
+            // flight, then stop them.
+            handle.pause().await;
+            close_listener(listening);
             let pending = in_flight.count();
             if tokio::time::timeout(grace, in_flight.idle()).await.is_err() {
                 tracing::warn!(
@@ -171,9 +177,10 @@ impl Server {
                 );
             }
             // A response body is done when its last bytes are handed to the connection's write
-            // buffer; the worker thread flushes them to the socket right after. Leave it that
-            // moment (the kernel delivers what is in the socket after the process exits).
-            let _ = tokio::time::timeout(FLUSH_ALLOWANCE, stopped).await;
+            // buffer; the worker flushes them to the socket right after. Leave it that moment
+            // before the workers (and the idle connections they hold) are stopped.
+            tokio::time::sleep(FLUSH_ALLOWANCE).await;
+            handle.stop(false).await;
             tracing::info!(pending, "drained");
         };
         tokio::pin!(inner, drained);
@@ -182,5 +189,15 @@ impl Server {
             served = &mut inner => served,
             () = &mut drained => Ok(()),
         }
+    }
+}
+
+/// Shuts the listening socket down (shutdown(2) on a duplicate of its descriptor): the kernel
+/// stops listening, so new connections are refused rather than queued behind a server that
+/// will never accept them.
+fn close_listener(listening: std::net::TcpListener) {
+    let fd: std::os::fd::OwnedFd = listening.into();
+    if let Err(e) = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both) {
+        tracing::warn!(error = %e, "cannot close the listening socket");
     }
 }
