@@ -490,14 +490,16 @@ async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
     let exchange = unique_exchange();
     // A separate `vsm serve` process starts first and leads the relay...
     let port = common::free_port();
-    let mut leader = common::vsm()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", db.url())
-        .env("RABBITMQ_URL", RABBITMQ_URL)
-        .env("VSM_EVENTS__EXCHANGE", &exchange)
-        .env("VSM_EVENTS__RELAY_POLL_MS", "100")
-        .spawn()
-        .unwrap();
+    let mut leader = common::KillOnDrop(
+        common::vsm()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", db.url())
+            .env("RABBITMQ_URL", RABBITMQ_URL)
+            .env("VSM_EVENTS__EXCHANGE", &exchange)
+            .env("VSM_EVENTS__RELAY_POLL_MS", "100")
+            .spawn()
+            .unwrap(),
+    );
     let leader_base = format!("http://127.0.0.1:{port}");
     common::wait_ready(&leader_base).await;
     let deadline = std::time::Instant::now() + WAIT;
@@ -524,8 +526,8 @@ async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
     assert_eq!(n_of(&client.next_event(WAIT).await.unwrap()), 1);
 
     // ...and dies without a chance to clean up.
-    leader.kill().unwrap();
-    leader.wait().unwrap();
+    leader.0.kill().unwrap();
+    leader.0.wait().unwrap();
     for n in 2..=4 {
         record(&b.repo, t, "episode.created", n).await;
     }

@@ -175,14 +175,7 @@ async fn ready_shows_a_short_reason_never_the_database_error_text() {
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::common::KillOnDrop as Child;
 
 /// Reads one response (head and a `content-length` body) off a kept-alive connection.
 async fn read_response(socket: &mut TcpStream) -> (u16, String, String) {

@@ -18,27 +18,6 @@ const STALLED_CLIENTS: usize = 3;
 /// per client, far below the 50 MB of history each one asked for.
 const MAX_GROWTH_KIB: u64 = 64 * 1024;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Sequenced events of the tenant (the relay has given them their ids).
 async fn sequenced(repo: &vsm::repo::Repo, tenant: uuid::Uuid) -> i64 {
     use diesel_async::RunQueryDsl;
@@ -105,7 +84,7 @@ async fn stalled_replays_of_large_events_keep_server_memory_bounded() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn vsm serve");
-    let server = Server(child);
+    let server = common::KillOnDrop(child);
     let pid = server.0.id();
     common::wait_ready(&base).await;
 
@@ -130,7 +109,7 @@ async fn stalled_replays_of_large_events_keep_server_memory_bounded() {
     })
     .await;
     // The relay has handled the burst; what the server holds now is the baseline.
-    let baseline = rss_kib(pid);
+    let baseline = common::rss_kib(pid);
 
     let mut clients = Vec::new();
     for _ in 0..STALLED_CLIENTS {
@@ -139,12 +118,12 @@ async fn stalled_replays_of_large_events_keep_server_memory_bounded() {
     // Watch the server until its memory stops growing (the stalled sockets have filled up and
     // back-pressure holds the replays), at most 30 s.
     let started = Instant::now();
-    let mut peak = rss_kib(pid);
+    let mut peak = common::rss_kib(pid);
     let mut last_growth = Instant::now();
     while last_growth.elapsed() < Duration::from_secs(3)
         && started.elapsed() < Duration::from_secs(30)
     {
-        let now = rss_kib(pid);
+        let now = common::rss_kib(pid);
         if now > peak + 512 {
             last_growth = Instant::now();
         }
