@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{SseClient, TestDb, free_port, vsm};
