@@ -292,6 +292,19 @@ impl Probe for Storage {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.adapter.ping().await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            self.adapter.ping().await.map_err(|e| {
+                // The backend's own text names hosts, buckets and paths: logged, not shown.
+                tracing::warn!(error = %e, "storage readiness check failed");
+                match e {
+                    StorageError::Backend {
+                        source: object_store::Error::NotFound { .. },
+                        ..
+                    } => "bucket or root not found".to_owned(),
+                    StorageError::Backend { .. } => "backend did not answer".to_owned(),
+                    _ => "check failed".to_owned(),
+                }
+            })
+        })
     }
 }
