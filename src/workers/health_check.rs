@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::ServiceUrl;
+use crate::events::payloads::{self, SystemHealth};
 use crate::health::PROBE_TIMEOUT;
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
 use crate::schemas::schema::health_checks;
@@ -59,12 +60,12 @@ impl Worker for HealthCheck {
                     .returning(health_checks::checked_at)
                     .get_result(&mut *tx)
                     .await?;
-            crate::events::record_global(
-                &mut tx,
-                "system.health",
-                &json!({"status": status, "checks": checks, "checked_at": checked_at}),
-            )
-            .await?;
+            let health = SystemHealth {
+                status: status.to_owned(),
+                checks: Value::Object(checks),
+                checked_at,
+            };
+            payloads::emit_global(&mut tx, &health).await?;
             tx.commit().await?;
             Ok(Outcome::Complete)
         })

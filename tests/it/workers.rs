@@ -479,6 +479,13 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
         .unwrap();
     assert_eq!((s3.version, s3.state), (1, json!({"alert": true})));
     drop(tx);
+    // ...and its `system.state` event, as a state change through the API has.
+    let states = events(&db, "system.state").await;
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        states[0].1,
+        json!({"system": 3, "version": 1, "state": {"alert": true}})
+    );
     // policy.triggered for both triggered policies, in priority order, with each action's result.
     let triggered = events(&db, "policy.triggered").await;
     assert_eq!(triggered.len(), 2);

@@ -5,6 +5,8 @@ use actix_web::{HttpResponse, get};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::events::payloads;
+
 use super::controllers::{
     api_keys_controller, artifacts_controller, episodes_controller, events_controller,
     health_controller, jobs_controller, policies_controller, systems_controller,
@@ -45,7 +47,7 @@ use super::controllers::{
         artifacts_controller::remove,
         artifacts_controller::list,
     ),
-    modifiers(&Security)
+    modifiers(&Security, &EventPayloads)
 )]
 pub struct ApiDoc;
 
@@ -58,6 +60,39 @@ impl Modify for Security {
             || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
         components.add_security_scheme("api_key", bearer());
         components.add_security_scheme("admin_token", bearer());
+    }
+}
+
+/// The stream's events: each topic's payload schema in the components, and the list of topics
+/// with their schemas in the description of `GET /v1/events`.
+struct EventPayloads;
+
+impl Modify for EventPayloads {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, schema) in payloads::json_schemas() {
+            components.schemas.insert(name, schema);
+        }
+        let topics: String = payloads::SCHEMAS
+            .iter()
+            .map(|(topic, schema)| format!("\n- `{topic}`: `data` is a `{schema}`"))
+            .collect();
+        let Some(path) = openapi.paths.paths.get_mut("/v1/events") else {
+            return;
+        };
+        let Some(response) = path
+            .get
+            .as_mut()
+            .and_then(|op| op.responses.responses.get_mut("200"))
+        else {
+            return;
+        };
+        if let utoipa::openapi::RefOr::T(response) = response {
+            response.description = format!(
+                "The event stream: `id`, `event: <topic>`, `data: <payload>` frames. The \
+                 platform's topics (tenants' policies may publish others):{topics}"
+            );
+        }
     }
 }
 
