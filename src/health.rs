@@ -232,21 +232,13 @@ pub fn amqp_connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments,
     Ok(args)
 }
 
+/// `%XX` escapes decoded; `None` when the result is not UTF-8 (a malformed escape such as
+/// `%zz` stays as written, as the URL parser already accepted it).
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]
@@ -265,5 +257,9 @@ mod tests {
         );
         assert_eq!(parse("amqp://mq").unwrap().get_virtual_host(), "/");
         assert!(parse("http://mq").is_err());
+        // Credentials and a vhost with escapes (a vhost `prod/eu`, a password with `@` and `:`).
+        let b = parse("amqp://us%65r:p%40s%3As@mq/prod%2Feu").unwrap();
+        assert_eq!(b.get_virtual_host(), "prod/eu");
+        assert!(parse("amqp://u:%FF@mq").is_err(), "not UTF-8");
     }
 }
