@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
 
 use super::auth::KeyCache;
 use super::rate_limit::RateLimiter;
-use super::{observe, router};
+use super::{observe, openapi, router};
 use crate::config::Config;
 use crate::events::hub::Hub;
 use crate::health::{Probe, Readiness};
@@ -94,10 +96,14 @@ impl Server {
         let json_limit = server_cfg.json_body_limit;
         let data = web::Data::new(state);
         let mut http = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .wrap(from_fn(observe::observe))
+            let (app, doc) = App::new()
+                .into_utoipa_app()
+                .openapi(openapi::ApiDoc::openapi())
                 .configure(|cfg| router::routes(cfg, json_limit))
+                .split_for_parts();
+            app.app_data(data.clone())
+                .app_data(web::Data::new(doc))
+                .wrap(from_fn(observe::observe))
                 .default_service(web::to(router::not_found))
         })
         .disable_signals()
