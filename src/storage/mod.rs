@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod adapters;
 pub mod artifact;
+pub mod sweeper;
 
 use std::sync::Arc;
 
@@ -237,6 +238,16 @@ impl Storage {
 
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.adapter.exists(key).await
+    }
+
+    /// Removes staging objects last written more than `max_age` ago: uploads a killed process
+    /// never published or discarded. Returns how many went.
+    pub async fn sweep_staging(&self, max_age: std::time::Duration) -> Result<usize, StorageError> {
+        let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now()
+            .checked_sub_signed(age)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.adapter.sweep(STAGING_PREFIX, before).await
     }
 }
 
