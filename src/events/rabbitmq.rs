@@ -15,7 +15,7 @@ use amqprs::channel::{
     BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments,
     ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
 };
-use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::connection::Connection;
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -30,56 +30,8 @@ use crate::shutdown::Shutdown;
 /// How long the relay waits for the broker to confirm a batch.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connection arguments from an AMQP URI (`amqp://user:pass@host:port/vhost`), with the
-/// percent-encoded vhost decoded (`%2f` is the default vhost `/`).
-fn connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments, String> {
-    let u = url.url();
-    if u.scheme() != "amqp" {
-        return Err(format!(
-            "unsupported RabbitMQ URL scheme {} (expected amqp)",
-            u.scheme()
-        ));
-    }
-    let decode = |s: &str| {
-        percent_decode(s).ok_or_else(|| format!("invalid percent-encoding in RabbitMQ URL {url}"))
-    };
-    let host = u
-        .host_str()
-        .ok_or_else(|| format!("RabbitMQ URL {url} has no host"))?;
-    let user = if u.username().is_empty() {
-        "guest".to_owned()
-    } else {
-        decode(u.username())?
-    };
-    let password = decode(u.password().unwrap_or("guest"))?;
-    let vhost = match u.path().strip_prefix('/').unwrap_or("") {
-        "" => "/".to_owned(),
-        path => decode(path)?,
-    };
-    let mut args = OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &password);
-    args.virtual_host(&vhost);
-    Ok(args)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 async fn open(url: &ServiceUrl, exchange: &str) -> Result<(Connection, Channel), String> {
-    let args = connection_args(url)?;
+    let args = crate::health::amqp_connection_args(url)?;
     let conn = Connection::open(&args)
         .await
         .map_err(|e| format!("cannot connect to RabbitMQ at {}: {e}", url.host_port()))?;
@@ -362,24 +314,5 @@ pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), String> {
             return Ok(());
         }
         hub.dispatch(page);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amqp_urls_decode_the_vhost_and_credentials() {
-        let parse = |s: &str| connection_args(&ServiceUrl::parse(s).unwrap());
-        let a = parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
-        assert_eq!(a.get_virtual_host(), "/");
-        assert_eq!((a.get_host(), a.get_port()), ("127.0.0.1", 5672));
-        assert_eq!(
-            parse("amqp://u:p%40ss@mq/prod").unwrap().get_virtual_host(),
-            "prod"
-        );
-        assert_eq!(parse("amqp://mq").unwrap().get_virtual_host(), "/");
-        assert!(parse("http://mq").is_err());
     }
 }

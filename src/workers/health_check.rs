@@ -11,12 +11,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::config::ServiceUrl;
 use crate::events::payloads::{self, SystemHealth};
-use crate::health::PROBE_TIMEOUT;
+use crate::health::{PROBE_TIMEOUT, amqp_connect, redis_ping};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
 use crate::schemas::schema::health_checks;
 
@@ -82,13 +79,13 @@ pub async fn measure(ctx: &JobContext) -> Map<String, Value> {
         database,
         async move {
             match redis {
-                Some(url) => Some(timed(redis_ping(url)).await),
+                Some(url) => Some(timed(redis_ping(&url)).await),
                 None => None,
             }
         },
         async move {
             match rabbitmq {
-                Some(url) => Some(timed(amqp_handshake(url)).await),
+                Some(url) => Some(timed(amqp_connect(&url)).await),
                 None => None,
             }
         },
@@ -114,46 +111,5 @@ async fn timed(check: impl Future<Output = Result<(), String>>) -> Value {
     match outcome {
         Ok(()) => json!({"status": "ok", "latency_ms": latency_ms}),
         Err(error) => json!({"status": "unavailable", "latency_ms": latency_ms, "error": error}),
-    }
-}
-
-async fn connect(url: &ServiceUrl) -> Result<TcpStream, String> {
-    let target = url.host_port();
-    TcpStream::connect(&target)
-        .await
-        .map_err(|e| format!("cannot connect to {target}: {e}"))
-}
-
-/// Redis answers an inline `PING` with `+PONG` (or `-NOAUTH`, which still proves it is up).
-async fn redis_ping(url: ServiceUrl) -> Result<(), String> {
-    let mut stream = connect(&url).await?;
-    stream
-        .write_all(b"PING\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 16];
-    let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-    match buf.get(..n) {
-        Some(reply) if reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH") => Ok(()),
-        _ => Err("unexpected answer to PING".into()),
-    }
-}
-
-/// RabbitMQ answers the AMQP 0-9-1 protocol header with a `Connection.Start` method frame.
-async fn amqp_handshake(url: ServiceUrl) -> Result<(), String> {
-    let mut stream = connect(&url).await?;
-    stream
-        .write_all(b"AMQP\x00\x00\x09\x01")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut frame_type = [0u8; 1];
-    stream
-        .read_exact(&mut frame_type)
-        .await
-        .map_err(|e| e.to_string())?;
-    if frame_type[0] == 1 {
-        Ok(())
-    } else {
-        Err("not an AMQP 0-9-1 server".into())
     }
 }

@@ -546,6 +546,43 @@ async fn the_health_check_stores_its_measurements_and_emits_system_health() {
 }
 
 #[tokio::test]
+async fn the_health_check_reaches_redis_and_rabbitmq_and_names_no_secret_when_it_cannot() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let measure = |redis: &str, rabbitmq: &str| {
+        let mut config = Config::default();
+        config.redis.url = Some(ServiceUrl::parse(redis).unwrap());
+        config.rabbitmq.url = Some(ServiceUrl::parse(rabbitmq).unwrap());
+        let config = Arc::new(config);
+        let ctx = vsm::jobs::JobContext::new(
+            repo.clone(),
+            config.clone(),
+            vsm::workers::registry(&config),
+        );
+        async move { vsm::workers::health_check::measure(&ctx).await }
+    };
+    let up = measure("redis://127.0.0.1:6379", common::RABBITMQ_URL).await;
+    assert_eq!(up["redis"]["status"], "ok", "{up:?}");
+    assert_eq!(up["rabbitmq"]["status"], "ok", "{up:?}");
+
+    // Wrong credentials and a closed port: unavailable, with a fixed reason and no URL.
+    let port = common::free_port();
+    let down = measure(
+        &format!("redis://:s3cret-pw@127.0.0.1:{port}"),
+        "amqp://guest:s3cret-pw@127.0.0.1:5672/%2f",
+    )
+    .await;
+    for name in ["redis", "rabbitmq"] {
+        assert_eq!(down[name]["status"], "unavailable", "{down:?}");
+        let error = down[name]["error"].as_str().unwrap();
+        assert!(
+            !error.contains("s3cret") && !error.contains("127.0.0.1"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn rules_are_compiled_once_per_policy_version_not_per_event() {
     let db = TestDb::migrated().await;
     let repo = db.repo().await;

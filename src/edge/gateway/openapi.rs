@@ -1,53 +1,18 @@
-//! `GET /openapi.json`: the OpenAPI 3 description of every route, generated from the handlers'
-//! annotations so it cannot drift from the code.
+//! `GET /openapi.json`: the OpenAPI 3 description of every route, collected from the handlers'
+//! annotations while the router registers them, so it cannot drift from the code.
 
-use actix_web::{HttpResponse, get};
+use actix_web::{HttpResponse, get, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::events::payloads;
 
-use super::controllers::{
-    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
-    health_controller, jobs_controller, policies_controller, systems_controller,
-    tenants_controller,
-};
-
+/// The document's frame (info, security schemes); the router adds every path as it registers
+/// the handler (`router::routes`).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vsm", description = "Viable System Model platform API"),
-    paths(
-        health_controller::live,
-        health_controller::health,
-        health_controller::ready,
-        tenants_controller::create,
-        api_keys_controller::create,
-        api_keys_controller::revoke,
-        systems_controller::list,
-        systems_controller::show,
-        systems_controller::update,
-        systems_controller::history,
-        episodes_controller::create,
-        episodes_controller::index,
-        episodes_controller::show,
-        policies_controller::create,
-        policies_controller::index,
-        policies_controller::show,
-        policies_controller::update,
-        policies_controller::destroy,
-        jobs_controller::index,
-        jobs_controller::show,
-        jobs_controller::cancel,
-        jobs_controller::retry,
-        jobs_controller::queues,
-        jobs_controller::pause_or_resume,
-        events_controller::events,
-        artifacts_controller::upload,
-        artifacts_controller::download,
-        artifacts_controller::remove,
-        artifacts_controller::list,
-    ),
-    modifiers(&Security, &EventPayloads)
+    modifiers(&Security)
 )]
 pub struct ApiDoc;
 
@@ -64,8 +29,9 @@ impl Modify for Security {
 }
 
 /// The stream's events: each topic's payload schema in the components, and the list of topics
-/// with their schemas in the description of `GET /v1/events`.
-struct EventPayloads;
+/// with their schemas in the description of `GET /v1/events`. Applied to the finished document
+/// (after the router registered the paths).
+pub struct EventPayloads;
 
 impl Modify for EventPayloads {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -97,6 +63,6 @@ impl Modify for EventPayloads {
 }
 
 #[get("/openapi.json")]
-pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+pub async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(doc.get_ref())
 }

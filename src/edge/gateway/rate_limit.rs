@@ -330,15 +330,7 @@ impl Probe for RedisProbe {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            if !self.0.is_connected() {
-                return Err("not connected".to_owned());
-            }
-            self.0.ping::<String>(None).await.map(|_| ()).map_err(|e| {
-                tracing::warn!(error = %e, "readiness: Redis does not answer");
-                "ping failed".to_owned()
-            })
-        })
+        Box::pin(crate::health::redis_ping_client(&self.0))
     }
 }
 
