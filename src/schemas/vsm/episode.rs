@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::episodes;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -39,26 +39,26 @@ pub struct NewEpisode {
     pub tags: Vec<String>,
 }
 
-pub async fn insert(conn: &mut Conn, new: &NewEpisode) -> Result<Episode, DbError> {
+pub async fn insert(conn: &mut TenantTx, new: &NewEpisode) -> Result<Episode, DbError> {
     Ok(diesel::insert_into(episodes::table)
         .values(new)
         .returning(Episode::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// The episode with `id` in the current tenant (`NotFound` for another tenant's id).
-pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Episode, DbError> {
+pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Episode, DbError> {
     Ok(episodes::table
         .find(id)
         .select(Episode::as_select())
-        .first(conn)
+        .first(&mut **conn)
         .await?)
 }
 
 /// One page of the current tenant's episodes in id (creation) order, after `after`.
 pub async fn list(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     status: Option<&str>,
     tag: Option<&str>,
     after: Option<Uuid>,
@@ -78,24 +78,24 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(episodes::id.gt(after));
     }
-    Ok(query.load(conn).await?)
+    Ok(query.load(&mut **conn).await?)
 }
 
 /// Sets the episode's status (e.g. `analyzing` while its analysis runs).
-pub async fn set_status(conn: &mut Conn, id: Uuid, status: &str) -> Result<(), DbError> {
+pub async fn set_status(conn: &mut TenantTx, id: Uuid, status: &str) -> Result<(), DbError> {
     diesel::update(episodes::table.find(id))
         .set((
             episodes::status.eq(status),
             episodes::updated_at.eq(Utc::now()),
         ))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(())
 }
 
 /// Stores the episode's analysis and marks it `complete`.
 pub async fn complete(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     id: Uuid,
     analysis: &serde_json::Value,
 ) -> Result<(), DbError> {
@@ -106,7 +106,7 @@ pub async fn complete(
             episodes::error.eq(None::<String>),
             episodes::updated_at.eq(Utc::now()),
         ))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(())
 }
@@ -114,7 +114,7 @@ pub async fn complete(
 /// Marks the episode `error` with `reason`, unless it is already complete (a late failure
 /// must not undo a finished analysis) or already `error` (so repeating this changes nothing).
 /// Returns whether it changed.
-pub async fn fail(conn: &mut Conn, id: Uuid, reason: &str) -> Result<bool, DbError> {
+pub async fn fail(conn: &mut TenantTx, id: Uuid, reason: &str) -> Result<bool, DbError> {
     let n = diesel::update(episodes::table.find(id))
         .filter(episodes::status.ne_all(["complete", "error"]))
         .set((
@@ -122,7 +122,7 @@ pub async fn fail(conn: &mut Conn, id: Uuid, reason: &str) -> Result<bool, DbErr
             episodes::error.eq(reason),
             episodes::updated_at.eq(Utc::now()),
         ))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(n > 0)
 }
