@@ -144,21 +144,8 @@ pub async fn active_whens(
 }
 
 /// Active, and `now` inside `[effective_from, effective_until)` (an open end is unbounded).
-fn active_at(
-    now: DateTime<Utc>,
-) -> diesel::dsl::And<
-    diesel::dsl::And<
-        diesel::dsl::Eq<policies::active, bool>,
-        diesel::dsl::Or<
-            diesel::dsl::IsNull<policies::effective_from>,
-            diesel::dsl::LtEq<policies::effective_from, DateTime<Utc>>,
-        >,
-    >,
-    diesel::dsl::Or<
-        diesel::dsl::IsNull<policies::effective_until>,
-        diesel::dsl::Gt<policies::effective_until, DateTime<Utc>>,
-    >,
-> {
+#[diesel::dsl::auto_type]
+fn active_at(now: DateTime<Utc>) -> _ {
     policies::active
         .eq(true)
         .and(
