@@ -22,7 +22,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::state;
+use super::JobState;
 use crate::repo::{AnyTx, Conn, DbError, SystemTx};
 use crate::schemas::schema::{job_cron_slots, job_nodes, job_queues, jobs};
 
@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 20;
 pub struct Job {
     pub id: Uuid,
     pub tenant_id: Option<Uuid>,
-    pub state: String,
+    pub state: JobState,
     pub queue: String,
     pub worker: String,
     #[schema(value_type = Object)]
@@ -194,7 +194,7 @@ impl NewJob {
 struct JobRow<'a> {
     id: Uuid,
     tenant_id: Option<Uuid>,
-    state: &'a str,
+    state: JobState,
     queue: &'a str,
     worker: &'a str,
     args: &'a Value,
@@ -212,9 +212,9 @@ impl<'a> JobRow<'a> {
             id: Uuid::now_v7(),
             tenant_id: job.tenant_id,
             state: if job.is_scheduled() {
-                state::SCHEDULED
+                JobState::Scheduled
             } else {
-                state::AVAILABLE
+                JobState::Available
             },
             queue: &job.queue,
             worker: &job.worker,
@@ -272,7 +272,7 @@ async fn insert_one(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> 
         let existing: Option<Job> = jobs::table
             .filter(jobs::unique_key.eq(key))
             .filter(jobs::inserted_at.gt(since))
-            .filter(jobs::state.eq_any(LIVE_STATES))
+            .filter(jobs::state.eq_any(JobState::LIVE))
             .select(Job::as_select())
             .first(conn)
             .await
@@ -286,7 +286,7 @@ async fn insert_one(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> 
         .returning(Job::as_returning())
         .get_result(conn)
         .await?;
-    if inserted.state == state::AVAILABLE {
+    if inserted.state == JobState::Available {
         notify(conn, NOTIFY_CHANNEL, &inserted.queue).await?;
     }
     Ok(Inserted::New(inserted))
@@ -310,7 +310,7 @@ pub async fn insert_all(tx: &mut impl AnyTx, new_jobs: &[NewJob]) -> Result<Vec<
             job.validate()?;
         }
         let rows: Vec<JobRow> = chunk.iter().map(JobRow::from).collect();
-        for row in rows.iter().filter(|r| r.state == state::AVAILABLE) {
+        for row in rows.iter().filter(|r| r.state == JobState::Available) {
             queues.insert(row.queue.to_owned());
         }
         ids.extend(rows.iter().map(|r| r.id));
@@ -325,13 +325,6 @@ pub async fn insert_all(tx: &mut impl AnyTx, new_jobs: &[NewJob]) -> Result<Vec<
     Ok(ids)
 }
 
-/// Non-final states: a unique job in one of them blocks a duplicate.
-const LIVE_STATES: [&str; 4] = [
-    state::AVAILABLE,
-    state::SCHEDULED,
-    state::EXECUTING,
-    state::RETRYABLE,
-];
 
 async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), DbError> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
@@ -607,7 +600,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        outcome: String,
+        outcome: JobState,
         #[diesel(sql_type = BigInt)]
         evented: i64,
     }
@@ -645,7 +638,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
     .await?;
     let queues: std::collections::BTreeSet<&str> = rescued
         .iter()
-        .filter(|r| r.outcome != state::DISCARDED)
+        .filter(|r| r.outcome != JobState::Discarded)
         .map(|r| r.queue.as_str())
         .collect();
     for queue in queues {
@@ -658,7 +651,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         .into_iter()
         .map(|r| Rescued {
             id: r.id,
-            discarded: r.outcome == state::DISCARDED,
+            discarded: r.outcome == JobState::Discarded,
         })
         .collect())
 }
@@ -715,9 +708,9 @@ pub async fn prune(tx: &mut SystemTx, before: DateTime<Utc>, limit: i64) -> Resu
 pub async fn cancel(tx: &mut impl AnyTx, id: Uuid) -> Result<Option<Job>, DbError> {
     let conn: &mut Conn = tx;
     let job: Option<Job> = diesel::update(jobs::table.find(id))
-        .filter(jobs::state.eq_any(LIVE_STATES))
+        .filter(jobs::state.eq_any(JobState::LIVE))
         .set((
-            jobs::state.eq(state::CANCELLED),
+            jobs::state.eq(JobState::Cancelled),
             jobs::cancelled_at.eq(diesel::dsl::now),
         ))
         .returning(Job::as_returning())
@@ -736,7 +729,7 @@ pub async fn cancelled_among(tx: &mut SystemTx, ids: &[Uuid]) -> Result<Vec<Uuid
     let conn: &mut Conn = tx;
     Ok(jobs::table
         .filter(jobs::id.eq_any(ids))
-        .filter(jobs::state.eq(state::CANCELLED))
+        .filter(jobs::state.eq(JobState::Cancelled))
         .select(jobs::id)
         .load(conn)
         .await?)
@@ -830,14 +823,14 @@ pub async fn insert_cron(
 }
 
 /// Jobs waiting or running, by queue and state (for the depth gauges).
-pub async fn depth(tx: &mut SystemTx) -> Result<Vec<(String, String, i64)>, DbError> {
+pub async fn depth(tx: &mut SystemTx) -> Result<Vec<(String, JobState, i64)>, DbError> {
     let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        state: String,
+        state: JobState,
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
@@ -856,7 +849,7 @@ pub async fn depth(tx: &mut SystemTx) -> Result<Vec<(String, String, i64)>, DbEr
 pub async fn list(
     tx: &mut impl AnyTx,
     queue: Option<&str>,
-    job_state: Option<&str>,
+    job_state: Option<JobState>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Job>, DbError> {
@@ -870,7 +863,7 @@ pub async fn list(
         query = query.filter(jobs::queue.eq(queue.to_owned()));
     }
     if let Some(job_state) = job_state {
-        query = query.filter(jobs::state.eq(job_state.to_owned()));
+        query = query.filter(jobs::state.eq(job_state));
     }
     if let Some(before) = before {
         query = query.filter(jobs::id.lt(before));
@@ -879,14 +872,14 @@ pub async fn list(
 }
 
 /// Job counts by queue and state, over every state, of the jobs visible in the transaction.
-pub async fn counts(tx: &mut impl AnyTx) -> Result<Vec<(String, String, i64)>, DbError> {
+pub async fn counts(tx: &mut impl AnyTx) -> Result<Vec<(String, JobState, i64)>, DbError> {
     let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        state: String,
+        state: JobState,
         #[diesel(sql_type = BigInt)]
         n: i64,
     }

@@ -6,6 +6,7 @@
 //! [`crate::repo::SystemTx`]. Workers and controllers reach tables only through here.
 
 pub mod schema;
+pub mod text_enum;
 
 /// S1–S5 operational data.
 pub mod vsm {

@@ -136,7 +136,7 @@ async fn episode_title_length() {
         tags: vec![],
     };
     let e = episode::insert(&mut tx, &ok).await.unwrap();
-    assert_eq!(e.status, "pending");
+    assert_eq!(e.status, episode::EpisodeStatus::Pending);
     assert_eq!(episode::find(&mut tx, e.id).await.unwrap().title, ok.title);
     assert!(matches!(
         episode::find(&mut tx, Uuid::now_v7()).await,

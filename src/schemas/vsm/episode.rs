@@ -8,6 +8,20 @@ use uuid::Uuid;
 
 use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::episodes;
+use crate::schemas::text_enum::text_enum;
+
+text_enum! {
+    /// Where an episode's analysis stands (`episodes.status`, CHECK `episodes_status_valid`).
+    pub enum EpisodeStatus ("episode status") {
+        /// Created; its analysis job has not started.
+        Pending = "pending",
+        Analyzing = "analyzing",
+        /// The analysis is stored.
+        Complete = "complete",
+        /// The analysis failed for good; `error` says why.
+        Error = "error",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = episodes, check_for_backend(diesel::pg::Pg))]
@@ -19,7 +33,7 @@ pub struct Episode {
     pub source: Option<String>,
     pub kind: Option<String>,
     pub tags: Vec<String>,
-    pub status: String,
+    pub status: EpisodeStatus,
     #[schema(value_type = Option<Object>)]
     pub analysis: Option<serde_json::Value>,
     pub error: Option<String>,
@@ -59,7 +73,7 @@ pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Episode, DbError> {
 /// One page of the current tenant's episodes in id (creation) order, after `after`.
 pub async fn list(
     conn: &mut TenantTx,
-    status: Option<&str>,
+    status: Option<EpisodeStatus>,
     tag: Option<&str>,
     after: Option<Uuid>,
     limit: i64,
@@ -70,7 +84,7 @@ pub async fn list(
         .limit(limit)
         .into_boxed();
     if let Some(status) = status {
-        query = query.filter(episodes::status.eq(status.to_owned()));
+        query = query.filter(episodes::status.eq(status));
     }
     if let Some(tag) = tag {
         query = query.filter(episodes::tags.contains(vec![tag.to_owned()]));
@@ -82,7 +96,11 @@ pub async fn list(
 }
 
 /// Sets the episode's status (e.g. `analyzing` while its analysis runs).
-pub async fn set_status(conn: &mut TenantTx, id: Uuid, status: &str) -> Result<(), DbError> {
+pub async fn set_status(
+    conn: &mut TenantTx,
+    id: Uuid,
+    status: EpisodeStatus,
+) -> Result<(), DbError> {
     diesel::update(episodes::table.find(id))
         .set((
             episodes::status.eq(status),
@@ -101,7 +119,7 @@ pub async fn complete(
 ) -> Result<(), DbError> {
     diesel::update(episodes::table.find(id))
         .set((
-            episodes::status.eq("complete"),
+            episodes::status.eq(EpisodeStatus::Complete),
             episodes::analysis.eq(analysis),
             episodes::error.eq(None::<String>),
             episodes::updated_at.eq(Utc::now()),
@@ -116,9 +134,9 @@ pub async fn complete(
 /// Returns whether it changed.
 pub async fn fail(conn: &mut TenantTx, id: Uuid, reason: &str) -> Result<bool, DbError> {
     let n = diesel::update(episodes::table.find(id))
-        .filter(episodes::status.ne_all(["complete", "error"]))
+        .filter(episodes::status.ne_all([EpisodeStatus::Complete, EpisodeStatus::Error]))
         .set((
-            episodes::status.eq("error"),
+            episodes::status.eq(EpisodeStatus::Error),
             episodes::error.eq(reason),
             episodes::updated_at.eq(Utc::now()),
         ))
