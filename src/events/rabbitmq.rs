@@ -353,15 +353,15 @@ pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), String> {
     loop {
         let after = hub.last_seq();
         let mut tx = repo.system_tx().await.map_err(|e| e.to_string())?;
-        let page = store::after(&mut tx, after, 1000)
+        // Paged by size as well as count: a backlog of large events is never all in memory.
+        let page = store::after(&mut tx, after, 1000, store::PAGE_BYTES)
             .await
             .map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
-        let full = page.len() == 1000;
-        hub.dispatch(page);
-        if !full {
+        if page.is_empty() {
             return Ok(());
         }
+        hub.dispatch(page);
     }
 }
 
