@@ -582,7 +582,10 @@ pub struct ConnectError {
 
 /// Opens one connection to `url` (as its login role), bounded by `timeout`. Crate-private: a
 /// login-role connection is for migrations and LISTEN only, never a way to tenant data.
-pub(crate) async fn establish(url: &str, timeout: Duration) -> Result<AsyncPgConnection, ConnectError> {
+pub(crate) async fn establish(
+    url: &str,
+    timeout: Duration,
+) -> Result<AsyncPgConnection, ConnectError> {
     let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
     let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(pair)) => pair,

@@ -325,7 +325,6 @@ pub async fn insert_all(tx: &mut impl AnyTx, new_jobs: &[NewJob]) -> Result<Vec<
     Ok(ids)
 }
 
-
 async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), DbError> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)

@@ -377,7 +377,6 @@ pub async fn enqueue_for_events(repo: &Repo, events: &[RelayedEvent]) -> Result<
     Ok(inserted)
 }
 
-
 /// Only `when.topics` of stored rules (the rest is checked when evaluating).
 fn topics_only(when: &Value) -> Option<Rules> {
     let topics = when.get("topics")?.as_array()?;

@@ -630,7 +630,9 @@ async fn ready_is_503_when_the_s3_bucket_is_missing() {
     assert_eq!(body["checks"]["storage"]["status"], "unavailable", "{body}");
     assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
     // A short reason; the bucket's name and the endpoint stay in the log (CONTRACT §5).
-    let error = body["checks"]["storage"]["error"].as_str().unwrap_or_default();
+    let error = body["checks"]["storage"]["error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         ["bucket or root not found", "backend did not answer"].contains(&error),
         "{body}"

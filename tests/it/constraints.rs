@@ -187,7 +187,10 @@ async fn job_state_and_episode_status_enums_match_their_check_constraints() {
     assert_eq!(check_values(&mut owner, "jobs_state_valid").await, jobs);
     let mut episodes: Vec<String> = EpisodeStatus::ALL.iter().map(|s| s.to_string()).collect();
     episodes.sort();
-    assert_eq!(check_values(&mut owner, "episodes_status_valid").await, episodes);
+    assert_eq!(
+        check_values(&mut owner, "episodes_status_valid").await,
+        episodes
+    );
     // Parsing is exact: the spelling, not a case variant.
     assert_eq!("retryable".parse::<JobState>(), Ok(JobState::Retryable));
     assert!("Retryable".parse::<JobState>().is_err());

@@ -215,8 +215,14 @@ async fn a_batch_the_database_refuses_is_written_row_by_row() {
     assert!(acks.is_empty(), "every outcome written");
     assert_eq!(discarded, [claimed[1].id]);
     let mut owner = db.owner_conn().await;
-    assert_eq!(get(&mut owner, claimed[0].id).await.state, JobState::Completed);
-    assert_eq!(get(&mut owner, claimed[2].id).await.state, JobState::Completed);
+    assert_eq!(
+        get(&mut owner, claimed[0].id).await.state,
+        JobState::Completed
+    );
+    assert_eq!(
+        get(&mut owner, claimed[2].id).await.state,
+        JobState::Completed
+    );
     let bad = get(&mut owner, claimed[1].id).await;
     assert_eq!(
         bad.state,

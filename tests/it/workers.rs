@@ -84,7 +84,10 @@ async fn the_analyzer_completes_an_episode_with_the_builtin_analysis_and_emits_t
     let db = TestDb::migrated().await;
     let repo = db.repo().await;
     let (t, ep) = episode_with_job(&repo).await;
-    assert_eq!(load_episode(&repo, t, ep).await.status, EpisodeStatus::Pending);
+    assert_eq!(
+        load_episode(&repo, t, ep).await.status,
+        EpisodeStatus::Pending
+    );
     let e = engine_with(&repo, Config::default());
     assert_eq!(e.drain("analysis").await.unwrap(), 1);
 
@@ -618,7 +621,9 @@ async fn an_analysis_whose_last_attempt_is_rescued_marks_the_episode_failed() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempt, claimed[0].max_attempts);
     let mut tx = repo.tenant_tx(t).await.unwrap();
-    episode::set_status(&mut tx, ep, EpisodeStatus::Analyzing).await.unwrap();
+    episode::set_status(&mut tx, ep, EpisodeStatus::Analyzing)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     diesel_async::RunQueryDsl::execute(
         diesel::sql_query(

@@ -53,7 +53,11 @@ struct NewApiKey<'a> {
 }
 
 /// Issues a new key for `tenant_id` (which must be the transaction's tenant).
-pub async fn issue(conn: &mut TenantTx, tenant_id: Uuid, name: &str) -> Result<IssuedApiKey, DbError> {
+pub async fn issue(
+    conn: &mut TenantTx,
+    tenant_id: Uuid,
+    name: &str,
+) -> Result<IssuedApiKey, DbError> {
     let key = generate();
     let id = Uuid::now_v7();
     diesel::insert_into(api_keys::table)

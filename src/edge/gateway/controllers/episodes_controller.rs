@@ -141,9 +141,7 @@ pub async fn index(
         .as_deref()
         .map(str::parse::<EpisodeStatus>)
         .transpose()
-        .map_err(|_| {
-            ApiError::BadRequest(format!("status must be {}", EpisodeStatus::names()))
-        })?;
+        .map_err(|_| ApiError::BadRequest(format!("status must be {}", EpisodeStatus::names())))?;
     let after = page.after_parsed::<Uuid>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = episode::list(

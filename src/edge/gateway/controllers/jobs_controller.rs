@@ -18,7 +18,6 @@ use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::jobs::JobState;
 use crate::jobs::storage::{self as jobs, Job};
 
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobFilter {
@@ -210,7 +209,10 @@ pub async fn queues(
         views.entry(name.clone()).or_insert_with(|| QueueView {
             concurrency: configured.get(&name).copied().unwrap_or(0),
             paused: paused.contains(&name),
-            counts: JobState::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
+            counts: JobState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
             name,
         });
     }
