@@ -415,7 +415,7 @@ impl EffectiveRole {
 /// it. Every schema function over a tenant table takes `&mut TenantTx`; a system transaction
 /// or a bare connection does not fit:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0308
 /// async fn wrong(repo: &vsm::repo::Repo) -> Result<(), vsm::repo::DbError> {
 ///     let mut tx = repo.system_tx().await?;
 ///     // A SystemTx is not a TenantTx: this does not compile.
@@ -424,7 +424,7 @@ impl EffectiveRole {
 /// }
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0308
 /// async fn wrong(conn: &mut vsm::repo::Conn) -> Result<(), vsm::repo::DbError> {
 ///     // Neither is a bare connection.
 ///     vsm::schemas::vsm::episode::find(conn, uuid::Uuid::nil()).await?;
