@@ -277,37 +277,20 @@ fn byte_range(req: &HttpRequest, size: u64) -> Result<Option<std::ops::Range<u64
     let Some(value) = req.headers().get(header::RANGE) else {
         return Ok(None);
     };
-    let unsatisfiable = || ApiError::RangeNotSatisfiable { size };
-    let spec = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().strip_prefix("bytes="))
-        .ok_or_else(unsatisfiable)?;
-    if spec.contains(',') {
+    let unsatisfiable = ApiError::RangeNotSatisfiable { size };
+    let Ok(value) = value.to_str() else {
+        return Err(unsatisfiable);
+    };
+    if value.contains(',') {
         return Ok(None);
     }
-    let (start, end) = spec.split_once('-').ok_or_else(unsatisfiable)?;
-    let (start, end) = (start.trim(), end.trim());
-    let range = if start.is_empty() {
-        // bytes=-N: the last N bytes.
-        let n: u64 = end.parse().map_err(|_| unsatisfiable())?;
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable());
-        }
-        size.saturating_sub(n)..size
-    } else {
-        let start: u64 = start.parse().map_err(|_| unsatisfiable())?;
-        let end: u64 = if end.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            end.parse::<u64>().map_err(|_| unsatisfiable())?
-        };
-        if start >= size || end < start {
-            return Err(unsatisfiable());
-        }
-        start..end.min(size - 1) + 1
-    };
-    Ok(Some(range))
+    let ranges = http_range_header::parse_range_header(value)
+        .and_then(|parsed| parsed.validate(size))
+        .map_err(|_| unsatisfiable)?;
+    Ok(match ranges.as_slice() {
+        [one] => Some(*one.start()..*one.end() + 1),
+        _ => None,
+    })
 }
 
 /// The artifact's bytes (or the `Range` asked for) with `ETag` (its sha256), `Content-Length`,
