@@ -131,11 +131,12 @@ async fn run(backend: &str, env: &[(&str, String)], uploads: usize) {
         (WARM_UP + uploads) as f64 / total.as_secs_f64(),
     );
     drop(server);
-    if let Ok(mut admin) = vsm::repo::establish(
-        &format!("{}/postgres", server_url()),
-        Duration::from_secs(5),
-    )
-    .await
+    if let Ok(mut admin) =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&format!(
+            "{}/postgres",
+            server_url()
+        ))
+        .await
     {
         let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
             .execute(&mut admin)

@@ -58,7 +58,10 @@ impl Bench {
     async fn drop_db(self) {
         drop(self.repo);
         let admin_url = format!("{}/postgres", server_url().trim_end_matches('/'));
-        let mut admin = vsm::repo::establish(&admin_url, Duration::from_secs(5))
+        let mut admin =
+            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(
+                &admin_url,
+            )
             .await
             .expect("admin");
         diesel::sql_query(format!(
@@ -135,9 +138,10 @@ async fn burn_down(workers: usize, jobs: usize, concurrency: usize) -> f64 {
         .collect();
     // Let the workers start and register before the clock runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut poll = vsm::repo::establish(&bench.url, Duration::from_secs(5))
-        .await
-        .expect("conn");
+    let mut poll =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&bench.url)
+            .await
+            .expect("conn");
     let started = Instant::now();
     set_paused(&bench.repo, false).await;
     while Bench::busy(&mut poll).await {

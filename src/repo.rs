@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::config::{DatabaseConfig, ServiceUrl};
 
-/// A connection as handed out by the door; schema functions take `&mut Conn`.
+/// The connection a transaction dereferences to.
 pub type Conn = AsyncPgConnection;
 
 /// What can go wrong talking to the database, typed so callers can map it (the HTTP layer maps
@@ -302,34 +302,31 @@ impl Repo {
     }
 
     /// The narrow door: opens a transaction whose tenant context is `tenant`. Row-level security
-    /// limits every statement on it to that tenant's rows. [`Tx::commit`] commits; dropping
-    /// it without committing (an early `?`, a cancelled request) rolls back.
-    pub async fn tenant_tx(&self, tenant: Uuid) -> Result<Tx, DbError> {
-        let mut tx = self.begin(Some(tenant)).await?;
+    /// limits every statement on it to that tenant's rows. [`TenantTx::commit`] commits;
+    /// dropping it without committing (an early `?`, a cancelled request) rolls back.
+    pub async fn tenant_tx(&self, tenant: Uuid) -> Result<TenantTx, DbError> {
+        let mut tx = self.begin().await?;
         diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
             .bind::<Text, _>(tenant.to_string())
             .execute(&mut *tx)
             .await?;
-        Ok(tx)
+        Ok(TenantTx { tx, tenant })
     }
 
     /// A transaction for cross-tenant machinery (event relay, job engine): it runs as the system
     /// role, which sees the infrastructure tables granted to it and no tenant data table.
-    pub async fn system_tx(&self) -> Result<Tx, DbError> {
-        let mut tx = self.begin(None).await?;
+    pub async fn system_tx(&self) -> Result<SystemTx, DbError> {
+        let mut tx = self.begin().await?;
         // Identifiers cannot be bound parameters; quote it as PostgreSQL's quote_ident would.
         let sql = format!("SET LOCAL ROLE {}", quote_ident(&self.system_role));
         diesel::sql_query(sql).execute(&mut *tx).await?;
-        Ok(tx)
+        Ok(SystemTx { tx })
     }
 
-    async fn begin(&self, tenant: Option<Uuid>) -> Result<Tx, DbError> {
+    async fn begin(&self) -> Result<Tx, DbError> {
         let mut conn = self.pool.get().await?;
         AnsiTransactionManager::begin_transaction(&mut *conn).await?;
-        Ok(Tx {
-            conn: Some(conn),
-            tenant,
-        })
+        Ok(Tx { conn: Some(conn) })
     }
 
     /// Resolves an API key's sha256 to `(api_key_id, tenant_id)`; `None` if unknown or revoked.
@@ -412,31 +409,123 @@ impl EffectiveRole {
     }
 }
 
-/// An open transaction from [`Repo::tenant_tx`] or [`Repo::system_tx`]. It dereferences to the
-/// connection, so schema functions take `&mut tx`.
-pub struct Tx {
+/// A transaction of one tenant, from [`Repo::tenant_tx`] only (its fields are private, so no
+/// other code can make one): its tenant context is set, so row-level security limits every
+/// statement on it to that tenant. It dereferences to the connection, so diesel queries run on
+/// it. Every schema function over a tenant table takes `&mut TenantTx`; a system transaction
+/// or a bare connection does not fit:
+///
+/// ```compile_fail,E0308
+/// async fn wrong(repo: &vsm::repo::Repo) -> Result<(), vsm::repo::DbError> {
+///     let mut tx = repo.system_tx().await?;
+///     // A SystemTx is not a TenantTx: this does not compile.
+///     vsm::schemas::vsm::episode::find(&mut tx, uuid::Uuid::nil()).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// ```compile_fail,E0308
+/// async fn wrong(conn: &mut vsm::repo::Conn) -> Result<(), vsm::repo::DbError> {
+///     // Neither is a bare connection.
+///     vsm::schemas::vsm::episode::find(conn, uuid::Uuid::nil()).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// ```no_run
+/// async fn right(repo: &vsm::repo::Repo, tenant: uuid::Uuid) -> Result<(), vsm::repo::DbError> {
+///     let mut tx = repo.tenant_tx(tenant).await?;
+///     vsm::schemas::vsm::episode::find(&mut tx, uuid::Uuid::nil()).await?;
+///     tx.commit().await
+/// }
+/// ```
+pub struct TenantTx {
+    tx: Tx,
+    tenant: Uuid,
+}
+
+impl TenantTx {
+    /// The tenant this transaction acts for.
+    pub fn tenant_id(&self) -> Uuid {
+        self.tenant
+    }
+
+    pub async fn commit(self) -> Result<(), DbError> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbError> {
+        self.tx.rollback().await
+    }
+}
+
+/// A transaction as the system role, from [`Repo::system_tx`] only: the job engine's and the
+/// event relay's machinery, which sees no tenant data table.
+pub struct SystemTx {
+    tx: Tx,
+}
+
+impl SystemTx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), DbError> {
+        self.tx.rollback().await
+    }
+}
+
+/// Either kind of transaction, for the few statements that belong in both (inserting a job:
+/// a tenant inserts its own, the engine inserts cron and follow-up jobs). Sealed: only
+/// [`TenantTx`] and [`SystemTx`] implement it, so a bare connection still does not fit.
+pub trait AnyTx: std::ops::DerefMut<Target = Conn> + sealed::Sealed + Send {}
+
+impl AnyTx for TenantTx {}
+impl AnyTx for SystemTx {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::TenantTx {}
+    impl Sealed for super::SystemTx {}
+}
+
+macro_rules! deref_to_conn {
+    ($ty:ty) => {
+        impl std::ops::Deref for $ty {
+            type Target = Conn;
+            fn deref(&self) -> &Conn {
+                &self.tx
+            }
+        }
+
+        impl std::ops::DerefMut for $ty {
+            fn deref_mut(&mut self) -> &mut Conn {
+                &mut self.tx
+            }
+        }
+    };
+}
+
+deref_to_conn!(TenantTx);
+deref_to_conn!(SystemTx);
+
+/// The open transaction both kinds wrap: hands the connection back on commit, rollback or drop.
+struct Tx {
     /// `Some` until commit, rollback or drop hands the connection back.
     conn: Option<PooledConn>,
-    /// The tenant context; `None` for a system transaction.
-    tenant: Option<Uuid>,
 }
 
 type PooledConn = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
 
 impl Tx {
-    /// The tenant this transaction acts for (`None` for a system transaction).
-    pub fn tenant_id(&self) -> Option<Uuid> {
-        self.tenant
-    }
-
-    pub async fn commit(mut self) -> Result<(), DbError> {
+    async fn commit(mut self) -> Result<(), DbError> {
         if let Some(mut conn) = self.conn.take() {
             AnsiTransactionManager::commit_transaction(&mut *conn).await?;
         }
         Ok(())
     }
 
-    pub async fn rollback(mut self) -> Result<(), DbError> {
+    async fn rollback(mut self) -> Result<(), DbError> {
         if let Some(mut conn) = self.conn.take() {
             AnsiTransactionManager::rollback_transaction(&mut *conn).await?;
         }
@@ -491,8 +580,12 @@ pub struct ConnectError {
     pub message: String,
 }
 
-/// Opens one connection to `url` (as its login role), bounded by `timeout`.
-pub async fn establish(url: &str, timeout: Duration) -> Result<AsyncPgConnection, ConnectError> {
+/// Opens one connection to `url` (as its login role), bounded by `timeout`. Crate-private: a
+/// login-role connection is for migrations and LISTEN only, never a way to tenant data.
+pub(crate) async fn establish(
+    url: &str,
+    timeout: Duration,
+) -> Result<AsyncPgConnection, ConnectError> {
     let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
     let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(pair)) => pair,

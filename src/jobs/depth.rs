@@ -17,7 +17,7 @@ pub async fn sample(repo: &Repo) -> Result<(), DbError> {
     for (queue, state, n) in rows {
         METRICS
             .job_queue_depth
-            .with_label_values(&[&queue, &state])
+            .with_label_values(&[queue.as_str(), state.as_str()])
             .set(n);
     }
     Ok(())

@@ -35,15 +35,32 @@ use crate::repo::Repo;
 pub use executor::{Engine, EngineOptions};
 pub use storage::{Inserted, Job, NewJob, Unique};
 
-/// Job states (the `state` column).
-pub mod state {
-    pub const AVAILABLE: &str = "available";
-    pub const SCHEDULED: &str = "scheduled";
-    pub const EXECUTING: &str = "executing";
-    pub const RETRYABLE: &str = "retryable";
-    pub const COMPLETED: &str = "completed";
-    pub const DISCARDED: &str = "discarded";
-    pub const CANCELLED: &str = "cancelled";
+crate::schemas::text_enum::text_enum! {
+    /// A job's state (`jobs.state`, CHECK `jobs_state_valid`).
+    pub enum JobState ("job state") {
+        /// Waiting for a producer to fetch it.
+        Available = "available",
+        /// Waiting for its `scheduled_at` (the stager makes it available).
+        Scheduled = "scheduled",
+        /// Claimed by a node for its current attempt.
+        Executing = "executing",
+        /// Failed an attempt; waiting for its backoff (the stager makes it available).
+        Retryable = "retryable",
+        Completed = "completed",
+        /// Out of attempts, or discarded by its worker.
+        Discarded = "discarded",
+        Cancelled = "cancelled",
+    }
+}
+
+impl JobState {
+    /// Non-final states: a unique job in one of them blocks a duplicate.
+    pub const LIVE: [JobState; 4] = [
+        JobState::Available,
+        JobState::Scheduled,
+        JobState::Executing,
+        JobState::Retryable,
+    ];
 }
 
 /// How a job's attempt ended when it did not fail.

@@ -1,9 +1,11 @@
 //! Every statement the job engine runs, behind a narrow interface: insert, fetch, ack (complete,
 //! retry, snooze, cancel, discard), stage, rescue, hand back, prune, cancel, retry, pause.
 //!
-//! Insertion takes any `&mut Conn`: a tenant transaction (row-level security allows a tenant
-//! to insert and see only its own jobs, so an episode and its analysis job commit together) or a
-//! system one. Everything else is engine machinery and runs in [`crate::repo::Repo::system_tx`].
+//! Insertion, and the reads and changes a tenant may make to its own jobs (find, list, cancel,
+//! retry, counts), take either kind of transaction ([`AnyTx`]): in a tenant transaction
+//! row-level security lets a tenant insert and see only its own jobs, so an episode and its
+//! analysis job commit together. Everything else is engine machinery and takes the
+//! [`SystemTx`] of [`crate::repo::Repo::system_tx`].
 //! Inserting an available job NOTIFYs [`NOTIFY_CHANNEL`] with the queue name; PostgreSQL
 //! delivers it at commit, and never for a rolled-back insert.
 
@@ -20,8 +22,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::state;
-use crate::repo::{Conn, DbError};
+use super::JobState;
+use crate::repo::{AnyTx, Conn, DbError, SystemTx};
 use crate::schemas::schema::{job_cron_slots, job_nodes, job_queues, jobs};
 
 /// Channel woken when jobs become available; the payload is the queue name.
@@ -39,7 +41,7 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 20;
 pub struct Job {
     pub id: Uuid,
     pub tenant_id: Option<Uuid>,
-    pub state: String,
+    pub state: JobState,
     pub queue: String,
     pub worker: String,
     #[schema(value_type = Object)]
@@ -192,7 +194,7 @@ impl NewJob {
 struct JobRow<'a> {
     id: Uuid,
     tenant_id: Option<Uuid>,
-    state: &'a str,
+    state: JobState,
     queue: &'a str,
     worker: &'a str,
     args: &'a Value,
@@ -210,9 +212,9 @@ impl<'a> JobRow<'a> {
             id: Uuid::now_v7(),
             tenant_id: job.tenant_id,
             state: if job.is_scheduled() {
-                state::SCHEDULED
+                JobState::Scheduled
             } else {
-                state::AVAILABLE
+                JobState::Available
             },
             queue: &job.queue,
             worker: &job.worker,
@@ -253,7 +255,12 @@ impl Inserted {
 /// Inserts one job in the caller's transaction. A unique job that already exists is returned
 /// instead (`Inserted::Existing`); concurrent unique inserts are serialised by a
 /// transaction-scoped advisory lock on the key, so exactly one of them inserts.
-pub async fn insert(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> {
+pub async fn insert(tx: &mut impl AnyTx, job: &NewJob) -> Result<Inserted, DbError> {
+    insert_one(tx, job).await
+}
+
+/// [`insert`] on the connection of a transaction the caller already holds.
+async fn insert_one(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> {
     job.validate()?;
     let row = JobRow::from(job);
     if let (Some(unique), Some(key)) = (job.unique, row.unique_key.as_deref()) {
@@ -265,7 +272,7 @@ pub async fn insert(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> 
         let existing: Option<Job> = jobs::table
             .filter(jobs::unique_key.eq(key))
             .filter(jobs::inserted_at.gt(since))
-            .filter(jobs::state.eq_any(LIVE_STATES))
+            .filter(jobs::state.eq_any(JobState::LIVE))
             .select(Job::as_select())
             .first(conn)
             .await
@@ -279,7 +286,7 @@ pub async fn insert(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> 
         .returning(Job::as_returning())
         .get_result(conn)
         .await?;
-    if inserted.state == state::AVAILABLE {
+    if inserted.state == JobState::Available {
         notify(conn, NOTIFY_CHANNEL, &inserted.queue).await?;
     }
     Ok(Inserted::New(inserted))
@@ -288,13 +295,14 @@ pub async fn insert(conn: &mut Conn, job: &NewJob) -> Result<Inserted, DbError> 
 /// Inserts many jobs at once (one statement per 1,000) in the caller's transaction. Unique
 /// jobs go through [`insert`] one by one. Returns the ids in input order (an existing unique
 /// job's id where one was found).
-pub async fn insert_all(conn: &mut Conn, new_jobs: &[NewJob]) -> Result<Vec<Uuid>, DbError> {
+pub async fn insert_all(tx: &mut impl AnyTx, new_jobs: &[NewJob]) -> Result<Vec<Uuid>, DbError> {
+    let conn: &mut Conn = tx;
     let mut ids = Vec::with_capacity(new_jobs.len());
     let mut queues = std::collections::BTreeSet::new();
     for chunk in new_jobs.chunks(1000) {
         if chunk.iter().any(|j| j.unique.is_some()) {
             for job in chunk {
-                ids.push(insert(conn, job).await?.job().id);
+                ids.push(insert_one(conn, job).await?.job().id);
             }
             continue;
         }
@@ -302,7 +310,7 @@ pub async fn insert_all(conn: &mut Conn, new_jobs: &[NewJob]) -> Result<Vec<Uuid
             job.validate()?;
         }
         let rows: Vec<JobRow> = chunk.iter().map(JobRow::from).collect();
-        for row in rows.iter().filter(|r| r.state == state::AVAILABLE) {
+        for row in rows.iter().filter(|r| r.state == JobState::Available) {
             queues.insert(row.queue.to_owned());
         }
         ids.extend(rows.iter().map(|r| r.id));
@@ -317,14 +325,6 @@ pub async fn insert_all(conn: &mut Conn, new_jobs: &[NewJob]) -> Result<Vec<Uuid
     Ok(ids)
 }
 
-/// Non-final states: a unique job in one of them blocks a duplicate.
-const LIVE_STATES: [&str; 4] = [
-    state::AVAILABLE,
-    state::SCHEDULED,
-    state::EXECUTING,
-    state::RETRYABLE,
-];
-
 async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), DbError> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)
@@ -338,11 +338,12 @@ async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), DbE
 /// first, unless the queue is paused. `FOR UPDATE SKIP LOCKED` lets any number of nodes fetch
 /// at once without blocking each other or claiming a job twice; each claim uses an attempt.
 pub async fn fetch(
-    conn: &mut Conn,
+    tx: &mut SystemTx,
     queue: &str,
     limit: usize,
     node: &str,
 ) -> Result<Vec<Job>, DbError> {
+    let conn: &mut Conn = tx;
     let mut fetched: Vec<Job> = diesel::sql_query(
         "WITH next AS (
            SELECT id FROM jobs
@@ -449,7 +450,8 @@ pub struct Acked {
 /// Records a batch of outcomes in one statement: updates the jobs still executing this attempt
 /// on `node`, appends errors, writes `task_log` rows for tenant jobs and `job.completed` /
 /// `job.discarded` events for them.
-pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<Acked, DbError> {
+pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, DbError> {
+    let conn: &mut Conn = tx;
     if acks.is_empty() {
         return Ok(Acked::default());
     }
@@ -521,7 +523,8 @@ pub async fn ack(conn: &mut Conn, node: &str, acks: &[Ack]) -> Result<Acked, DbE
 
 /// Makes scheduled and retryable jobs whose time has come available (up to `limit`), and
 /// wakes their queues. Returns how many were staged.
-pub async fn stage(conn: &mut Conn, limit: i64) -> Result<usize, DbError> {
+pub async fn stage(tx: &mut SystemTx, limit: i64) -> Result<usize, DbError> {
+    let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Staged {
         #[diesel(sql_type = Text)]
@@ -550,7 +553,8 @@ pub async fn stage(conn: &mut Conn, limit: i64) -> Result<usize, DbError> {
 }
 
 /// Records that `node` is alive and which queues it runs.
-pub async fn heartbeat(conn: &mut Conn, node: &str, queues: &[String]) -> Result<(), DbError> {
+pub async fn heartbeat(tx: &mut SystemTx, node: &str, queues: &[String]) -> Result<(), DbError> {
+    let conn: &mut Conn = tx;
     diesel::insert_into(job_nodes::table)
         .values((job_nodes::id.eq(node), job_nodes::queues.eq(queues)))
         .on_conflict(job_nodes::id)
@@ -565,7 +569,8 @@ pub async fn heartbeat(conn: &mut Conn, node: &str, queues: &[String]) -> Result
 }
 
 /// Removes `node` (it stopped cleanly).
-pub async fn remove_node(conn: &mut Conn, node: &str) -> Result<(), DbError> {
+pub async fn remove_node(tx: &mut SystemTx, node: &str) -> Result<(), DbError> {
+    let conn: &mut Conn = tx;
     diesel::delete(job_nodes::table.find(node))
         .execute(conn)
         .await?;
@@ -585,7 +590,8 @@ pub struct Rescued {
 /// again (the attempt they used stays used; an error says why), or `discarded` when that was
 /// their last attempt. Each rescued attempt is recorded like an acknowledged one (task log,
 /// `job.discarded` event), through the same statements. Forgets those nodes.
-pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Rescued>, DbError> {
+pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, DbError> {
+    let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = SqlUuid)]
@@ -593,7 +599,7 @@ pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Rescued>, Db
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        outcome: String,
+        outcome: JobState,
         #[diesel(sql_type = BigInt)]
         evented: i64,
     }
@@ -631,7 +637,7 @@ pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Rescued>, Db
     .await?;
     let queues: std::collections::BTreeSet<&str> = rescued
         .iter()
-        .filter(|r| r.outcome != state::DISCARDED)
+        .filter(|r| r.outcome != JobState::Discarded)
         .map(|r| r.queue.as_str())
         .collect();
     for queue in queues {
@@ -644,7 +650,7 @@ pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Rescued>, Db
         .into_iter()
         .map(|r| Rescued {
             id: r.id,
-            discarded: r.outcome == state::DISCARDED,
+            discarded: r.outcome == JobState::Discarded,
         })
         .collect())
 }
@@ -652,7 +658,8 @@ pub async fn rescue(conn: &mut Conn, after: Duration) -> Result<Vec<Rescued>, Db
 /// Gives back every job `node` still holds (shutdown after the grace period): `available`
 /// again with the attempt refunded, since the node itself interrupted it; `meta.handed_back`
 /// counts how often. Returns how many.
-pub async fn hand_back(conn: &mut Conn, node: &str) -> Result<usize, DbError> {
+pub async fn hand_back(tx: &mut SystemTx, node: &str) -> Result<usize, DbError> {
+    let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Back {
         #[diesel(sql_type = Text)]
@@ -675,7 +682,8 @@ pub async fn hand_back(conn: &mut Conn, node: &str) -> Result<usize, DbError> {
 }
 
 /// Deletes up to `limit` jobs that ended (completed, cancelled, discarded) before `before`.
-pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: i64) -> Result<usize, DbError> {
+pub async fn prune(tx: &mut SystemTx, before: DateTime<Utc>, limit: i64) -> Result<usize, DbError> {
+    let conn: &mut Conn = tx;
     let deleted = diesel::sql_query(
         "DELETE FROM jobs WHERE id IN (
            SELECT id FROM jobs
@@ -696,11 +704,12 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: i64) -> Result
 /// Cancels a job that has not ended. An executing job is stopped by the node running it (told
 /// through [`CANCEL_CHANNEL`]); its late outcome is ignored. `None` when there is no such job
 /// (or, in a tenant transaction, it is another tenant's) or it had already ended.
-pub async fn cancel(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
+pub async fn cancel(tx: &mut impl AnyTx, id: Uuid) -> Result<Option<Job>, DbError> {
+    let conn: &mut Conn = tx;
     let job: Option<Job> = diesel::update(jobs::table.find(id))
-        .filter(jobs::state.eq_any(LIVE_STATES))
+        .filter(jobs::state.eq_any(JobState::LIVE))
         .set((
-            jobs::state.eq(state::CANCELLED),
+            jobs::state.eq(JobState::Cancelled),
             jobs::cancelled_at.eq(diesel::dsl::now),
         ))
         .returning(Job::as_returning())
@@ -715,17 +724,19 @@ pub async fn cancel(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
 
 /// Those of `ids` that have been cancelled (the polling fallback for missed cancel
 /// notifications).
-pub async fn cancelled_among(conn: &mut Conn, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+pub async fn cancelled_among(tx: &mut SystemTx, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+    let conn: &mut Conn = tx;
     Ok(jobs::table
         .filter(jobs::id.eq_any(ids))
-        .filter(jobs::state.eq(state::CANCELLED))
+        .filter(jobs::state.eq(JobState::Cancelled))
         .select(jobs::id)
         .load(conn)
         .await?)
 }
 
 /// Makes a job that is not executing available now (a discarded job gets one more attempt).
-pub async fn retry(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
+pub async fn retry(tx: &mut impl AnyTx, id: Uuid) -> Result<Option<Job>, DbError> {
+    let conn: &mut Conn = tx;
     let job: Option<Job> = diesel::sql_query(
         "UPDATE jobs SET state = 'available', scheduled_at = now(),
            max_attempts = greatest(max_attempts, attempt + 1),
@@ -744,7 +755,8 @@ pub async fn retry(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
 }
 
 /// The job with `id` (in a tenant transaction: only that tenant's).
-pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
+pub async fn find(tx: &mut impl AnyTx, id: Uuid) -> Result<Option<Job>, DbError> {
+    let conn: &mut Conn = tx;
     Ok(jobs::table
         .find(id)
         .select(Job::as_select())
@@ -754,7 +766,8 @@ pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Option<Job>, DbError> {
 }
 
 /// Pauses or resumes `queue` on every node, durably. Resuming wakes the queue.
-pub async fn set_paused(conn: &mut Conn, queue: &str, paused: bool) -> Result<(), DbError> {
+pub async fn set_paused(tx: &mut SystemTx, queue: &str, paused: bool) -> Result<(), DbError> {
+    let conn: &mut Conn = tx;
     diesel::insert_into(job_queues::table)
         .values((job_queues::name.eq(queue), job_queues::paused.eq(paused)))
         .on_conflict(job_queues::name)
@@ -772,7 +785,8 @@ pub async fn set_paused(conn: &mut Conn, queue: &str, paused: bool) -> Result<()
 }
 
 /// Whether `queue` is paused.
-pub async fn is_paused(conn: &mut Conn, queue: &str) -> Result<bool, DbError> {
+pub async fn is_paused(tx: &mut SystemTx, queue: &str) -> Result<bool, DbError> {
+    let conn: &mut Conn = tx;
     Ok(job_queues::table
         .find(queue)
         .select(job_queues::paused)
@@ -785,11 +799,12 @@ pub async fn is_paused(conn: &mut Conn, queue: &str) -> Result<bool, DbError> {
 /// Claims cron slot (`name`, `slot`) and inserts `job` for it; `None` when another node
 /// already claimed the slot (the primary key decides, so a slot fires once cluster-wide).
 pub async fn insert_cron(
-    conn: &mut Conn,
+    tx: &mut SystemTx,
     name: &str,
     slot: DateTime<Utc>,
     job: &NewJob,
 ) -> Result<Option<Uuid>, DbError> {
+    let conn: &mut Conn = tx;
     let claimed = diesel::insert_into(job_cron_slots::table)
         .values((job_cron_slots::name.eq(name), job_cron_slots::slot.eq(slot)))
         .on_conflict_do_nothing()
@@ -798,7 +813,7 @@ pub async fn insert_cron(
     if claimed == 0 {
         return Ok(None);
     }
-    let id = insert(conn, job).await?.job().id;
+    let id = insert_one(conn, job).await?.job().id;
     diesel::update(job_cron_slots::table.find((name, slot)))
         .set(job_cron_slots::job_id.eq(id))
         .execute(conn)
@@ -807,13 +822,14 @@ pub async fn insert_cron(
 }
 
 /// Jobs waiting or running, by queue and state (for the depth gauges).
-pub async fn depth(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbError> {
+pub async fn depth(tx: &mut SystemTx) -> Result<Vec<(String, JobState, i64)>, DbError> {
+    let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        state: String,
+        state: JobState,
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
@@ -830,12 +846,13 @@ pub async fn depth(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbErro
 /// One page of the jobs visible in the transaction (a tenant's own, under row-level security),
 /// newest first, optionally by queue and state.
 pub async fn list(
-    conn: &mut Conn,
+    tx: &mut impl AnyTx,
     queue: Option<&str>,
-    job_state: Option<&str>,
+    job_state: Option<JobState>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Job>, DbError> {
+    let conn: &mut Conn = tx;
     let mut query = jobs::table
         .select(Job::as_select())
         .order(jobs::id.desc())
@@ -845,7 +862,7 @@ pub async fn list(
         query = query.filter(jobs::queue.eq(queue.to_owned()));
     }
     if let Some(job_state) = job_state {
-        query = query.filter(jobs::state.eq(job_state.to_owned()));
+        query = query.filter(jobs::state.eq(job_state));
     }
     if let Some(before) = before {
         query = query.filter(jobs::id.lt(before));
@@ -854,13 +871,14 @@ pub async fn list(
 }
 
 /// Job counts by queue and state, over every state, of the jobs visible in the transaction.
-pub async fn counts(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbError> {
+pub async fn counts(tx: &mut impl AnyTx) -> Result<Vec<(String, JobState, i64)>, DbError> {
+    let conn: &mut Conn = tx;
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
         queue: String,
         #[diesel(sql_type = Text)]
-        state: String,
+        state: JobState,
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
@@ -872,7 +890,8 @@ pub async fn counts(conn: &mut Conn) -> Result<Vec<(String, String, i64)>, DbErr
 }
 
 /// Queues that are paused cluster-wide.
-pub async fn paused_queues(conn: &mut Conn) -> Result<Vec<String>, DbError> {
+pub async fn paused_queues(tx: &mut impl AnyTx) -> Result<Vec<String>, DbError> {
+    let conn: &mut Conn = tx;
     Ok(job_queues::table
         .filter(job_queues::paused.eq(true))
         .select(job_queues::name)

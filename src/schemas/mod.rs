@@ -1,8 +1,12 @@
 //! Data (plan §3.1, §4): one module per table, laid out as in the plan. Every function here that
-//! touches a tenant table takes the `&mut Conn` handed out by [`crate::repo::Repo::tenant_tx`],
-//! so it runs inside a transaction whose tenant context row-level security enforces.
+//! touches a tenant table takes the [`crate::repo::TenantTx`] only
+//! [`crate::repo::Repo::tenant_tx`] makes, so it runs inside a transaction whose tenant context
+//! row-level security enforces; the type system refuses a system transaction or a bare
+//! connection. Functions over infrastructure tables (`health_checks`) take a
+//! [`crate::repo::SystemTx`]. Workers and controllers reach tables only through here.
 
 pub mod schema;
+pub mod text_enum;
 
 /// S1–S5 operational data.
 pub mod vsm {
@@ -18,8 +22,9 @@ pub mod storage {
     pub mod tenant;
 }
 
-/// Background task history.
+/// Background task history and health measurements.
 pub mod jobs {
+    pub mod health_check;
     pub mod task_log;
 }
 

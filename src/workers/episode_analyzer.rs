@@ -112,10 +112,10 @@ async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Re
         }
         Err(e) => return Err(e.into()),
     };
-    if ep.status == "complete" {
+    if ep.status == episode::EpisodeStatus::Complete {
         return Ok(Outcome::Complete);
     }
-    episode::set_status(&mut tx, episode_id, "analyzing").await?;
+    episode::set_status(&mut tx, episode_id, episode::EpisodeStatus::Analyzing).await?;
     tx.commit().await?;
 
     let analysis = match &ctx.config.analysis.llm_url {

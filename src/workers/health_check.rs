@@ -7,15 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use crate::events::payloads::{self, SystemHealth};
 use crate::health::{PROBE_TIMEOUT, amqp_connect, redis_ping};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
-use crate::schemas::schema::health_checks;
 
 pub const NAME: &str = "health_check";
 
@@ -47,16 +44,12 @@ impl Worker for HealthCheck {
                 .all(|c| c.get("status").and_then(Value::as_str) == Some("ok"));
             let status = if healthy { "ok" } else { "degraded" };
             let mut tx = ctx.repo.system_tx().await?;
-            let checked_at: chrono::DateTime<chrono::Utc> =
-                diesel::insert_into(health_checks::table)
-                    .values((
-                        health_checks::id.eq(uuid::Uuid::now_v7()),
-                        health_checks::status.eq(status),
-                        health_checks::checks.eq(Value::Object(checks.clone())),
-                    ))
-                    .returning(health_checks::checked_at)
-                    .get_result(&mut *tx)
-                    .await?;
+            let checked_at = crate::schemas::jobs::health_check::insert(
+                &mut tx,
+                status,
+                &Value::Object(checks.clone()),
+            )
+            .await?;
             let health = SystemHealth {
                 status: status.to_owned(),
                 checks: Value::Object(checks),

@@ -23,18 +23,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use chrono::Utc;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::events::payloads::{self, PolicyTriggered, SystemStateChanged, TriggeringEvent};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, storage};
-use crate::repo::{Conn, DbError, Repo};
-use crate::schemas::schema::policies;
-use crate::schemas::vsm::system_state;
+use crate::repo::{DbError, Repo, TenantTx};
+use crate::schemas::vsm::{policy, system_state};
 
 pub use compiled::RuleCache;
 pub use rules::{RuleError, Rules, validate};
@@ -233,7 +230,7 @@ fn kind(action: &rules::Action) -> &'static str {
 /// failed for good (recorded, not retried); `Err` is a database failure (the job retries).
 async fn perform(
     ctx: &JobContext,
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     tenant: Uuid,
     action: &rules::Action,
     depth: i64,
@@ -292,25 +289,10 @@ fn mask(to: &str) -> String {
 async fn compiled_policies(
     ctx: &JobContext,
     cache: &RuleCache,
-    conn: &mut Conn,
+    conn: &mut TenantTx,
 ) -> Result<Vec<(Uuid, String, compiled::Compiled)>, DbError> {
     let now = Utc::now();
-    let active: Vec<(Uuid, String, DateTime<Utc>)> = policies::table
-        .filter(policies::active.eq(true))
-        .filter(
-            policies::effective_from
-                .is_null()
-                .or(policies::effective_from.le(now)),
-        )
-        .filter(
-            policies::effective_until
-                .is_null()
-                .or(policies::effective_until.gt(now)),
-        )
-        .order((policies::priority.desc(), policies::name.asc()))
-        .select((policies::id, policies::name, policies::updated_at))
-        .load(conn)
-        .await?;
+    let active = policy::active_versions(conn, now).await?;
     let mut found: HashMap<Uuid, compiled::Compiled> = HashMap::new();
     let mut missing = Vec::new();
     for (id, _, updated_at) in &active {
@@ -322,11 +304,7 @@ async fn compiled_policies(
         }
     }
     if !missing.is_empty() {
-        let rows: Vec<(Uuid, DateTime<Utc>, Value)> = policies::table
-            .filter(policies::id.eq_any(&missing))
-            .select((policies::id, policies::updated_at, policies::rules))
-            .load(conn)
-            .await?;
+        let rows = policy::rules_of(conn, &missing).await?;
         let enqueueable = ctx.registry.tenant_names();
         for (id, updated_at, raw) in rows {
             let c = cache.insert_with(id, updated_at, || {
@@ -361,11 +339,11 @@ fn evaluable(event: &RelayedEvent) -> bool {
 /// In a tenant transaction: inserts an evaluation job for each of `events` that one of the
 /// tenant's active, in-window policies listens to. Returns how many jobs were inserted.
 pub async fn enqueue_for_event(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     tenant_id: Uuid,
     events: &[&RelayedEvent],
 ) -> Result<usize, DbError> {
-    let listening: Vec<Rules> = active_whens(conn)
+    let listening: Vec<Rules> = policy::active_whens(conn, Utc::now())
         .await?
         .iter()
         .filter_map(topics_only)
@@ -398,28 +376,6 @@ pub async fn enqueue_for_events(repo: &Repo, events: &[RelayedEvent]) -> Result<
         tx.commit().await?;
     }
     Ok(inserted)
-}
-
-/// `rules.when` of the tenant's active policies in their window: all the relay needs, so it
-/// never reads (or parses) whole rule documents.
-async fn active_whens(conn: &mut Conn) -> Result<Vec<Value>, DbError> {
-    let now = Utc::now();
-    let whens: Vec<Option<Value>> = policies::table
-        .filter(policies::active.eq(true))
-        .filter(
-            policies::effective_from
-                .is_null()
-                .or(policies::effective_from.le(now)),
-        )
-        .filter(
-            policies::effective_until
-                .is_null()
-                .or(policies::effective_until.gt(now)),
-        )
-        .select(policies::rules.retrieve_as_object("when").nullable())
-        .load(conn)
-        .await?;
-    Ok(whens.into_iter().flatten().collect())
 }
 
 /// Only `when.topics` of stored rules (the rest is checked when evaluating).

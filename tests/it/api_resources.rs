@@ -199,10 +199,14 @@ async fn episode_pages_visit_every_row_exactly_once_while_rows_are_inserted() {
         .call("GET", "/v1/episodes?status=pending&limit=1", &key, None)
         .await;
     assert_eq!(pending["items"].as_array().unwrap().len(), 1);
-    let (s, _) = api
+    let (s, body) = api
         .call("GET", "/v1/episodes?status=sleeping", &key, None)
         .await;
     assert_eq!(s, 400);
+    assert_eq!(
+        body["error"]["message"],
+        "status must be pending, analyzing, complete or error"
+    );
 }
 
 #[tokio::test]
@@ -426,8 +430,14 @@ async fn jobs_cancel_and_retry_and_queue_control_needs_the_admin_token() {
         .call("POST", &format!("/v1/jobs/{id}/retry"), &key, None)
         .await;
     assert_eq!((s, job["state"].as_str()), (200, Some("available")));
-    let (s, _) = api.call("GET", "/v1/jobs?state=bogus", &key, None).await;
+    let (s, body) = api.call("GET", "/v1/jobs?state=bogus", &key, None).await;
     assert_eq!(s, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("state must be one of available, scheduled")),
+        "{body}"
+    );
 
     let (s, queues) = api.call("GET", "/v1/queues", &key, None).await;
     assert_eq!(s, 200);

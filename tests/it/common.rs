@@ -20,10 +20,22 @@ pub fn url_for(db: &str) -> String {
     format!("{}/{db}", server_url().trim_end_matches('/'))
 }
 
+/// A connection to `db` as the login (owner, superuser) role, outside row-level security. The
+/// crate offers no such door (`vsm::repo::establish` is crate-private), so tests open it here.
 pub async fn connect(db: &str) -> AsyncPgConnection {
-    vsm::repo::establish(&url_for(db), Duration::from_secs(10))
+    connect_within(db, Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("connect to {db}: {e}"))
+}
+
+/// [`connect`], bounded by `timeout`, as a `Result`.
+pub async fn connect_within(db: &str, timeout: Duration) -> Result<AsyncPgConnection, String> {
+    use diesel_async::AsyncConnection;
+    match tokio::time::timeout(timeout, AsyncPgConnection::establish(&url_for(db))).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
 }
 
 pub fn db_config(db: &str) -> DatabaseConfig {
@@ -91,9 +103,7 @@ impl Drop for TestDb {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(mut admin) =
-                    vsm::repo::establish(&url_for("postgres"), Duration::from_secs(5)).await
-                {
+                if let Ok(mut admin) = connect_within("postgres", Duration::from_secs(5)).await {
                     let _ = diesel::sql_query(format!(
                         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
                     ))

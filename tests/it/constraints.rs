@@ -136,7 +136,7 @@ async fn episode_title_length() {
         tags: vec![],
     };
     let e = episode::insert(&mut tx, &ok).await.unwrap();
-    assert_eq!(e.status, "pending");
+    assert_eq!(e.status, episode::EpisodeStatus::Pending);
     assert_eq!(episode::find(&mut tx, e.id).await.unwrap().title, ok.title);
     assert!(matches!(
         episode::find(&mut tx, Uuid::now_v7()).await,
@@ -171,4 +171,63 @@ async fn policy_window_priority_and_unique_name() {
         policy::insert(&mut tx, &policy(t, "open")).await,
         Err(DbError::Conflict { .. })
     ));
+}
+
+/// The Rust enums and the CHECK constraints they map to spell the same values, so every stored
+/// value reads back and every written one is accepted.
+#[tokio::test]
+async fn job_state_and_episode_status_enums_match_their_check_constraints() {
+    use vsm::jobs::JobState;
+    use vsm::schemas::vsm::episode::EpisodeStatus;
+
+    let db = TestDb::migrated().await;
+    let mut owner = db.owner_conn().await;
+    let mut jobs: Vec<String> = JobState::ALL.iter().map(|s| s.to_string()).collect();
+    jobs.sort();
+    assert_eq!(check_values(&mut owner, "jobs_state_valid").await, jobs);
+    let mut episodes: Vec<String> = EpisodeStatus::ALL.iter().map(|s| s.to_string()).collect();
+    episodes.sort();
+    assert_eq!(
+        check_values(&mut owner, "episodes_status_valid").await,
+        episodes
+    );
+    // Parsing is exact: the spelling, not a case variant.
+    assert_eq!("retryable".parse::<JobState>(), Ok(JobState::Retryable));
+    assert!("Retryable".parse::<JobState>().is_err());
+    assert_eq!(
+        serde_json::to_value(EpisodeStatus::Analyzing).unwrap(),
+        json!("analyzing")
+    );
+    assert_eq!(
+        EpisodeStatus::names(),
+        "pending, analyzing, complete or error"
+    );
+}
+
+/// The values a `CHECK (col IN (...))` constraint allows, sorted.
+async fn check_values(owner: &mut diesel_async::AsyncPgConnection, name: &str) -> Vec<String> {
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Def {
+        #[diesel(sql_type = Text)]
+        def: String,
+    }
+    let def: Def = diesel::sql_query(
+        "SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conname = $1",
+    )
+    .bind::<Text, _>(name)
+    .get_result(owner)
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    // CHECK ((state = ANY (ARRAY['available'::text, ...]))): the quoted literals.
+    let mut values: Vec<String> = def
+        .def
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    values.sort();
+    values
 }

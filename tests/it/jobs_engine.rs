@@ -13,7 +13,7 @@ use jobs_support::*;
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use vsm::jobs::{Inserted, NewJob, Outcome, backoff, state, storage};
+use vsm::jobs::{Inserted, JobState, NewJob, Outcome, backoff, storage};
 use vsm::shutdown::Shutdown;
 
 #[tokio::test]
@@ -49,7 +49,7 @@ async fn failures_back_off_exponentially_keep_every_error_and_discard_after_max_
         );
         assert_eq!(errors.last().unwrap()["attempt"], attempt);
         if attempt < 3 {
-            assert_eq!(job.state, state::RETRYABLE);
+            assert_eq!(job.state, JobState::Retryable);
             let delay = secs_from_now(job.scheduled_at);
             let base = backoff::base(attempt).as_secs_f64();
             assert!(
@@ -62,7 +62,7 @@ async fn failures_back_off_exponentially_keep_every_error_and_discard_after_max_
             // ...and as soon as it is due.
             make_due(&mut owner, id).await;
         } else {
-            assert_eq!(job.state, state::DISCARDED);
+            assert_eq!(job.state, JobState::Discarded);
             assert!(job.discarded_at.is_some());
         }
     }
@@ -114,7 +114,7 @@ async fn snoozing_reschedules_without_using_an_attempt() {
     let mut owner = db.owner_conn().await;
     assert_eq!(e.drain("default").await.unwrap(), 1);
     let job = get(&mut owner, id).await;
-    assert_eq!(job.state, state::SCHEDULED);
+    assert_eq!(job.state, JobState::Scheduled);
     assert_eq!(job.attempt, 0, "a snooze gives the attempt back");
     assert_eq!(job.meta["snoozed"], 1);
     let delay = secs_from_now(job.scheduled_at);
@@ -123,7 +123,7 @@ async fn snoozing_reschedules_without_using_an_attempt() {
     // max_attempts is 1: had the snooze used it, this run would be its second attempt.
     assert_eq!(e.drain("default").await.unwrap(), 1);
     let job = get(&mut owner, id).await;
-    assert_eq!(job.state, state::COMPLETED);
+    assert_eq!(job.state, JobState::Completed);
     assert_eq!(job.attempt, 1);
 }
 
@@ -183,12 +183,12 @@ async fn a_discarded_job_can_be_retried() {
     .id;
     let mut owner = db.owner_conn().await;
     e.drain("default").await.unwrap();
-    assert_eq!(get(&mut owner, id).await.state, state::DISCARDED);
+    assert_eq!(get(&mut owner, id).await.state, JobState::Discarded);
 
     let mut tx = repo.system_tx().await.unwrap();
     let retried = storage::retry(&mut tx, id).await.unwrap().expect("retried");
     tx.commit().await.unwrap();
-    assert_eq!(retried.state, state::AVAILABLE);
+    assert_eq!(retried.state, JobState::Available);
     assert_eq!(retried.max_attempts, 2, "one more attempt than it used");
     assert!(retried.discarded_at.is_none());
 
@@ -289,7 +289,7 @@ async fn a_scheduled_job_does_not_run_early() {
     .await
     .id;
     let mut owner = db.owner_conn().await;
-    assert_eq!(get(&mut owner, id).await.state, state::SCHEDULED);
+    assert_eq!(get(&mut owner, id).await.state, JobState::Scheduled);
     assert_eq!(e.drain("default").await.unwrap(), 0);
     assert_eq!(vsm::jobs::stager::stage_once(&repo).await.unwrap(), 0);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
@@ -385,7 +385,7 @@ async fn panics_and_timeouts_are_recorded_as_errors() {
         (u, "no worker named \"nobody\""),
     ] {
         let job = get(&mut owner, id).await;
-        assert_eq!(job.state, state::RETRYABLE);
+        assert_eq!(job.state, JobState::Retryable);
         let error = job.errors[0]["error"].as_str().unwrap();
         assert!(error.contains(expected), "{error}");
     }
@@ -481,7 +481,7 @@ async fn cancelling_an_executing_job_stops_it_and_it_stays_cancelled() {
         .unwrap()
         .expect("cancelled");
     tx.commit().await.unwrap();
-    assert_eq!(cancelled.state, state::CANCELLED);
+    assert_eq!(cancelled.state, JobState::Cancelled);
     // The node running it is told and aborts the attempt.
     let stopped = tokio::time::timeout(Duration::from_secs(10), dropped.recv())
         .await
@@ -498,7 +498,7 @@ async fn cancelling_an_executing_job_stops_it_and_it_stays_cancelled() {
     let job = get(&mut owner, id).await;
     assert_eq!(
         job.state,
-        state::CANCELLED,
+        JobState::Cancelled,
         "neither an ack nor the hand-back revived it"
     );
 }
@@ -548,10 +548,10 @@ async fn shutdown_waits_for_running_jobs_then_hands_the_rest_back() {
     let mut owner = db.owner_conn().await;
     // The quick job finished within the grace period and was acknowledged.
     assert_eq!(quick_done.load(Ordering::SeqCst), 1);
-    assert_eq!(get(&mut owner, quick).await.state, state::COMPLETED);
+    assert_eq!(get(&mut owner, quick).await.state, JobState::Completed);
     // The blocker was interrupted and handed back, its attempt refunded.
     let job = get(&mut owner, blocker).await;
-    assert_eq!(job.state, state::AVAILABLE);
+    assert_eq!(job.state, JobState::Available);
     assert_eq!(job.attempt, 0);
     assert_eq!(job.meta["handed_back"], 1);
     // The node left the cluster.
@@ -800,9 +800,9 @@ async fn jobs_of_a_node_that_stopped_heartbeating_are_rescued() {
     for job in claimed {
         let job = get(&mut owner, job.id).await;
         let expected = if job.max_attempts == 1 {
-            "discarded"
+            JobState::Discarded
         } else {
-            "available"
+            JobState::Available
         };
         assert_eq!(job.state, expected);
         assert!(
@@ -812,7 +812,7 @@ async fn jobs_of_a_node_that_stopped_heartbeating_are_rescued() {
                 .contains("node dead stopped heartbeating")
         );
     }
-    assert_eq!(get(&mut owner, alive_job).await.state, state::EXECUTING);
+    assert_eq!(get(&mut owner, alive_job).await.state, JobState::Executing);
     assert_eq!(
         count(
             &mut owner,

@@ -11,7 +11,7 @@ use common::TestDb;
 use jobs_support::*;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use vsm::jobs::{NewJob, Outcome, state};
+use vsm::jobs::{JobState, NewJob, Outcome};
 use vsm::shutdown::Shutdown;
 
 /// Longer than the acknowledger's old retry budget (8 tries, ~7 s of backoff plus connects).
@@ -65,7 +65,7 @@ async fn an_outcome_reached_during_a_database_outage_is_written_once_the_databas
     let deadline = Instant::now() + Duration::from_secs(30);
     let job = loop {
         let job = get(&mut owner, id).await;
-        if job.state != state::EXECUTING || Instant::now() >= deadline {
+        if job.state != JobState::Executing || Instant::now() >= deadline {
             break job;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -75,7 +75,7 @@ async fn an_outcome_reached_during_a_database_outage_is_written_once_the_databas
         job.state,
         back.elapsed().as_secs_f64()
     );
-    assert_eq!(job.state, state::COMPLETED, "errors: {}", job.errors);
+    assert_eq!(job.state, JobState::Completed, "errors: {}", job.errors);
     assert_eq!(job.attempt, 1, "written, not run again");
 
     shutdown.trigger();
@@ -156,9 +156,9 @@ async fn an_error_text_postgres_cannot_store_does_not_poison_its_batch() {
     let mut ids = vec![nul, long];
     ids.extend(&fine);
     let jobs = settled(&mut owner, &ids).await;
-    assert_eq!(jobs[0].state, state::RETRYABLE);
+    assert_eq!(jobs[0].state, JobState::Retryable);
     assert_eq!(jobs[0].errors[0]["error"], "badbyte", "NUL stripped");
-    assert_eq!(jobs[1].state, state::RETRYABLE);
+    assert_eq!(jobs[1].state, JobState::Retryable);
     let kept = jobs[1].errors[0]["error"].as_str().unwrap();
     assert!(
         kept.len() <= vsm::jobs::executor::MAX_ERROR_LEN,
@@ -167,7 +167,7 @@ async fn an_error_text_postgres_cannot_store_does_not_poison_its_batch() {
     );
     assert!(kept.ends_with("(truncated)"));
     for job in &jobs[2..] {
-        assert_eq!(job.state, state::COMPLETED);
+        assert_eq!(job.state, JobState::Completed);
         assert_eq!(job.attempt, 1, "written once, not run again");
     }
     shutdown.trigger();
@@ -215,12 +215,18 @@ async fn a_batch_the_database_refuses_is_written_row_by_row() {
     assert!(acks.is_empty(), "every outcome written");
     assert_eq!(discarded, [claimed[1].id]);
     let mut owner = db.owner_conn().await;
-    assert_eq!(get(&mut owner, claimed[0].id).await.state, state::COMPLETED);
-    assert_eq!(get(&mut owner, claimed[2].id).await.state, state::COMPLETED);
+    assert_eq!(
+        get(&mut owner, claimed[0].id).await.state,
+        JobState::Completed
+    );
+    assert_eq!(
+        get(&mut owner, claimed[2].id).await.state,
+        JobState::Completed
+    );
     let bad = get(&mut owner, claimed[1].id).await;
     assert_eq!(
         bad.state,
-        state::DISCARDED,
+        JobState::Discarded,
         "still recorded, in the state it reached"
     );
     let error = bad.errors[0]["error"].as_str().unwrap();
@@ -339,7 +345,7 @@ async fn a_job_the_rescuer_discards_runs_on_discarded_and_is_logged_like_any_oth
         reason.contains("node dead stopped heartbeating"),
         "{reason}"
     );
-    assert_eq!(get(&mut owner, id).await.state, state::DISCARDED);
+    assert_eq!(get(&mut owner, id).await.state, JobState::Discarded);
     assert_eq!(
         count(
             &mut owner,
@@ -432,5 +438,5 @@ async fn a_node_stopping_during_an_outage_leaves_its_unwritten_jobs_to_the_rescu
         .await
         .unwrap();
     assert_eq!(rescued.len(), 1);
-    assert_eq!(get(&mut owner, id).await.state, state::AVAILABLE);
+    assert_eq!(get(&mut owner, id).await.state, JobState::Available);
 }

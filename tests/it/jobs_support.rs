@@ -116,9 +116,12 @@ pub async fn insert(repo: &Repo, job: NewJob) -> Job {
 
 /// The job as the owner sees it.
 pub async fn get(owner: &mut AsyncPgConnection, id: Uuid) -> Job {
-    storage::find(owner, id)
+    use diesel::{QueryDsl, SelectableHelper};
+    vsm::schemas::schema::jobs::table
+        .find(id)
+        .select(Job::as_select())
+        .first(owner)
         .await
-        .expect("find")
         .expect("job exists")
 }
 

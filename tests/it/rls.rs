@@ -460,3 +460,31 @@ async fn the_system_role_cannot_read_tenant_data() {
         .unwrap();
     assert_eq!(role.role, "vsm_app");
 }
+
+/// The door is a type: only `Repo::tenant_tx` makes a `TenantTx` (the `compile_fail` doctests
+/// on `vsm::repo::TenantTx` show a `SystemTx` or a bare connection does not fit a schema
+/// function), and the one it makes carries the tenant context that row-level security reads.
+#[tokio::test]
+async fn a_tenant_tx_carries_its_tenant_context_and_a_system_tx_none() {
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        tenant: Option<String>,
+    }
+    const SQL: &str = "SELECT nullif(current_setting('app.current_tenant', true), '') AS tenant";
+    let w = world().await;
+    let mut tx = w.repo.tenant_tx(w.a).await.unwrap();
+    assert_eq!(tx.tenant_id(), w.a);
+    let set: Setting = diesel::sql_query(SQL).get_result(&mut *tx).await.unwrap();
+    assert_eq!(set.tenant, Some(w.a.to_string()));
+    // A schema function on it sees exactly the tenant's episode.
+    let listed = episode::list(&mut tx, None, None, None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed.iter().all(|e| e.tenant_id == w.a));
+    tx.commit().await.unwrap();
+
+    let mut sys = w.repo.system_tx().await.unwrap();
+    let set: Setting = diesel::sql_query(SQL).get_result(&mut *sys).await.unwrap();
+    assert_eq!(set.tenant, None);
+    sys.rollback().await.unwrap();
+}

@@ -12,10 +12,10 @@ use jobs_support::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use vsm::config::{Config, ServiceUrl};
-use vsm::jobs::{Engine, state, storage};
+use vsm::jobs::{Engine, JobState, storage};
 use vsm::repo::Repo;
 use vsm::schemas::storage::tenant;
-use vsm::schemas::vsm::episode::{self, NewEpisode};
+use vsm::schemas::vsm::episode::{self, EpisodeStatus, NewEpisode};
 use vsm::schemas::vsm::policy::{self, NewPolicy};
 use vsm::workers::episode_analyzer::{self, builtin};
 use vsm::workers::policy_evaluator::{self, RelayedEvent};
@@ -84,12 +84,15 @@ async fn the_analyzer_completes_an_episode_with_the_builtin_analysis_and_emits_t
     let db = TestDb::migrated().await;
     let repo = db.repo().await;
     let (t, ep) = episode_with_job(&repo).await;
-    assert_eq!(load_episode(&repo, t, ep).await.status, "pending");
+    assert_eq!(
+        load_episode(&repo, t, ep).await.status,
+        EpisodeStatus::Pending
+    );
     let e = engine_with(&repo, Config::default());
     assert_eq!(e.drain("analysis").await.unwrap(), 1);
 
     let done = load_episode(&repo, t, ep).await;
-    assert_eq!(done.status, "complete");
+    assert_eq!(done.status, EpisodeStatus::Complete);
     let analysis = done.analysis.unwrap();
     assert_eq!(analysis, builtin::analyze(TITLE, CONTENT));
     assert_eq!(
@@ -152,7 +155,7 @@ async fn the_analyzer_discards_a_job_whose_episode_is_gone() {
         .unwrap();
     let mut owner = db.owner_conn().await;
     let job = get(&mut owner, job.id).await;
-    assert_eq!(job.state, state::DISCARDED);
+    assert_eq!(job.state, JobState::Discarded);
     assert!(
         job.errors[0]["error"]
             .as_str()
@@ -276,7 +279,7 @@ async fn the_analyzer_falls_back_to_the_builtin_one_when_the_llm_fails() {
             .await
             .unwrap();
         let done = load_episode(&repo, t, ep).await;
-        assert_eq!(done.status, "complete", "{url}");
+        assert_eq!(done.status, EpisodeStatus::Complete, "{url}");
         let mut analysis = done.analysis.unwrap();
         let error = analysis["llm_error"].take();
         assert!(error.as_str().unwrap().contains(why), "{url}: {error}");
@@ -439,7 +442,7 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
         .await
         .unwrap()
     };
-    assert_eq!(job.state, state::DISCARDED);
+    assert_eq!(job.state, JobState::Discarded);
     let error = job.errors[0]["error"].as_str().unwrap();
     assert!(
         error.contains("page") && error.contains("no notification channel"),
@@ -526,7 +529,7 @@ async fn the_health_check_stores_its_measurements_and_emits_system_health() {
     let e = engine_with(&repo, config);
     assert_eq!(e.drain("default").await.unwrap(), 1);
     let mut owner = db.owner_conn().await;
-    assert_eq!(get(&mut owner, job.id).await.state, state::COMPLETED);
+    assert_eq!(get(&mut owner, job.id).await.state, JobState::Completed);
     let health = events(&db, "system.health").await;
     assert_eq!(health.len(), 1);
     assert_eq!(health[0].0, None, "system-wide");
@@ -662,7 +665,9 @@ async fn an_analysis_whose_last_attempt_is_rescued_marks_the_episode_failed() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempt, claimed[0].max_attempts);
     let mut tx = repo.tenant_tx(t).await.unwrap();
-    episode::set_status(&mut tx, ep, "analyzing").await.unwrap();
+    episode::set_status(&mut tx, ep, EpisodeStatus::Analyzing)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     diesel_async::RunQueryDsl::execute(
         diesel::sql_query(
@@ -679,7 +684,7 @@ async fn an_analysis_whose_last_attempt_is_rescued_marks_the_episode_failed() {
     common::eventually(
         std::time::Duration::from_secs(15),
         "the episode is marked error",
-        || async { load_episode(&repo, t, ep).await.status == "error" },
+        || async { load_episode(&repo, t, ep).await.status == EpisodeStatus::Error },
     )
     .await;
     let episode = load_episode(&repo, t, ep).await;

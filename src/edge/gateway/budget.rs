@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::config::LimitsConfig;
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Resource {
@@ -61,7 +61,7 @@ struct Count {
 /// tenant transaction that then creates the resource: the transaction-scoped advisory lock on
 /// (resource, tenant) makes concurrent creates count one after the other, so none slips past.
 pub async fn ensure_room(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     limits: &LimitsConfig,
     tenant: Uuid,
     resource: Resource,
@@ -71,12 +71,12 @@ pub async fn ensure_room(
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
         .bind::<Text, _>(resource.setting())
         .bind::<Text, _>(&tenant)
-        .execute(conn)
+        .execute(&mut **conn)
         .await
         .map_err(DbError::from)?;
     let held = diesel::sql_query(resource.count_sql())
         .bind::<Text, _>(&tenant)
-        .get_result::<Count>(conn)
+        .get_result::<Count>(&mut **conn)
         .await
         .map_err(DbError::from)?
         .n;

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::task_log;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable)]
@@ -38,10 +38,10 @@ pub struct NewTaskLogEntry {
     pub error: Option<String>,
 }
 
-pub async fn insert(conn: &mut Conn, new: &NewTaskLogEntry) -> Result<TaskLogEntry, DbError> {
+pub async fn insert(conn: &mut TenantTx, new: &NewTaskLogEntry) -> Result<TaskLogEntry, DbError> {
     Ok(diesel::insert_into(task_log::table)
         .values(new)
         .returning(TaskLogEntry::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::api_keys;
 
 const KEY_PREFIX: &str = "vsm_";
@@ -53,7 +53,11 @@ struct NewApiKey<'a> {
 }
 
 /// Issues a new key for `tenant_id` (which must be the transaction's tenant).
-pub async fn issue(conn: &mut Conn, tenant_id: Uuid, name: &str) -> Result<IssuedApiKey, DbError> {
+pub async fn issue(
+    conn: &mut TenantTx,
+    tenant_id: Uuid,
+    name: &str,
+) -> Result<IssuedApiKey, DbError> {
     let key = generate();
     let id = Uuid::now_v7();
     diesel::insert_into(api_keys::table)
@@ -64,17 +68,17 @@ pub async fn issue(conn: &mut Conn, tenant_id: Uuid, name: &str) -> Result<Issue
             key_hash: &hash(&key),
             key_prefix: &key[..SHOWN_LEN],
         })
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(IssuedApiKey { id, key })
 }
 
 /// Revokes a key of the current tenant; `NotFound` if there is no such (unrevoked) key.
-pub async fn revoke(conn: &mut Conn, id: Uuid) -> Result<(), DbError> {
+pub async fn revoke(conn: &mut TenantTx, id: Uuid) -> Result<(), DbError> {
     let n = diesel::update(api_keys::table.find(id))
         .filter(api_keys::revoked_at.is_null())
         .set(api_keys::revoked_at.eq(diesel::dsl::now))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     if n == 0 {
         return Err(DbError::NotFound);

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::artifacts;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable)]
@@ -36,38 +36,38 @@ pub struct NewArtifact {
     pub storage_backend: String,
 }
 
-pub async fn insert(conn: &mut Conn, new: &NewArtifact) -> Result<Artifact, DbError> {
+pub async fn insert(conn: &mut TenantTx, new: &NewArtifact) -> Result<Artifact, DbError> {
     Ok(diesel::insert_into(artifacts::table)
         .values(new)
         .returning(Artifact::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// Serialises every writer of one tenant's path until the transaction ends, so the object at
 /// the path's key and its row change together (two uploads of one path cannot interleave their
 /// object moves and row writes).
-pub async fn lock_path(conn: &mut Conn, tenant_id: Uuid, path: &str) -> Result<(), DbError> {
+pub async fn lock_path(conn: &mut TenantTx, tenant_id: Uuid, path: &str) -> Result<(), DbError> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind::<diesel::sql_types::Text, _>(format!("artifact:{tenant_id}/{path}"))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(())
 }
 
 /// The artifact at `path` of the transaction's tenant.
-pub async fn find(conn: &mut Conn, path: &str) -> Result<Option<Artifact>, DbError> {
+pub async fn find(conn: &mut TenantTx, path: &str) -> Result<Option<Artifact>, DbError> {
     Ok(artifacts::table
         .filter(artifacts::path.eq(path))
         .select(Artifact::as_select())
-        .first(conn)
+        .first(&mut **conn)
         .await
         .optional()?)
 }
 
 /// Inserts the artifact, or replaces size, digest, type and backend of the one at its path
 /// (keeping its id and creation time, clearing processing metadata).
-pub async fn upsert(conn: &mut Conn, new: &NewArtifact) -> Result<Artifact, DbError> {
+pub async fn upsert(conn: &mut TenantTx, new: &NewArtifact) -> Result<Artifact, DbError> {
     Ok(diesel::insert_into(artifacts::table)
         .values(new)
         .on_conflict((artifacts::tenant_id, artifacts::path))
@@ -81,16 +81,16 @@ pub async fn upsert(conn: &mut Conn, new: &NewArtifact) -> Result<Artifact, DbEr
             artifacts::updated_at.eq(diesel::dsl::now),
         ))
         .returning(Artifact::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// Deletes the artifact at `path`, returning it (`None` if there was none).
-pub async fn delete(conn: &mut Conn, path: &str) -> Result<Option<Artifact>, DbError> {
+pub async fn delete(conn: &mut TenantTx, path: &str) -> Result<Option<Artifact>, DbError> {
     Ok(
         diesel::delete(artifacts::table.filter(artifacts::path.eq(path)))
             .returning(Artifact::as_returning())
-            .get_result(conn)
+            .get_result(&mut **conn)
             .await
             .optional()?,
     )
@@ -99,7 +99,7 @@ pub async fn delete(conn: &mut Conn, path: &str) -> Result<Option<Artifact>, DbE
 /// Up to `limit` artifacts whose path starts with `prefix`, in path order, after the path
 /// `after` (keyset pagination).
 pub async fn list(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     prefix: &str,
     after: Option<&str>,
     limit: i64,
@@ -115,13 +115,13 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(artifacts::path.gt(after.to_owned()));
     }
-    Ok(query.load(conn).await?)
+    Ok(query.load(&mut **conn).await?)
 }
 
 /// Merges `metadata` into the artifact's processing metadata (`updated_at`, which is the
 /// object's `Last-Modified`, stays as it is).
 pub async fn merge_metadata(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     id: Uuid,
     metadata: &serde_json::Value,
 ) -> Result<Option<Artifact>, DbError> {
@@ -131,7 +131,7 @@ pub async fn merge_metadata(
                 .bind::<diesel::sql_types::Jsonb, _>(metadata.clone())),
         )
         .returning(Artifact::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await
         .optional()?)
 }
@@ -150,11 +150,11 @@ fn like_prefix(prefix: &str) -> String {
 }
 
 /// The artifact with this id (of the transaction's tenant).
-pub async fn find_by_id(conn: &mut Conn, id: Uuid) -> Result<Option<Artifact>, DbError> {
+pub async fn find_by_id(conn: &mut TenantTx, id: Uuid) -> Result<Option<Artifact>, DbError> {
     Ok(artifacts::table
         .find(id)
         .select(Artifact::as_select())
-        .first(conn)
+        .first(&mut **conn)
         .await
         .optional()?)
 }

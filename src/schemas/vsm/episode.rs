@@ -6,8 +6,22 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::episodes;
+use crate::schemas::text_enum::text_enum;
+
+text_enum! {
+    /// Where an episode's analysis stands (`episodes.status`, CHECK `episodes_status_valid`).
+    pub enum EpisodeStatus ("episode status") {
+        /// Created; its analysis job has not started.
+        Pending = "pending",
+        Analyzing = "analyzing",
+        /// The analysis is stored.
+        Complete = "complete",
+        /// The analysis failed for good; `error` says why.
+        Error = "error",
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = episodes, check_for_backend(diesel::pg::Pg))]
@@ -19,7 +33,7 @@ pub struct Episode {
     pub source: Option<String>,
     pub kind: Option<String>,
     pub tags: Vec<String>,
-    pub status: String,
+    pub status: EpisodeStatus,
     #[schema(value_type = Option<Object>)]
     pub analysis: Option<serde_json::Value>,
     pub error: Option<String>,
@@ -39,27 +53,27 @@ pub struct NewEpisode {
     pub tags: Vec<String>,
 }
 
-pub async fn insert(conn: &mut Conn, new: &NewEpisode) -> Result<Episode, DbError> {
+pub async fn insert(conn: &mut TenantTx, new: &NewEpisode) -> Result<Episode, DbError> {
     Ok(diesel::insert_into(episodes::table)
         .values(new)
         .returning(Episode::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// The episode with `id` in the current tenant (`NotFound` for another tenant's id).
-pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Episode, DbError> {
+pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Episode, DbError> {
     Ok(episodes::table
         .find(id)
         .select(Episode::as_select())
-        .first(conn)
+        .first(&mut **conn)
         .await?)
 }
 
 /// One page of the current tenant's episodes in id (creation) order, after `after`.
 pub async fn list(
-    conn: &mut Conn,
-    status: Option<&str>,
+    conn: &mut TenantTx,
+    status: Option<EpisodeStatus>,
     tag: Option<&str>,
     after: Option<Uuid>,
     limit: i64,
@@ -70,7 +84,7 @@ pub async fn list(
         .limit(limit)
         .into_boxed();
     if let Some(status) = status {
-        query = query.filter(episodes::status.eq(status.to_owned()));
+        query = query.filter(episodes::status.eq(status));
     }
     if let Some(tag) = tag {
         query = query.filter(episodes::tags.contains(vec![tag.to_owned()]));
@@ -78,35 +92,39 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(episodes::id.gt(after));
     }
-    Ok(query.load(conn).await?)
+    Ok(query.load(&mut **conn).await?)
 }
 
 /// Sets the episode's status (e.g. `analyzing` while its analysis runs).
-pub async fn set_status(conn: &mut Conn, id: Uuid, status: &str) -> Result<(), DbError> {
+pub async fn set_status(
+    conn: &mut TenantTx,
+    id: Uuid,
+    status: EpisodeStatus,
+) -> Result<(), DbError> {
     diesel::update(episodes::table.find(id))
         .set((
             episodes::status.eq(status),
             episodes::updated_at.eq(Utc::now()),
         ))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(())
 }
 
 /// Stores the episode's analysis and marks it `complete`.
 pub async fn complete(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     id: Uuid,
     analysis: &serde_json::Value,
 ) -> Result<(), DbError> {
     diesel::update(episodes::table.find(id))
         .set((
-            episodes::status.eq("complete"),
+            episodes::status.eq(EpisodeStatus::Complete),
             episodes::analysis.eq(analysis),
             episodes::error.eq(None::<String>),
             episodes::updated_at.eq(Utc::now()),
         ))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(())
 }
@@ -114,15 +132,15 @@ pub async fn complete(
 /// Marks the episode `error` with `reason`, unless it is already complete (a late failure
 /// must not undo a finished analysis) or already `error` (so repeating this changes nothing).
 /// Returns whether it changed.
-pub async fn fail(conn: &mut Conn, id: Uuid, reason: &str) -> Result<bool, DbError> {
+pub async fn fail(conn: &mut TenantTx, id: Uuid, reason: &str) -> Result<bool, DbError> {
     let n = diesel::update(episodes::table.find(id))
-        .filter(episodes::status.ne_all(["complete", "error"]))
+        .filter(episodes::status.ne_all([EpisodeStatus::Complete, EpisodeStatus::Error]))
         .set((
-            episodes::status.eq("error"),
+            episodes::status.eq(EpisodeStatus::Error),
             episodes::error.eq(reason),
             episodes::updated_at.eq(Utc::now()),
         ))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     Ok(n > 0)
 }

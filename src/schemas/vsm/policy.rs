@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::policies;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -40,26 +40,26 @@ pub struct NewPolicy {
     pub effective_until: Option<DateTime<Utc>>,
 }
 
-pub async fn insert(conn: &mut Conn, new: &NewPolicy) -> Result<Policy, DbError> {
+pub async fn insert(conn: &mut TenantTx, new: &NewPolicy) -> Result<Policy, DbError> {
     Ok(diesel::insert_into(policies::table)
         .values(new)
         .returning(Policy::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// The policy with `id` in the current tenant.
-pub async fn find(conn: &mut Conn, id: Uuid) -> Result<Policy, DbError> {
+pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Policy, DbError> {
     Ok(policies::table
         .find(id)
         .select(Policy::as_select())
-        .first(conn)
+        .first(&mut **conn)
         .await?)
 }
 
 /// One page of the current tenant's policies in id order, after `after`.
 pub async fn list(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Policy>, DbError> {
@@ -71,11 +71,11 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(policies::id.gt(after));
     }
-    Ok(query.load(conn).await?)
+    Ok(query.load(&mut **conn).await?)
 }
 
 /// Replaces the editable fields of policy `id` (`NotFound` for another tenant's id).
-pub async fn update(conn: &mut Conn, id: Uuid, new: &NewPolicy) -> Result<Policy, DbError> {
+pub async fn update(conn: &mut TenantTx, id: Uuid, new: &NewPolicy) -> Result<Policy, DbError> {
     Ok(diesel::update(policies::table.find(id))
         .set((
             policies::name.eq(&new.name),
@@ -88,17 +88,74 @@ pub async fn update(conn: &mut Conn, id: Uuid, new: &NewPolicy) -> Result<Policy
             policies::updated_at.eq(diesel::dsl::now),
         ))
         .returning(Policy::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// Deletes policy `id` (`NotFound` for another tenant's id).
-pub async fn delete(conn: &mut Conn, id: Uuid) -> Result<(), DbError> {
+pub async fn delete(conn: &mut TenantTx, id: Uuid) -> Result<(), DbError> {
     let n = diesel::delete(policies::table.find(id))
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
     if n == 0 {
         return Err(DbError::NotFound);
     }
     Ok(())
+}
+
+/// `(id, name, updated_at)` of the tenant's active policies in their window at `now`, highest
+/// priority first (name breaks ties): what the evaluator needs to find its cached rules.
+pub async fn active_versions(
+    conn: &mut TenantTx,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, DbError> {
+    Ok(policies::table
+        .filter(active_at(now))
+        .order((policies::priority.desc(), policies::name.asc()))
+        .select((policies::id, policies::name, policies::updated_at))
+        .load(&mut **conn)
+        .await?)
+}
+
+/// `(id, updated_at, rules)` of the policies `ids` of the current tenant.
+pub async fn rules_of(
+    conn: &mut TenantTx,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, DateTime<Utc>, serde_json::Value)>, DbError> {
+    Ok(policies::table
+        .filter(policies::id.eq_any(ids))
+        .select((policies::id, policies::updated_at, policies::rules))
+        .load(&mut **conn)
+        .await?)
+}
+
+/// `rules.when` of the tenant's active policies in their window at `now`: all the relay needs,
+/// so it never reads (or parses) whole rule documents.
+pub async fn active_whens(
+    conn: &mut TenantTx,
+    now: DateTime<Utc>,
+) -> Result<Vec<serde_json::Value>, DbError> {
+    let whens: Vec<Option<serde_json::Value>> = policies::table
+        .filter(active_at(now))
+        .select(policies::rules.retrieve_as_object("when").nullable())
+        .load(&mut **conn)
+        .await?;
+    Ok(whens.into_iter().flatten().collect())
+}
+
+/// Active, and `now` inside `[effective_from, effective_until)` (an open end is unbounded).
+#[diesel::dsl::auto_type]
+fn active_at(now: DateTime<Utc>) -> _ {
+    policies::active
+        .eq(true)
+        .and(
+            policies::effective_from
+                .is_null()
+                .or(policies::effective_from.le(now)),
+        )
+        .and(
+            policies::effective_until
+                .is_null()
+                .or(policies::effective_until.gt(now)),
+        )
 }

@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{Conn, DbError};
+use crate::repo::{DbError, TenantTx};
 use crate::schemas::schema::system_states;
 
 /// Names of the five systems, indexed by `system - 1`.
@@ -42,12 +42,12 @@ struct NewSystemState<'a> {
 }
 
 /// The latest state of `system`, if it was ever set.
-pub async fn latest(conn: &mut Conn, system: i16) -> Result<Option<SystemState>, DbError> {
+pub async fn latest(conn: &mut TenantTx, system: i16) -> Result<Option<SystemState>, DbError> {
     Ok(system_states::table
         .filter(system_states::system.eq(system))
         .order(system_states::version.desc())
         .select(SystemState::as_select())
-        .first(conn)
+        .first(&mut **conn)
         .await
         .optional()?)
 }
@@ -55,7 +55,7 @@ pub async fn latest(conn: &mut Conn, system: i16) -> Result<Option<SystemState>,
 /// Appends a new state for `system`. With `expected_version`, the write only happens if the
 /// latest version is exactly that (0 = never set); otherwise `Conflict`.
 pub async fn append(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     tenant_id: Uuid,
     system: i16,
     state: &serde_json::Value,
@@ -78,23 +78,23 @@ pub async fn append(
             version: current + 1,
         })
         .returning(SystemState::as_returning())
-        .get_result(conn)
+        .get_result(&mut **conn)
         .await?)
 }
 
 /// The latest state of every system that was ever set.
-pub async fn latest_all(conn: &mut Conn) -> Result<Vec<SystemState>, DbError> {
+pub async fn latest_all(conn: &mut TenantTx) -> Result<Vec<SystemState>, DbError> {
     Ok(system_states::table
         .distinct_on(system_states::system)
         .order((system_states::system, system_states::version.desc()))
         .select(SystemState::as_select())
-        .load(conn)
+        .load(&mut **conn)
         .await?)
 }
 
 /// States of `system` older than version `before` (all when `None`), newest first.
 pub async fn history(
-    conn: &mut Conn,
+    conn: &mut TenantTx,
     system: i16,
     before: Option<i32>,
     limit: i64,
@@ -108,5 +108,5 @@ pub async fn history(
     if let Some(before) = before {
         query = query.filter(system_states::version.lt(before));
     }
-    Ok(query.load(conn).await?)
+    Ok(query.load(&mut **conn).await?)
 }

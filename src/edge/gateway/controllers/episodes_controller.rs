@@ -12,10 +12,9 @@ use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::events::payloads::{self, EpisodeCreated};
 use crate::jobs::storage as jobs;
-use crate::schemas::vsm::episode::{self, Episode, NewEpisode};
+use crate::schemas::vsm::episode::{self, Episode, EpisodeStatus, NewEpisode};
 use crate::workers::episode_analyzer;
 
-const STATUSES: [&str; 4] = ["pending", "analyzing", "complete", "error"];
 const MAX_TAGS: usize = 50;
 const MAX_TAG_LEN: usize = 100;
 
@@ -136,18 +135,17 @@ pub async fn index(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let page = page.page()?;
-    if let Some(s) = &filter.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::BadRequest(
-            "status must be pending, analyzing, complete or error".into(),
-        ));
-    }
+    let status = filter
+        .status
+        .as_deref()
+        .map(str::parse::<EpisodeStatus>)
+        .transpose()
+        .map_err(|_| ApiError::BadRequest(format!("status must be {}", EpisodeStatus::names())))?;
     let after = page.after_parsed::<Uuid>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = episode::list(
         &mut tx,
-        filter.status.as_deref(),
+        status,
         filter.tag.as_deref(),
         after,
         page.limit + 1,

@@ -15,17 +15,8 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::{Admin, Authenticated};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::jobs::JobState;
 use crate::jobs::storage::{self as jobs, Job};
-
-const STATES: [&str; 7] = [
-    "available",
-    "scheduled",
-    "executing",
-    "retryable",
-    "completed",
-    "discarded",
-    "cancelled",
-];
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -52,20 +43,21 @@ pub async fn index(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let page = page.page()?;
-    if let Some(s) = &filter.state
-        && !STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::BadRequest(format!(
-            "state must be one of {}",
-            STATES.join(", ")
-        )));
-    }
+    let job_state = filter
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|_| {
+            let all: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("state must be one of {}", all.join(", ")))
+        })?;
     let before = page.after_parsed::<Uuid>()?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let rows = jobs::list(
         &mut tx,
         filter.queue.as_deref(),
-        filter.state.as_deref(),
+        job_state,
         before,
         page.limit + 1,
     )
@@ -217,13 +209,16 @@ pub async fn queues(
         views.entry(name.clone()).or_insert_with(|| QueueView {
             concurrency: configured.get(&name).copied().unwrap_or(0),
             paused: paused.contains(&name),
-            counts: STATES.iter().map(|s| ((*s).to_owned(), 0)).collect(),
+            counts: JobState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
             name,
         });
     }
     for (queue, job_state, n) in counts {
         if let Some(view) = views.get_mut(&queue) {
-            view.counts.insert(job_state, n);
+            view.counts.insert(job_state.as_str().to_owned(), n);
         }
     }
     Ok(HttpResponse::Ok().json(List {

@@ -1,0 +1,28 @@
+//! Health checks: one row per `health_check` run, written by the system role (the table holds
+//! no tenant data).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use crate::repo::{DbError, SystemTx};
+use crate::schemas::schema::health_checks;
+
+/// Stores one measurement (`status` "ok" or "degraded", `checks` per dependency) and returns
+/// when the database recorded it.
+pub async fn insert(
+    conn: &mut SystemTx,
+    status: &str,
+    checks: &serde_json::Value,
+) -> Result<DateTime<Utc>, DbError> {
+    Ok(diesel::insert_into(health_checks::table)
+        .values((
+            health_checks::id.eq(Uuid::now_v7()),
+            health_checks::status.eq(status),
+            health_checks::checks.eq(checks),
+        ))
+        .returning(health_checks::checked_at)
+        .get_result(&mut **conn)
+        .await?)
+}
