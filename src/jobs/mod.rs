@@ -158,6 +158,15 @@ pub trait Worker: Send + Sync + 'static {
         backoff::exponential(attempt)
     }
 
+    /// Whether `args` fit this worker's arguments type (each worker has one serde struct,
+    /// parsed with [`parse_args`]). Checked wherever args come from outside the worker's own
+    /// `job(..)` constructor — a policy's `enqueue` (at save and at insert), a cron entry (at
+    /// start) — so a job that cannot run is refused, not inserted. Default: any args.
+    fn check_args(&self, args: &serde_json::Value) -> Result<(), String> {
+        let _ = args;
+        Ok(())
+    }
+
     /// Runs one attempt.
     fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult>;
 
@@ -204,6 +213,14 @@ impl Registry {
         self.get(name).map(|w| job_for(w.as_ref(), args))
     }
 
+    /// Whether `args` fit the worker named `name` (`Err` for unknown names too).
+    pub fn check_args(&self, name: &str, args: &serde_json::Value) -> Result<(), String> {
+        match self.get(name) {
+            Some(w) => w.check_args(args),
+            None => Err(format!("no worker named {name:?}")),
+        }
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self.workers.keys().copied().collect();
         names.sort_unstable();
@@ -226,6 +243,14 @@ impl Registry {
         names.sort_unstable();
         names
     }
+}
+
+/// A worker's arguments from a job's `args`, or why they do not fit (`args.<field>: ...`).
+pub fn parse_args<A: serde::de::DeserializeOwned>(args: &serde_json::Value) -> Result<A, String> {
+    serde_path_to_error::deserialize(args).map_err(|e| match e.path().to_string() {
+        path if path == "." => format!("args: {}", e.inner()),
+        path => format!("args.{path}: {}", e.inner()),
+    })
 }
 
 /// A job of `worker` with its declared queue, priority, attempts and uniqueness.

@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::events::payloads::{self, ArtifactProcessed};
-use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
+use crate::jobs::{
+    Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for, parse_args,
+};
 use crate::schemas::storage::artifact::{self, Artifact};
 use crate::storage::{Storage, StorageError, object_key};
 
@@ -36,12 +38,20 @@ pub struct ArtifactProcessor {
 
 /// The processing job of the artifact `artifact_id` as stored with digest `sha256`; insert it
 /// in the transaction that stores the artifact.
+/// The processor's arguments: which artifact, and the digest its row had when it was stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    pub artifact_id: Uuid,
+    pub sha256: String,
+}
+
 pub fn job(tenant_id: Uuid, artifact_id: Uuid, sha256: &str) -> NewJob {
-    job_for(
-        &ArtifactProcessor::default(),
-        json!({"artifact_id": artifact_id, "sha256": sha256}),
-    )
-    .tenant(tenant_id)
+    let args = Args {
+        artifact_id,
+        sha256: sha256.to_owned(),
+    };
+    job_for(&ArtifactProcessor::default(), json!(args)).tenant(tenant_id)
 }
 
 impl ArtifactProcessor {
@@ -78,6 +88,10 @@ impl Worker for ArtifactProcessor {
         Duration::from_secs(600)
     }
 
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        parse_args::<Args>(args).map(drop)
+    }
+
     fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {
         Box::pin(async move {
             let Some(tenant) = job.tenant_id else {
@@ -85,19 +99,12 @@ impl Worker for ArtifactProcessor {
                     "artifact_processor jobs belong to a tenant".into(),
                 ));
             };
-            let artifact_id = job
-                .args
-                .get("artifact_id")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<Uuid>().ok());
-            let sha256 = job.args.get("sha256").and_then(Value::as_str);
-            let (Some(artifact_id), Some(sha256)) = (artifact_id, sha256) else {
-                return Ok(Outcome::Discard(
-                    "args must be {\"artifact_id\": uuid, \"sha256\": hex}".into(),
-                ));
+            let args = match parse_args::<Args>(&job.args) {
+                Ok(args) => args,
+                Err(e) => return Ok(Outcome::Discard(e)),
             };
             let storage = self.storage(ctx)?;
-            process(ctx, storage, tenant, artifact_id, sha256).await
+            process(ctx, storage, tenant, args.artifact_id, &args.sha256).await
         })
     }
 }

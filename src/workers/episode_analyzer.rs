@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::events::payloads::{self, EpisodeAnalyzed, EpisodeFailed};
-use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
+use crate::jobs::{
+    Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for, parse_args,
+};
 use crate::repo::DbError;
 use crate::schemas::vsm::episode;
 
@@ -29,13 +31,24 @@ pub const NAME: &str = "episode_analyzer";
 pub struct EpisodeAnalyzer;
 
 /// The analysis job of `episode_id`; insert it in the transaction that creates the episode.
+/// The analyzer's arguments.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    pub episode_id: Uuid,
+}
+
 pub fn job(tenant_id: Uuid, episode_id: Uuid) -> NewJob {
-    job_for(&EpisodeAnalyzer, json!({"episode_id": episode_id})).tenant(tenant_id)
+    job_for(&EpisodeAnalyzer, json!(Args { episode_id })).tenant(tenant_id)
 }
 
 impl Worker for EpisodeAnalyzer {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        parse_args::<Args>(args).map(drop)
     }
 
     /// Analyses one of its tenant's episodes, under that tenant's row-level security.
@@ -95,10 +108,7 @@ impl Worker for EpisodeAnalyzer {
 }
 
 fn episode_of(job: &Job) -> Option<Uuid> {
-    job.args
-        .get("episode_id")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Uuid>().ok())
+    parse_args::<Args>(&job.args).ok().map(|a| a.episode_id)
 }
 
 async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Result<Outcome> {

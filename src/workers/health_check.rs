@@ -12,20 +12,29 @@ use serde_json::{Map, Value, json};
 
 use crate::events::payloads::{self, SystemHealth};
 use crate::health::{PROBE_TIMEOUT, amqp_connect, redis_ping};
-use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
+use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, parse_args};
 
 pub const NAME: &str = "health_check";
 
 pub struct HealthCheck;
 
 /// A health check job (what cron inserts).
+/// The health check takes no arguments.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {}
+
 pub fn job() -> NewJob {
-    job_for(&HealthCheck, json!({}))
+    job_for(&HealthCheck, json!(Args {}))
 }
 
 impl Worker for HealthCheck {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        parse_args::<Args>(args).map(drop)
     }
 
     fn max_attempts(&self) -> i32 {

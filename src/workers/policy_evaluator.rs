@@ -29,7 +29,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::events::payloads::{self, PolicyTriggered, SystemStateChanged, TriggeringEvent};
-use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, storage};
+use crate::jobs::{
+    Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, parse_args, storage,
+};
 use crate::repo::{DbError, Repo, TenantTx};
 use crate::schemas::vsm::{policy, system_state};
 
@@ -76,12 +78,31 @@ impl From<&crate::events::Event> for RelayedEvent {
 }
 
 /// An evaluation job for `event`.
+/// The evaluator's arguments: the event to evaluate the tenant's policies against.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    pub event: EventArg,
+}
+
+/// An event as the evaluator receives it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventArg {
+    pub seq: Option<i64>,
+    pub topic: String,
+    pub payload: Value,
+}
+
 pub fn job(tenant_id: Uuid, event: &RelayedEvent) -> NewJob {
-    job_for(
-        &PolicyEvaluator,
-        json!({"event": {"seq": event.seq, "topic": event.topic, "payload": event.payload}}),
-    )
-    .tenant(tenant_id)
+    let args = Args {
+        event: EventArg {
+            seq: event.seq,
+            topic: event.topic.clone(),
+            payload: event.payload.clone(),
+        },
+    };
+    job_for(&PolicyEvaluator, json!(args)).tenant(tenant_id)
 }
 
 /// The evaluator subscribes to the event flow: each published batch enqueues the evaluations
@@ -106,6 +127,10 @@ impl crate::events::subscriber::Subscriber for PolicyEvaluator {
 impl Worker for PolicyEvaluator {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        parse_args::<Args>(args).map(drop)
     }
 
     fn priority(&self) -> i16 {
@@ -136,11 +161,11 @@ impl Worker for PolicyEvaluator {
                     "policy_evaluator jobs belong to a tenant".into(),
                 ));
             };
-            let event = &job.args["event"];
-            let Some(topic) = event.get("topic").and_then(Value::as_str) else {
-                return Ok(Outcome::Discard("args.event.topic is missing".into()));
+            let args = match parse_args::<Args>(&job.args) {
+                Ok(args) => args,
+                Err(e) => return Ok(Outcome::Discard(e)),
             };
-            let failures = evaluate(ctx, tenant, topic, event).await?;
+            let failures = evaluate(ctx, tenant, &args.event.topic, &job.args["event"]).await?;
             if failures.is_empty() {
                 Ok(Outcome::Complete)
             } else {
@@ -245,6 +270,18 @@ async fn perform(
         rules::Action::Enqueue { worker, .. } if !ctx.registry.is_tenant_scoped(worker) => Err(
             format!("enqueue: {worker:?} is not a worker a policy may enqueue"),
         ),
+        // Checked at save too; args stored before that (or a worker's args changed since) are
+        // refused here rather than inserted as a job that cannot run.
+        rules::Action::Enqueue { worker, args }
+            if ctx.registry.check_args(worker, args).is_err() =>
+        {
+            let why = ctx
+                .registry
+                .check_args(worker, args)
+                .err()
+                .unwrap_or_default();
+            Err(format!("enqueue {worker}: {why}"))
+        }
         rules::Action::Enqueue { worker, args } => match ctx.registry.job(worker, args.clone()) {
             Some(job) => {
                 let inserted = storage::insert(conn, &job.tenant(tenant)).await?;
@@ -305,10 +342,9 @@ async fn compiled_policies(
     }
     if !missing.is_empty() {
         let rows = policy::rules_of(conn, &missing).await?;
-        let enqueueable = ctx.registry.tenant_names();
         for (id, updated_at, raw) in rows {
             let c = cache.insert_with(id, updated_at, || {
-                validate(&raw, &enqueueable, &ctx.config.policies)
+                validate(&raw, &ctx.registry, &ctx.config.policies)
             });
             found.insert(id, c);
         }

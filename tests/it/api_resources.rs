@@ -484,14 +484,15 @@ async fn a_policy_may_enqueue_only_tenant_scoped_workers() {
     let db = TestDb::migrated().await;
     let (_a, api) = api(&db).await;
     let key = api.tenant("enqueuer").await;
-    for (worker, status) in [
-        ("health_check", 422),
-        ("policy_evaluator", 422),
-        ("episode_analyzer", 201),
+    let episode = json!({"episode_id": uuid::Uuid::now_v7()});
+    for (worker, args, status) in [
+        ("health_check", json!({}), 422),
+        ("policy_evaluator", json!({}), 422),
+        ("episode_analyzer", episode, 201),
     ] {
         let rules = json!({"when": {"topics": ["episode.created"]}, "then": [
             {"publish": {"topic": "x.y", "data": {}}},
-            {"enqueue": {"worker": worker, "args": {}}},
+            {"enqueue": {"worker": worker, "args": args}},
         ]});
         let (s, body) = api
             .call(
@@ -510,6 +511,37 @@ async fn a_policy_may_enqueue_only_tenant_scoped_workers() {
                 "{message}"
             );
         }
+    }
+    // A worker a policy may enqueue, with args its job could not run on: refused at save,
+    // naming the field, instead of a job that fails every time.
+    for (args, at) in [
+        (
+            json!({}),
+            "rules.then[0].enqueue.args: missing field `episode_id`",
+        ),
+        (
+            json!({"episode_id": "not-a-uuid"}),
+            "rules.then[0].enqueue.args.episode_id:",
+        ),
+        (
+            json!({"episode_id": uuid::Uuid::now_v7(), "extra": 1}),
+            "rules.then[0].enqueue.args.extra: unknown field `extra`",
+        ),
+    ] {
+        let rules = json!({"when": {"topics": ["episode.created"]}, "then": [
+            {"enqueue": {"worker": "episode_analyzer", "args": args}},
+        ]});
+        let (s, body) = api
+            .call(
+                "POST",
+                "/v1/policies",
+                &key,
+                Some(json!({"name": "bad-args", "rules": rules})),
+            )
+            .await;
+        assert_eq!(s, 422, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(at), "{message}");
     }
 }
 

@@ -184,7 +184,7 @@ mod tests {
                         {"field": "data.s", "op": "matches", "value": "^b"},
                         {"field": "data.s", "op": "matches", "value": "^c"}]},
                     "then": [{"publish": {"topic": "c.d"}}]}),
-                &[],
+                &[] as &[&str],
                 &crate::config::PoliciesConfig::default(),
             )
         };

@@ -189,9 +189,9 @@ impl Budget<'_> {
 
 /// Validates a policy's `rules` within the complexity budget `limits`; `enqueueable` are the
 /// workers an `enqueue` action may name.
-pub fn validate(
+pub fn validate<E: Enqueueable + ?Sized>(
     rules: &Value,
-    enqueueable: &[&str],
+    enqueueable: &E,
     limits: &PoliciesConfig,
 ) -> Result<Rules, RuleError> {
     let obj = object(rules, "rules")?;
@@ -464,7 +464,47 @@ fn object_or_empty(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Va
     }
 }
 
-fn action(v: &Value, path: &str, enqueueable: &[&str]) -> Result<Action, RuleError> {
+/// The workers a policy may `enqueue`, and whether given args fit one of them.
+pub trait Enqueueable {
+    /// Whether a policy may name `worker`.
+    fn allows(&self, worker: &str) -> bool;
+    /// Those names, for the error message.
+    fn names(&self) -> Vec<String>;
+    /// Whether `args` fit `worker`'s arguments.
+    fn check_args(&self, worker: &str, args: &Value) -> Result<(), String>;
+}
+
+/// The tenant-scoped workers of a registry, with their own args checks.
+impl Enqueueable for crate::jobs::Registry {
+    fn allows(&self, worker: &str) -> bool {
+        self.is_tenant_scoped(worker)
+    }
+    fn names(&self) -> Vec<String> {
+        self.tenant_names().into_iter().map(str::to_owned).collect()
+    }
+    fn check_args(&self, worker: &str, args: &Value) -> Result<(), String> {
+        crate::jobs::Registry::check_args(self, worker, args)
+    }
+}
+
+/// A plain list of names whose workers take any args (unit tests).
+impl Enqueueable for [&str] {
+    fn allows(&self, worker: &str) -> bool {
+        self.contains(&worker)
+    }
+    fn names(&self) -> Vec<String> {
+        self.iter().map(|n| (*n).to_owned()).collect()
+    }
+    fn check_args(&self, _: &str, _: &Value) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn action<E: Enqueueable + ?Sized>(
+    v: &Value,
+    path: &str,
+    enqueueable: &E,
+) -> Result<Action, RuleError> {
     let obj = object(v, path)?;
     let (kind, body) = single(obj, path, &["notify", "enqueue", "publish", "set_state"])?;
     let path = format!("{path}.{kind}");
@@ -488,19 +528,22 @@ fn action(v: &Value, path: &str, enqueueable: &[&str]) -> Result<Action, RuleErr
         "enqueue" => {
             only_keys(body, &path, &["worker", "args"])?;
             let worker = nonempty_string(body, "worker", &path)?;
-            if !enqueueable.contains(&worker.as_str()) {
+            if !enqueueable.allows(&worker) {
                 return err(
                     &format!("{path}.worker"),
                     format!(
                         "is not a worker a policy may enqueue (one of: {})",
-                        enqueueable.join(", ")
+                        enqueueable.names().join(", ")
                     ),
                 );
             }
-            Ok(Action::Enqueue {
-                worker,
-                args: object_or_empty(body, "args", &path)?,
-            })
+            let args = object_or_empty(body, "args", &path)?;
+            if let Err(why) = enqueueable.check_args(&worker, &args) {
+                // `why` is `args[.field]: message` (`jobs::parse_args`): extend the path.
+                let (at, message) = why.split_once(": ").unwrap_or(("args", why.as_str()));
+                return err(&format!("{path}.{at}"), message.to_owned());
+            }
+            Ok(Action::Enqueue { worker, args })
         }
         "publish" => {
             only_keys(body, &path, &["topic", "data"])?;

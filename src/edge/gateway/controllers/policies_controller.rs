@@ -41,7 +41,7 @@ pub struct PolicyBody {
 /// A refused document is dropped here too, off the HTTP worker thread.
 fn check_rules(
     rules: serde_json::Value,
-    enqueueable: &[&str],
+    enqueueable: &crate::jobs::Registry,
     limits: &PoliciesConfig,
 ) -> Result<serde_json::Value, ApiError> {
     policy_evaluator::validate(&rules, enqueueable, limits).map_err(|e| ApiError::Validation {
@@ -64,7 +64,7 @@ impl PolicyBody {
         tenant_id: Uuid,
         state: &AppState,
     ) -> Result<NewPolicy, ApiError> {
-        let enqueueable = state.workers.tenant_names();
+        let enqueueable = state.workers.clone();
         let limits = state.config.policies.clone();
         let rules = self.rules;
         let rules = web::block(move || check_rules(rules, &enqueueable, &limits))
