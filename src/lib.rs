@@ -7,6 +7,7 @@ pub mod edge;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod maintenance;
 pub mod metrics;
 pub mod migrate;
 pub mod repo;

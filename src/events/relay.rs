@@ -7,11 +7,12 @@
 //! once the fan-out confirmed them, so a crash or a broker outage at any point loses nothing.
 
 use std::pin::pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::RunQueryDsl;
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
 use super::hub::Hub;
@@ -19,8 +20,9 @@ use super::rabbitmq::Publisher;
 use super::subscriber::Subscribers;
 use super::{Event, NOTIFY_CHANNEL, store, topic};
 use crate::config::{DatabaseConfig, EventsConfig};
+use crate::maintenance::{self, Pass, Periodic};
 use crate::metrics::METRICS;
-use crate::repo::{Conn, Repo};
+use crate::repo::{Conn, DbError, Repo};
 use crate::shutdown::Shutdown;
 
 /// Session advisory lock held by the leading relay ("vsm_rela").
@@ -75,7 +77,6 @@ pub struct Relay {
     fanout: Fanout,
     subscribers: Subscribers,
     shutdown: Shutdown,
-    last_prune: Option<Instant>,
 }
 
 impl Relay {
@@ -94,7 +95,6 @@ impl Relay {
             events,
             fanout,
             shutdown,
-            last_prune: None,
         }
     }
 
@@ -137,6 +137,14 @@ impl Relay {
             .map_err(|e| e.to_string())?;
         tracing::info!("event relay leading");
         METRICS.event_relay_leader.set(1);
+        // Only the leader prunes, and only while it leads.
+        let _pruner = maintenance::spawn_scoped(
+            EventPruner {
+                repo: self.repo.clone(),
+                retention_hours: self.events.retention_hours,
+            },
+            self.shutdown.clone(),
+        );
         let result = self.relay(&mut conn).await;
         METRICS.event_relay_leader.set(0);
         result
@@ -163,7 +171,6 @@ impl Relay {
                     continue;
                 }
             };
-            self.maybe_prune().await;
             if more {
                 continue;
             }
@@ -222,31 +229,45 @@ impl Relay {
         }
         Ok(sequenced.len() as i64 == BATCH || pending.len() as i64 == BATCH)
     }
+}
 
-    async fn maybe_prune(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
-            return;
-        }
-        self.last_prune = Some(Instant::now());
-        let before = Utc::now()
-            - chrono::Duration::hours(i64::try_from(self.events.retention_hours).unwrap_or(24));
-        match prune(&self.repo, before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "pruned old events"),
-            Err(e) => tracing::warn!(error = %e, "event pruning failed"),
-        }
+/// The leader's pruning of published history older than `events.retention_hours`.
+struct EventPruner {
+    repo: Repo,
+    retention_hours: u64,
+}
+
+impl Periodic for EventPruner {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "event pruner"
+    }
+
+    fn every(&self) -> Duration {
+        PRUNE_EVERY
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            let before = Utc::now()
+                - chrono::Duration::hours(i64::try_from(self.retention_hours).unwrap_or(24));
+            let n = prune(&self.repo, before).await?;
+            if n > 0 {
+                tracing::info!(pruned = n, "pruned old events");
+            }
+            Ok(Pass::Done)
+        })
     }
 }
 
 /// Deletes published events recorded before `before`, in batches.
-pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, String> {
+pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, DbError> {
     let mut total = 0;
     loop {
-        let mut tx = repo.system_tx().await.map_err(|e| e.to_string())?;
-        let n = store::prune(&mut tx, before, 10_000)
-            .await
-            .map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        let mut tx = repo.system_tx().await?;
+        let n = store::prune(&mut tx, before, 10_000).await?;
+        tx.commit().await?;
         total += n;
         if n < 10_000 {
             return Ok(total);

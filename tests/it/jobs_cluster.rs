@@ -260,7 +260,11 @@ async fn jobs_of_a_killed_worker_are_finished_by_another_within_a_minute() {
     // A job is `executing` from its fetch on; wait until each one has really started in A
     // (written its probe line), or A could die before running some of them.
     crate::common::eventually(Duration::from_secs(20), "A started every job", || async {
-        probe_lines(probes.path()).values().map(Vec::len).sum::<usize>() == HELD
+        probe_lines(probes.path())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == HELD
     })
     .await;
 
