@@ -1,6 +1,7 @@
 //! vsm: the foundation of a Viable System Model organisation (S1 Operations … S5 Policy).
 //! One binary, one PostgreSQL; see ARCHITECTURE.md for how the modules fit together.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod edge;

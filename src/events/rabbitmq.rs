@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::hub::Hub;
 use super::{Event, WireEvent, store};
+use crate::backoff::Backoff;
 use crate::config::ServiceUrl;
 use crate::health::Probe;
 use crate::repo::Repo;
@@ -29,6 +30,9 @@ use crate::shutdown::Shutdown;
 
 /// How long the relay waits for the broker to confirm a batch.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between the consumer's reconnect attempts.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
 /// Connection arguments from an AMQP URI (`amqp://user:pass@host:port/vhost`), with the
 /// percent-encoded vhost decoded (`%2f` is the default vhost `/`).
@@ -283,7 +287,7 @@ pub async fn consume(
     state: ConsumerState,
     shutdown: Shutdown,
 ) {
-    let mut backoff = super::relay::Backoff::default();
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CAP);
     while !shutdown.is_triggered() {
         let result = tokio::select! {
             r = consume_once(&url, &exchange, &hub, &repo, &state) => r,
@@ -293,7 +297,7 @@ pub async fn consume(
         if let Err(e) = result {
             tracing::warn!(error = %e, "event consumer lost its broker link; reconnecting");
             tokio::select! {
-                _ = tokio::time::sleep(backoff.delay()) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.wait() => {}
             }
         } else {

@@ -19,6 +19,7 @@ use super::hub::Hub;
 use super::rabbitmq::Publisher;
 use super::subscriber::Subscribers;
 use super::{Event, NOTIFY_CHANNEL, store, topic};
+use crate::backoff::Backoff;
 use crate::config::{DatabaseConfig, EventsConfig};
 use crate::maintenance::{self, Pass, Periodic};
 use crate::metrics::METRICS;
@@ -52,23 +53,9 @@ impl Fanout {
     }
 }
 
-/// Exponential backoff between reconnect attempts, 100 ms up to 5 s.
-#[derive(Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn delay(&mut self) -> Duration {
-        let ms = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
-        self.attempt += 1;
-        Duration::from_millis(ms)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+/// Backoff between a relay's failed attempts (to lead, or a step while leading).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 pub struct Relay {
     repo: Repo,
@@ -105,14 +92,14 @@ impl Relay {
     /// Runs until shutdown: waits for leadership, leads until the lock connection is lost, and
     /// starts over.
     pub async fn run(mut self) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         while !self.shutdown.is_triggered() {
             match self.lead().await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = %e, "event relay stopped leading; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.delay()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = self.shutdown.wait() => {}
                     }
                 }
@@ -153,7 +140,7 @@ impl Relay {
     /// Leads until the lock connection is lost (`Err`) or shutdown (`Ok`).
     async fn relay(&mut self, conn: &mut Conn) -> Result<(), String> {
         let mut notifications = pin!(conn.notifications_stream());
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
             let more = match self.step().await {
                 Ok(more) => {
@@ -165,7 +152,7 @@ impl Relay {
                     // published until the fan-out confirmed it).
                     tracing::warn!(error = %e, "event relay step failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.delay()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = self.shutdown.wait() => return Ok(()),
                     }
                     continue;

@@ -22,7 +22,8 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use super::storage::{self, Ack, AckState, Job};
-use super::{JobContext, JobResult, Outcome, Registry, Worker, backoff, discard};
+use super::{JobContext, JobResult, Outcome, Registry, Worker, discard};
+use crate::backoff;
 use crate::config::{Config, CronEntry};
 use crate::maintenance::{self, Pass, Periodic};
 use crate::metrics::METRICS;
@@ -535,7 +536,7 @@ async fn execute(inner: &Inner, job: &Job) -> Ack {
     let backoff = worker
         .as_ref()
         .map(|w| w.backoff(job.attempt))
-        .unwrap_or_else(|| super::backoff::exponential(job.attempt));
+        .unwrap_or_else(|| backoff::exponential(job.attempt));
     let ack = to_ack(job, result, elapsed, backoff);
     METRICS
         .jobs

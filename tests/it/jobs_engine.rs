@@ -13,7 +13,8 @@ use jobs_support::*;
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use vsm::jobs::{Inserted, NewJob, Outcome, backoff, state, storage};
+use vsm::backoff;
+use vsm::jobs::{Inserted, NewJob, Outcome, state, storage};
 use vsm::shutdown::Shutdown;
 
 #[tokio::test]
