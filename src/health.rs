@@ -15,12 +15,26 @@ use crate::shutdown::Shutdown;
 /// How long one dependency may take to answer before it counts as down.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Why a dependency counts as down. Its `Display` is what `/ready` shows, so every reason is a
+/// short fixed text (CONTRACT §5: a dependency's own error text can name hosts, roles or
+/// buckets); a probe logs the detail itself before returning one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {}s", PROBE_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("not connected")]
+    NotConnected,
+    /// A fixed class of failure (`connection refused`, `ping failed`, …).
+    #[error("{0}")]
+    Down(&'static str),
+}
+
 /// One dependency readiness depends on.
 pub trait Probe: Send + Sync {
     /// Name in the `/ready` report (`database`, `redis`, …).
     fn name(&self) -> &'static str;
-    /// `Ok` when the dependency answered; `Err` with a short, secret-free reason otherwise.
-    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// `Ok` when the dependency answered; why not otherwise.
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>>;
     /// Whether the instance is unready without it. A non-critical dependency that fails shows
     /// as `unavailable` in the report and the overall status becomes `degraded`, still 200.
     fn critical(&self) -> bool {
@@ -33,13 +47,13 @@ impl Probe for Repo {
         "database"
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         Box::pin(async move {
             self.ping().await.map(|_| ()).map_err(|e| {
                 // The full text can name roles, databases and hosts: log it, show its class.
                 let reason = database_reason(&e.to_string());
                 tracing::warn!(error = %e, reason, "readiness: the database does not answer");
-                reason.to_owned()
+                ProbeError::Down(reason)
             })
         })
     }
@@ -100,7 +114,7 @@ impl Readiness {
             let started = Instant::now();
             let outcome = match tokio::time::timeout(PROBE_TIMEOUT, p.check()).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+                Err(_) => Err(ProbeError::Timeout),
             };
             (p.name(), p.critical(), outcome, started.elapsed())
         }))
@@ -118,7 +132,7 @@ impl Readiness {
                     } else {
                         degraded = true;
                     }
-                    json!({"status": "unavailable", "latency_ms": latency_ms, "error": error})
+                    json!({"status": "unavailable", "latency_ms": latency_ms, "error": error.to_string()})
                 }
             };
             checks.insert(name.to_owned(), check);
@@ -133,5 +147,61 @@ impl Readiness {
             body["reason"] = json!("shutting down");
         }
         (ready, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe that answers with `outcome`, or never when `None`.
+    struct Fake(&'static str, Option<Result<(), ProbeError>>, bool);
+
+    impl Probe for Fake {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn critical(&self) -> bool {
+            self.2
+        }
+        fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
+            let outcome = self.1;
+            Box::pin(async move {
+                match outcome {
+                    Some(outcome) => outcome,
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_report_shows_only_the_fixed_reasons() {
+        let readiness = Readiness::new(
+            vec![
+                Box::new(Fake("a", Some(Ok(())), true)),
+                Box::new(Fake("b", None, false)),
+                Box::new(Fake("c", Some(Err(ProbeError::NotConnected)), false)),
+            ],
+            Shutdown::new(),
+        );
+        let (ready, body) = readiness.report().await;
+        assert!(ready, "{body}");
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["checks"]["a"]["status"], "ok");
+        assert_eq!(body["checks"]["b"]["error"], "no answer within 1s");
+        assert_eq!(body["checks"]["c"]["error"], "not connected");
+
+        let readiness = Readiness::new(
+            vec![Box::new(Fake(
+                "db",
+                Some(Err(ProbeError::Down("timed out"))),
+                true,
+            ))],
+            Shutdown::new(),
+        );
+        let (ready, body) = readiness.report().await;
+        assert!(!ready);
+        assert_eq!(body["checks"]["db"]["error"], "timed out");
     }
 }

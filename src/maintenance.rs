@@ -93,18 +93,18 @@ mod tests {
     struct Counter(Arc<AtomicUsize>);
 
     impl Periodic for Counter {
-        type Error = String;
+        type Error = &'static str;
         fn name(&self) -> &'static str {
             "counter"
         }
         fn every(&self) -> Duration {
             Duration::from_secs(3600)
         }
-        fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, String>> {
+        fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, &'static str>> {
             Box::pin(async move {
                 let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
                 match n {
-                    1 => Err("first pass fails".to_owned()),
+                    1 => Err("first pass fails"),
                     2 => Ok(Pass::More),
                     _ => Ok(Pass::Done),
                 }

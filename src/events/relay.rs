@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
 use super::hub::Hub;
-use super::rabbitmq::Publisher;
+use super::rabbitmq::{AmqpError, Publisher};
 use super::subscriber::Subscribers;
 use super::{Event, NOTIFY_CHANNEL, store, topic};
 use crate::backoff::Backoff;
@@ -33,6 +33,27 @@ const BATCH: i64 = 500;
 /// How often the leader prunes history older than the retention period.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// Why the relay stopped leading or a step failed; logged, and the relay retries.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay lock connection: {0}")]
+    Connect(#[from] crate::repo::ConnectError),
+    #[error("relay lock connection failed: {0}")]
+    LockConnection(#[source] diesel::result::Error),
+    #[error("relay lock connection closed")]
+    LockConnectionClosed,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("fan-out: {0}")]
+    Fanout(#[from] AmqpError),
+    #[error("subscriber {name}: {source}")]
+    Subscriber {
+        name: &'static str,
+        #[source]
+        source: DbError,
+    },
+}
+
 /// Where published events go.
 pub enum Fanout {
     /// Straight to this process's hub (no `RABBITMQ_URL`: a single instance).
@@ -42,7 +63,7 @@ pub enum Fanout {
 }
 
 impl Fanout {
-    async fn publish(&mut self, events: &[Event]) -> Result<(), String> {
+    async fn publish(&mut self, events: &[Event]) -> Result<(), AmqpError> {
         match self {
             Fanout::InProcess(hub) => {
                 hub.dispatch(events.iter().cloned());
@@ -107,11 +128,10 @@ impl Relay {
         }
     }
 
-    async fn lead(&mut self) -> Result<(), String> {
+    async fn lead(&mut self) -> Result<(), RelayError> {
         let mut conn =
             crate::repo::establish(self.database.url.expose(), self.database.connect_timeout())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         while !try_lock(&mut conn).await? {
             tokio::select! {
                 _ = tokio::time::sleep(self.poll()) => {}
@@ -121,7 +141,7 @@ impl Relay {
         diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
             .execute(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RelayError::LockConnection)?;
         tracing::info!("event relay leading");
         METRICS.event_relay_leader.set(1);
         // Only the leader prunes, and only while it leads.
@@ -138,7 +158,7 @@ impl Relay {
     }
 
     /// Leads until the lock connection is lost (`Err`) or shutdown (`Ok`).
-    async fn relay(&mut self, conn: &mut Conn) -> Result<(), String> {
+    async fn relay(&mut self, conn: &mut Conn) -> Result<(), RelayError> {
         let mut notifications = pin!(conn.notifications_stream());
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
@@ -168,8 +188,8 @@ impl Relay {
                         while let Some(Some(Ok(_))) = notifications.next().now_or_never() {}
                     }
                     // The lock connection is gone, and with it the lock: stop leading.
-                    Some(Err(e)) => return Err(format!("relay lock connection failed: {e}")),
-                    None => return Err("relay lock connection closed".to_owned()),
+                    Some(Err(e)) => return Err(RelayError::LockConnection(e)),
+                    None => return Err(RelayError::LockConnectionClosed),
                 },
                 _ = tokio::time::sleep(self.poll()) => {}
                 _ = self.shutdown.wait() => return Ok(()),
@@ -178,12 +198,11 @@ impl Relay {
     }
 
     /// Sequences and publishes one batch; `true` when a batch was full (more may be waiting).
-    pub async fn step(&mut self) -> Result<bool, String> {
-        let err = |e: crate::repo::DbError| e.to_string();
-        let mut tx = self.repo.system_tx().await.map_err(err)?;
-        let sequenced = store::sequence(&mut tx, BATCH).await.map_err(err)?;
-        let pending = store::unpublished(&mut tx, BATCH).await.map_err(err)?;
-        tx.commit().await.map_err(err)?;
+    pub async fn step(&mut self) -> Result<bool, RelayError> {
+        let mut tx = self.repo.system_tx().await?;
+        let sequenced = store::sequence(&mut tx, BATCH).await?;
+        let pending = store::unpublished(&mut tx, BATCH).await?;
+        tx.commit().await?;
         for e in &sequenced {
             METRICS
                 .events_recorded
@@ -197,14 +216,17 @@ impl Relay {
         // Subscribers (the policy evaluator, ...) see the events before they count as
         // published, so a crash in between hands them over again.
         for subscriber in self.subscribers.iter() {
-            if let Err(e) = subscriber.on_published(&self.repo, &pending).await {
-                return Err(format!("subscriber {}: {e}", subscriber.name()));
+            if let Err(source) = subscriber.on_published(&self.repo, &pending).await {
+                return Err(RelayError::Subscriber {
+                    name: subscriber.name(),
+                    source,
+                });
             }
         }
         let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
-        let mut tx = self.repo.system_tx().await.map_err(err)?;
-        store::mark_published(&mut tx, &seqs).await.map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        let mut tx = self.repo.system_tx().await?;
+        store::mark_published(&mut tx, &seqs).await?;
+        tx.commit().await?;
         let now = Utc::now();
         for e in &pending {
             METRICS
@@ -262,7 +284,7 @@ pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, 
     }
 }
 
-async fn try_lock(conn: &mut Conn) -> Result<bool, String> {
+async fn try_lock(conn: &mut Conn) -> Result<bool, RelayError> {
     #[derive(diesel::QueryableByName)]
     struct Locked {
         #[diesel(sql_type = Bool)]
@@ -272,6 +294,6 @@ async fn try_lock(conn: &mut Conn) -> Result<bool, String> {
         .bind::<BigInt, _>(RELAY_LOCK)
         .get_result(conn)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RelayError::LockConnection)?;
     Ok(l.locked)
 }

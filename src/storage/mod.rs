@@ -22,7 +22,7 @@ use uuid::Uuid;
 pub use adapter::{Adapter, ByteStream, ObjectBody, ObjectInfo};
 
 use crate::config::{StorageBackend, StorageConfig};
-use crate::health::Probe;
+use crate::health::{Probe, ProbeError};
 
 /// Longest artifact path, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
@@ -280,7 +280,13 @@ impl Probe for Storage {
         "storage"
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.adapter.ping().await.map_err(|e| e.to_string()) })
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
+        Box::pin(async move {
+            self.adapter.ping().await.map_err(|e| {
+                // The backend's text can name the bucket, endpoint or directory: log it only.
+                tracing::warn!(error = %e, "readiness: the storage backend does not answer");
+                ProbeError::Down("storage backend unavailable")
+            })
+        })
     }
 }

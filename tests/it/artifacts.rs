@@ -628,6 +628,11 @@ async fn ready_is_503_when_the_s3_bucket_is_missing() {
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["checks"]["storage"]["status"], "unavailable", "{body}");
+    // A fixed reason, not the backend's own text (which names the endpoint and bucket).
+    assert_eq!(
+        body["checks"]["storage"]["error"], "storage backend unavailable",
+        "{body}"
+    );
     assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
 }
 

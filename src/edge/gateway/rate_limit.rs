@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::config::{RateLimitConfig, ServiceUrl};
-use crate::health::Probe;
+use crate::health::{Probe, ProbeError};
 use crate::metrics::METRICS;
 
 /// Takes `cost` tokens from every bucket in KEYS, or from none: ARGV = cost, then rate and
@@ -329,14 +329,14 @@ impl Probe for RedisProbe {
         false
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         Box::pin(async move {
             if !self.0.is_connected() {
-                return Err("not connected".to_owned());
+                return Err(ProbeError::NotConnected);
             }
             self.0.ping::<String>(None).await.map(|_| ()).map_err(|e| {
                 tracing::warn!(error = %e, "readiness: Redis does not answer");
-                "ping failed".to_owned()
+                ProbeError::Down("ping failed")
             })
         })
     }
