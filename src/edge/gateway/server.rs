@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use super::auth::KeyCache;
+use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
 use super::{observe, router};
 use crate::config::Config;
@@ -36,6 +37,17 @@ pub struct AppState {
     pub workers: crate::jobs::Registry,
     pub shutdown: Shutdown,
     pub started: Instant,
+}
+
+impl AppState {
+    /// The part the operations endpoints (`/live`, `/health`, `/ready`, `/metrics`) use.
+    pub fn ops(&self) -> OpsState {
+        OpsState {
+            readiness: self.readiness.clone(),
+            repo: self.repo.clone(),
+            started: self.started,
+        }
+    }
 }
 
 /// Starts everything `vsm serve` runs on `listener`: the event machinery and the HTTP server.
@@ -92,10 +104,12 @@ impl Server {
         let port = listener.local_addr()?.port();
         let server_cfg = state.config.server.clone();
         let json_limit = server_cfg.json_body_limit;
+        let ops = web::Data::new(state.ops());
         let data = web::Data::new(state);
         let mut http = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(ops.clone())
                 .wrap(from_fn(observe::observe))
                 .configure(|cfg| router::routes(cfg, json_limit))
                 .default_service(web::to(router::not_found))
