@@ -185,6 +185,9 @@ pub struct EventsConfig {
     pub max_stream_secs: u64,
     /// Events buffered per SSE client before it is cut off with reason `overflow`. Default 1024.
     pub client_buffer: usize,
+    /// Bytes of event frames buffered per SSE client before it is cut off with reason
+    /// `overflow` (at least one event always fits). Default 8 MiB.
+    pub client_buffer_bytes: usize,
     /// `retry:` hint sent to SSE clients, in milliseconds. Default 3000.
     pub retry_ms: u64,
     /// Relay polling fallback when no NOTIFY arrives, in milliseconds. Default 1000.
@@ -200,6 +203,7 @@ impl Default for EventsConfig {
             heartbeat_secs: 15,
             max_stream_secs: 3600,
             client_buffer: 1024,
+            client_buffer_bytes: 8 * 1024 * 1024,
             retry_ms: 3000,
             relay_poll_ms: 1000,
         }
@@ -217,6 +221,12 @@ pub struct StorageConfig {
     /// Largest accepted artifact in bytes; a bigger upload is refused with 413. Default 5 GiB
     /// (the largest object S3 copies in one request, which publishing an upload relies on).
     pub max_object_bytes: u64,
+    /// Staging objects (`staging/<upload id>`, uploads in progress) older than this many seconds
+    /// were left by a process that died mid-upload and are removed. At least 60. Default 3600.
+    pub staging_max_age_secs: u64,
+    /// Seconds between sweeps of old staging objects by `vsm serve` / `vsm all` (also one at
+    /// start-up); 0 disables the sweeper. Default 600.
+    pub staging_sweep_interval_secs: u64,
     /// The `s3` backend (AWS S3 or an S3-compatible server such as MinIO).
     pub s3: S3Config,
 }
@@ -227,6 +237,8 @@ impl Default for StorageConfig {
             backend: StorageBackend::Local,
             root: PathBuf::from("./data"),
             max_object_bytes: 5 * 1024 * 1024 * 1024,
+            staging_max_age_secs: 3600,
+            staging_sweep_interval_secs: 600,
             s3: S3Config::default(),
         }
     }
@@ -745,6 +757,12 @@ impl Config {
                 "key `storage.s3.endpoint`: not a URL: {endpoint}"
             )));
         }
+        // A younger limit could remove an upload that is still streaming in.
+        if self.storage.staging_max_age_secs < 60 {
+            return Err(ConfigError::Invalid(
+                "key `storage.staging_max_age_secs`: must be at least 60".to_owned(),
+            ));
+        }
         if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
             return Err(ConfigError::Invalid(
                 "key `storage.s3.secret_access_key`: storage.s3.access_key_id and \
@@ -1177,6 +1195,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bucket"), "{err}");
+        let err = Config::load_from(
+            dir.path(),
+            None,
+            env(&[("VSM_STORAGE__STAGING_MAX_AGE_SECS", "5")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.staging_max_age_secs"), "{err}");
     }
 
     #[test]

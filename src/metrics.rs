@@ -71,6 +71,9 @@ pub struct Metrics {
     pub job_queue_depth: IntGaugeVec,
     /// `cybernetic_sse_connections`: open SSE streams on this instance.
     pub sse_connections: IntGauge,
+    /// `cybernetic_http_requests_in_flight`: requests received whose response is not yet sent
+    /// (what a draining server waits for).
+    pub http_in_flight: IntGauge,
     /// `cybernetic_events_recorded_total{topic}`: committed events the relay sequenced.
     pub events_recorded: TopicCounter,
     /// `cybernetic_events_published_total{topic}`: events confirmed published (broker or in-process).
@@ -177,6 +180,11 @@ impl Metrics {
             "Open SSE event streams on this instance",
         )
         .expect("valid metric");
+        let http_in_flight = IntGauge::new(
+            "cybernetic_http_requests_in_flight",
+            "HTTP requests received whose response has not been sent yet",
+        )
+        .expect("valid metric");
         let topic_counter = TopicCounter::new;
         let events_recorded = topic_counter(
             "cybernetic_events_recorded_total",
@@ -257,6 +265,7 @@ impl Metrics {
             Box::new(job_queue_time.clone()),
             Box::new(job_queue_depth.clone()),
             Box::new(sse_connections.clone()),
+            Box::new(http_in_flight.clone()),
             Box::new(events_recorded.0.clone()),
             Box::new(events_published.0.clone()),
             Box::new(events_delivered.0.clone()),
@@ -285,6 +294,7 @@ impl Metrics {
             job_queue_time,
             job_queue_depth,
             sse_connections,
+            http_in_flight,
             events_recorded,
             events_published,
             events_delivered,

@@ -258,9 +258,30 @@ impl Repo {
     pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Repo, DbError> {
         let role = cfg.app_role.clone();
         let timeout = cfg.connect_timeout();
+        // A connection's driver task runs on the runtime that opened it. Requests run on
+        // actix's per-worker runtimes, which end one by one during a graceful shutdown; a pooled
+        // connection opened there would die with its worker while another worker's request is
+        // still using it. So connections are opened on the runtime that built the pool (the
+        // process's main one), which outlives every request.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-        manager_config.custom_setup =
-            Box::new(move |url| establish_as(url.to_owned(), role.clone(), timeout).boxed());
+        manager_config.custom_setup = Box::new(move |url| {
+            let opening = establish_as(url.to_owned(), role.clone(), timeout);
+            match &runtime {
+                Some(runtime) => {
+                    let task = runtime.spawn(opening);
+                    async move {
+                        task.await.map_err(|e| {
+                            diesel::ConnectionError::BadConnection(format!(
+                                "opening a connection failed: {e}"
+                            ))
+                        })?
+                    }
+                    .boxed()
+                }
+                None => opening.boxed(),
+            }
+        });
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
             cfg.url.expose(),
             manager_config,

@@ -1,10 +1,12 @@
 //! The local hub: this instance's SSE subscribers, by tenant. Events reach it from the relay
 //! (in-process mode) or from this instance's RabbitMQ consumer, and it hands each one to the
 //! matching subscribers' bounded buffers. A subscriber whose buffer is full is dropped and told
-//! why (`overflow`): one slow client never holds up the others or grows memory.
+//! why (`overflow`): one slow client never holds up the others or grows memory. A buffer is
+//! bounded twice: in events and in bytes of frames (a few hundred large events are as bad as a
+//! million small ones).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -25,6 +27,8 @@ struct Inner {
     counts: Mutex<HashMap<Uuid, usize>>,
     max_per_tenant: usize,
     buffer: usize,
+    /// Bytes of frames a subscriber may have waiting.
+    buffer_bytes: usize,
     next_id: AtomicU64,
     /// Highest id handed out so far: events at or below it are duplicates (a republish after a
     /// relay failover, or a catch-up overlapping live delivery).
@@ -36,6 +40,8 @@ struct Slot {
     filters: Filters,
     tx: mpsc::Sender<SharedEvent>,
     overflowed: Arc<AtomicBool>,
+    /// Bytes of frames sent to `tx` and not yet received.
+    queued: Arc<AtomicUsize>,
 }
 
 /// Refused subscription: the tenant already has the maximum number of streams open.
@@ -45,8 +51,9 @@ pub struct TooManyStreams(pub usize);
 
 /// One SSE client's end: its events, and whether the hub cut it off for overflowing.
 pub struct Subscription {
-    pub events: mpsc::Receiver<SharedEvent>,
+    events: mpsc::Receiver<SharedEvent>,
     overflowed: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
     hub: Hub,
     tenant: Uuid,
     id: u64,
@@ -55,6 +62,25 @@ pub struct Subscription {
 impl Subscription {
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// The next event; `None` once the hub has let go of this subscriber (see `overflowed`).
+    pub async fn recv(&mut self) -> Option<SharedEvent> {
+        let event = self.events.recv().await;
+        self.received(event)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<SharedEvent> {
+        let event = self.events.try_recv().ok();
+        self.received(event)
+    }
+
+    fn received(&self, event: Option<SharedEvent>) -> Option<SharedEvent> {
+        if let Some(event) = &event {
+            self.queued.fetch_sub(event.frame.len(), Ordering::AcqRel);
+        }
+        event
     }
 }
 
@@ -65,13 +91,22 @@ impl Drop for Subscription {
 }
 
 impl Hub {
+    /// A hub with the default byte bound per subscriber (`events.client_buffer_bytes`).
     pub fn new(max_per_tenant: usize, buffer: usize) -> Hub {
+        let bytes = crate::config::EventsConfig::default().client_buffer_bytes;
+        Hub::with_limits(max_per_tenant, buffer, bytes)
+    }
+
+    /// `buffer` events and `buffer_bytes` bytes of frames may wait per subscriber; one event is
+    /// always let through, however large, so a client can make progress.
+    pub fn with_limits(max_per_tenant: usize, buffer: usize, buffer_bytes: usize) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 subscribers: RwLock::new(HashMap::new()),
                 counts: Mutex::new(HashMap::new()),
                 max_per_tenant,
                 buffer: buffer.max(1),
+                buffer_bytes,
                 next_id: AtomicU64::new(1),
                 last_seq: AtomicI64::new(0),
             }),
@@ -94,6 +129,7 @@ impl Hub {
         }
         let (tx, rx) = mpsc::channel(self.inner.buffer);
         let overflowed = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         write(&self.inner.subscribers)
             .entry(tenant)
@@ -103,11 +139,13 @@ impl Hub {
                 filters,
                 tx,
                 overflowed: overflowed.clone(),
+                queued: queued.clone(),
             });
         METRICS.sse_connections.inc();
         Ok(Subscription {
             events: rx,
             overflowed,
+            queued,
             hub: self.clone(),
             tenant,
             id,
@@ -145,18 +183,27 @@ impl Hub {
 
     fn deliver(&self, event: SharedEvent) {
         let mut overflowing = Vec::new();
+        let size = event.frame.len();
+        let budget = self.inner.buffer_bytes;
         {
             let subs = read(&self.inner.subscribers);
             let mut offer = |tenant: &Uuid, slots: &Vec<Slot>| {
                 for slot in slots.iter().filter(|s| s.filters.matches(&event.topic)) {
-                    match slot.tx.try_send(event.clone()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            slot.overflowed.store(true, Ordering::Release);
-                            overflowing.push((*tenant, slot.id));
+                    let waiting = slot.queued.fetch_add(size, Ordering::AcqRel);
+                    let full = if waiting > 0 && waiting + size > budget {
+                        true
+                    } else {
+                        match slot.tx.try_send(event.clone()) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Full(_)) => true,
+                            // The stream ended and its Subscription is about to deregister.
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
                         }
-                        // The stream ended and its Subscription is about to deregister.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    };
+                    slot.queued.fetch_sub(size, Ordering::AcqRel);
+                    if full {
+                        slot.overflowed.store(true, Ordering::Release);
+                        overflowing.push((*tenant, slot.id));
                     }
                 }
             };
@@ -248,6 +295,37 @@ mod tests {
         assert!(hub.subscribe(Uuid::now_v7(), Filters::default()).is_ok());
         drop(s1);
         assert!(hub.subscribe(t, Filters::default()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_buffer_full_of_bytes_cuts_the_subscriber_off() {
+        let frame_len = ev(1, None, "a.b").frame.len();
+        // Room for three frames by bytes, a hundred by count.
+        let hub = Hub::with_limits(10, 100, frame_len * 3);
+        let t = Uuid::now_v7();
+        let mut slow = hub.subscribe(t, Filters::default()).unwrap();
+        let mut fast = hub.subscribe(t, Filters::default()).unwrap();
+        for i in 1..=5 {
+            hub.dispatch([ev(i, Some(t), "a.b")]);
+            assert_eq!(fast.recv().await.unwrap().seq, i);
+        }
+        assert!(slow.overflowed() && !fast.overflowed());
+        for i in 1..=3 {
+            assert_eq!(slow.recv().await.unwrap().seq, i);
+        }
+        assert!(slow.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn one_event_larger_than_the_byte_bound_still_goes_through() {
+        let hub = Hub::with_limits(10, 100, 1);
+        let t = Uuid::now_v7();
+        let mut s = hub.subscribe(t, Filters::default()).unwrap();
+        hub.dispatch([ev(1, Some(t), "a.b")]);
+        assert_eq!(s.recv().await.unwrap().seq, 1);
+        hub.dispatch([ev(2, Some(t), "a.b")]);
+        assert_eq!(s.recv().await.unwrap().seq, 2);
+        assert!(!s.overflowed());
     }
 
     #[tokio::test]

@@ -109,7 +109,11 @@ pub async fn start(
     shutdown: &Shutdown,
 ) -> Result<Started, DbError> {
     let cfg = &config.events;
-    let hub = hub::Hub::new(cfg.max_connections_per_tenant, cfg.client_buffer);
+    let hub = hub::Hub::with_limits(
+        cfg.max_connections_per_tenant,
+        cfg.client_buffer,
+        cfg.client_buffer_bytes,
+    );
     // Live clients get what happens from now on; earlier history is for Last-Event-ID replay.
     let mut tx = repo.system_tx().await?;
     hub.skip_through(store::last_seq(&mut tx).await?);

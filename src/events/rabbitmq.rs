@@ -400,13 +400,13 @@ pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), DbError> {
     loop {
         let after = hub.last_seq();
         let mut tx = repo.system_tx().await?;
-        let page = store::after(&mut tx, after, 1000).await?;
+        // Paged by size as well as count: a backlog of large events is never all in memory.
+        let page = store::after(&mut tx, after, 1000, store::PAGE_BYTES).await?;
         tx.commit().await?;
-        let full = page.len() == 1000;
-        hub.dispatch(page);
-        if !full {
+        if page.is_empty() {
             return Ok(());
         }
+        hub.dispatch(page);
     }
 }
 

@@ -13,6 +13,9 @@ use crate::repo::{Conn, DbError};
 /// if two relays ever overlap during a failover.
 const SEQUENCE_LOCK: i64 = 0x7673_6d5f_7365_7121; // "vsm_seq!"
 
+/// Payload bytes a page read by [`after`] stops at (about 1 MiB).
+pub const PAGE_BYTES: i64 = 1024 * 1024;
+
 #[derive(diesel::QueryableByName)]
 struct Row {
     #[diesel(sql_type = Int8)]
@@ -137,14 +140,34 @@ pub async fn last_seq(conn: &mut Conn) -> Result<i64, DbError> {
 }
 
 /// Events after `after` visible in the transaction (a tenant's own and the system-wide ones
-/// under row-level security; all of them for the system role), oldest first.
-pub async fn after(conn: &mut Conn, after: i64, limit: i64) -> Result<Vec<Event>, DbError> {
+/// under row-level security; all of them for the system role), oldest first: at most
+/// `max_rows`, and no more than `max_bytes` of payload past the first event (a page stops at the
+/// event that reaches the budget, so one event larger than the budget still makes progress).
+/// An empty page means there is nothing after `after`.
+///
+/// The walk goes one event at a time along the `seq` index and measures each payload as it
+/// goes, so the database never reads (let alone sends) more large rows than the page holds.
+pub async fn after(
+    conn: &mut Conn,
+    after: i64,
+    max_rows: i64,
+    max_bytes: i64,
+) -> Result<Vec<Event>, DbError> {
     let rows: Vec<Row> = diesel::sql_query(
-        "SELECT seq, tenant_id, topic, payload, inserted_at FROM events
-         WHERE seq > $1 ORDER BY seq LIMIT $2",
+        "WITH RECURSIVE walk(seq, total, n) AS (
+             (SELECT seq, octet_length(payload::text)::bigint, 1
+              FROM events WHERE seq > $1 ORDER BY seq LIMIT 1)
+           UNION ALL
+             (SELECT e.seq, w.total + octet_length(e.payload::text), w.n + 1
+              FROM walk w CROSS JOIN LATERAL
+                (SELECT seq, payload FROM events WHERE seq > w.seq ORDER BY seq LIMIT 1) e
+              WHERE w.total < $3 AND w.n < $2))
+         SELECT e.seq, e.tenant_id, e.topic, e.payload, e.inserted_at
+         FROM walk JOIN events e USING (seq) ORDER BY e.seq",
     )
     .bind::<BigInt, _>(after)
-    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(max_rows)
+    .bind::<BigInt, _>(max_bytes)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(Event::from).collect())

@@ -22,11 +22,16 @@ use crate::metrics::METRICS;
 use crate::repo::{DbError, Repo};
 use crate::shutdown::Shutdown;
 
-/// Replay page size.
+/// Replay page size in events; a page also stops at [`store::PAGE_BYTES`] of payload.
 const PAGE: i64 = 500;
 /// Frames already waiting that are coalesced into one write: a burst costs one syscall per
 /// client instead of one per event, and nothing waits for it.
 const COALESCE: usize = 64;
+/// ...but only small frames: a chunk never grows past this by copying, and a larger frame is
+/// written on its own (a zero-copy clone of the frame every client shares). The stream is
+/// polled only when the connection can take more, so a client that stops reading stops the
+/// replay after at most one page.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 /// What a client asked for.
 pub struct Request {
@@ -125,10 +130,8 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Infallible>, State)> {
         if let Some(after) = s.replay_after {
             match replay_page(&s.repo, s.tenant, after).await {
                 Ok(page) => {
-                    s.replay_after = match page.last() {
-                        Some(last) if page.len() as i64 == PAGE => Some(last.seq),
-                        _ => None,
-                    };
+                    // An empty page is the end of history.
+                    s.replay_after = page.last().map(|last| last.seq);
                     for event in page {
                         s.offer(&event);
                     }
@@ -141,13 +144,13 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Infallible>, State)> {
             continue;
         }
         tokio::select! {
-            event = s.subscription.events.recv() => match event {
+            event = s.subscription.recv() => match event {
                 Some(event) => {
                     s.offer(&event);
                     while s.queue.len() < COALESCE {
-                        match s.subscription.events.try_recv() {
-                            Ok(event) => s.offer(&event),
-                            Err(_) => break,
+                        match s.subscription.try_recv() {
+                            Some(event) => s.offer(&event),
+                            None => break,
                         }
                     }
                 }
@@ -163,21 +166,30 @@ async fn next(mut s: State) -> Option<(Result<Bytes, Infallible>, State)> {
 
 async fn replay_page(repo: &Repo, tenant: Uuid, after: i64) -> Result<Vec<super::Event>, DbError> {
     let mut tx = repo.tenant_tx(tenant).await?;
-    let page = store::after(&mut tx, after, PAGE).await?;
+    let page = store::after(&mut tx, after, PAGE, store::PAGE_BYTES).await?;
     tx.commit().await?;
     Ok(page)
 }
 
 impl State {
-    /// Everything queued, as one chunk.
+    /// The next chunk to write: the first queued frame, joined with the small frames after it
+    /// up to [`COALESCE_BYTES`]. Called only with a non-empty queue.
     fn take_queued(&mut self) -> Bytes {
-        if self.queue.len() == 1 {
-            return self.queue.pop_front().unwrap_or_default();
+        let Some(first) = self.queue.pop_front() else {
+            return Bytes::new();
+        };
+        let fits = |len: usize, next: Option<&Bytes>| {
+            next.is_some_and(|next| len + next.len() <= COALESCE_BYTES)
+        };
+        if !fits(first.len(), self.queue.front()) {
+            return first;
         }
-        let len = self.queue.iter().map(Bytes::len).sum();
-        let mut chunk = Vec::with_capacity(len);
-        for frame in self.queue.drain(..) {
-            chunk.extend_from_slice(&frame);
+        let mut chunk = Vec::with_capacity(COALESCE_BYTES.min(first.len() * 4));
+        chunk.extend_from_slice(&first);
+        while fits(chunk.len(), self.queue.front()) {
+            if let Some(frame) = self.queue.pop_front() {
+                chunk.extend_from_slice(&frame);
+            }
         }
         Bytes::from(chunk)
     }

@@ -78,8 +78,14 @@ pub trait Adapter: Send + Sync + 'static {
     async fn head(&self, key: &str) -> Result<ObjectInfo, StorageError>;
 
     /// Moves `from` to `to`, replacing any object there. Readers of `to` see either the old
-    /// object or the new one, never a mix (a rename on disk, a server-side copy on S3).
+    /// object or the new one, never a mix (a rename on disk, a server-side copy on S3). On
+    /// success the object is durable (on disk: the file and its directories are fsynced).
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+
+    /// Removes the objects directly under the directory `prefix` last written before `before`,
+    /// including (on disk) the temporary files of writes that never finished; returns how many
+    /// went. For sweeping what a killed process left in `staging/`.
+    async fn sweep(&self, prefix: &str, before: DateTime<Utc>) -> Result<usize, StorageError>;
 
     /// Proves the backend answers (the bucket exists and is reachable, the root is readable).
     async fn ping(&self) -> Result<(), StorageError>;

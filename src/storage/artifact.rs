@@ -93,7 +93,14 @@ async fn publish_inner(
     crate::events::record(&mut tx, tenant, "artifact.stored", &event_payload(&row)).await?;
     crate::jobs::storage::insert(&mut tx, &follow_up(&row)).await?;
     let key = object_key(tenant, path);
-    storage.publish(staged, &key).await?;
+    if let Err(e) = storage.publish(staged, &key).await {
+        // A rename that happened but could not be made durable leaves a new object without
+        // its row: remove it (an object replacing an older one is the old row's now).
+        if !replaced && storage.exists(&key).await.unwrap_or(false) {
+            let _ = storage.delete(&key).await;
+        }
+        return Err(e.into());
+    }
     if let Err(e) = tx.commit().await {
         if replaced {
             tracing::error!(%tenant, path, error = %e,

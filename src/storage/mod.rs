@@ -10,6 +10,7 @@
 pub mod adapter;
 pub mod adapters;
 pub mod artifact;
+pub mod sweeper;
 
 use std::sync::Arc;
 
@@ -238,6 +239,16 @@ impl Storage {
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.adapter.exists(key).await
     }
+
+    /// Removes staging objects last written more than `max_age` ago: uploads a killed process
+    /// never published or discarded. Returns how many went.
+    pub async fn sweep_staging(&self, max_age: std::time::Duration) -> Result<usize, StorageError> {
+        let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now()
+            .checked_sub_signed(age)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.adapter.sweep(STAGING_PREFIX, before).await
+    }
 }
 
 /// Removes a staging object unless disarmed, also when the upload's future is dropped (the
@@ -283,9 +294,16 @@ impl Probe for Storage {
     fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         Box::pin(async move {
             self.adapter.ping().await.map_err(|e| {
-                // The backend's text can name the bucket, endpoint or directory: log it only.
-                tracing::warn!(error = %e, "readiness: the storage backend does not answer");
-                ProbeError::Down("storage backend unavailable")
+                // The backend's own text names hosts, buckets and paths: logged, not shown.
+                tracing::warn!(error = %e, "storage readiness check failed");
+                ProbeError::Down(match e {
+                    StorageError::Backend {
+                        source: object_store::Error::NotFound { .. },
+                        ..
+                    } => "bucket or root not found",
+                    StorageError::Backend { .. } => "backend did not answer",
+                    _ => "check failed",
+                })
             })
         })
     }

@@ -410,7 +410,8 @@ async fn the_rate_limit_holds_across_instances_and_fails_open_without_redis() {
         let mut c = instance_config(&db, None);
         c.server.admin_token = Some(vsm::config::Secret::new(ADMIN));
         c.redis.url = Some(vsm::config::ServiceUrl::parse(&redis.url()).unwrap());
-        c.rate_limit.requests_per_second = 1.0;
+        // One token per 20 s: no refill while the test runs, however slow the machine.
+        c.rate_limit.requests_per_second = 0.05;
         c.rate_limit.burst = 10.0;
         c
     };
@@ -498,7 +499,7 @@ async fn the_in_process_limiter_applies_without_redis() {
     let db = TestDb::migrated().await;
     let mut config = instance_config(&db, None);
     config.server.admin_token = Some(vsm::config::Secret::new(ADMIN));
-    config.rate_limit.requests_per_second = 0.5;
+    config.rate_limit.requests_per_second = 0.05; // no refill while the test runs
     config.rate_limit.burst = 3.0;
     let a = Instance::start(config).await;
     let (_, key) = new_tenant(&a.base, "local").await;

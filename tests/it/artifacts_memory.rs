@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,33 +18,12 @@ const CHUNK: usize = 1024 * 1024;
 /// Peak RSS growth allowed over the idle server: a small fraction of the object.
 const MAX_GROWTH_KIB: u64 = 64 * 1024;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Samples the process's RSS every 20 ms until stopped; returns the peak.
 fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut peak = 0;
         while !stop.load(Ordering::Relaxed) {
-            peak = peak.max(rss_kib(pid));
+            peak = peak.max(common::rss_kib(pid));
             std::thread::sleep(Duration::from_millis(20));
         }
         peak
@@ -72,7 +51,7 @@ async fn a_1_gib_upload_and_download_keep_server_memory_bounded() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn vsm serve");
-    let server = Server(child);
+    let server = common::KillOnDrop(child);
     let pid = server.0.id();
     common::wait_ready(&base).await;
     let http = reqwest::Client::new();
@@ -85,7 +64,7 @@ async fn a_1_gib_upload_and_download_keep_server_memory_bounded() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let baseline = rss_kib(pid);
+    let baseline = common::rss_kib(pid);
 
     // Upload: 1 GiB generated on the fly, hashed as it goes out.
     let piece: Bytes = (0..CHUNK)

@@ -241,7 +241,11 @@ async fn a_cut_broker_connection_loses_nothing_and_delivery_resumes_by_itself() 
     for n in 2..=10 {
         record(&a.repo, t, "system.state", n).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The relay has taken them in (sequenced) while the broker was unreachable.
+    common::eventually(WAIT, "events sequenced during the cut", || async {
+        committed(&db).await.len() == 10
+    })
+    .await;
     proxy.restore();
     for n in 11..=12 {
         record(&a.repo, t, "system.state", n).await;
@@ -361,20 +365,45 @@ async fn bad_requests_caps_heartbeats_and_gaps() {
     assert_eq!(n_of(&late.next_event(WAIT).await.unwrap()), 2);
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_off_with_overflow() {
-    let db = TestDb::migrated().await;
-    let mut config = instance_config(&db, None);
-    config.events.client_buffer = 16;
-    let a = Instance::start(config).await;
-    let (t, key) = tenant_with_key(&a.repo, "slow").await;
-    let mut slow = SseClient::connect(&a.base, &key, "", None).await;
-    expect_connected(&mut slow).await;
-    // 64 KiB payloads: a few hundred of them overrun the socket buffers and the client buffer.
-    let blob = "x".repeat(64 * 1024);
-    const SENT: usize = 400;
+/// Waits until the relay has published every committed event (in-process fan-out hands each
+/// batch to the hub before it marks it published).
+async fn all_published(db: &TestDb, at_least: i64) {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct R {
+        #[diesel(sql_type = BigInt)]
+        published: i64,
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+    }
+    common::eventually(WAIT, "the relay published every event", || async {
+        let mut conn = db.owner_conn().await;
+        let r: R = diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE published_at IS NOT NULL) AS published,
+                    count(*) FILTER (WHERE published_at IS NULL) AS pending FROM events",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        r.published >= at_least && r.pending == 0
+    })
+    .await;
+}
+
+/// Commits `count` events of `blob_bytes` each in one transaction, then waits until the relay
+/// has handed them all to the hub, and reads what the client that was not reading got.
+async fn flood_a_stalled_client(
+    db: &TestDb,
+    a: &Instance,
+    t: Uuid,
+    slow: &mut SseClient,
+    count: usize,
+    blob_bytes: usize,
+) -> (usize, i64, Frame) {
+    let blob = "x".repeat(blob_bytes);
     let mut tx = a.repo.tenant_tx(t).await.unwrap();
-    for n in 0..SENT {
+    for n in 0..count {
         vsm::events::record(
             &mut tx,
             t,
@@ -385,23 +414,60 @@ async fn a_client_that_stops_reading_is_cut_off_with_overflow() {
         .unwrap();
     }
     tx.commit().await.unwrap();
-    // Give the relay time to push everything at the client that is not reading.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut received = 0;
+    all_published(db, count as i64).await;
+    let (mut received, mut last_id) = (0, 0);
     let last = loop {
         let f = slow
             .next_event(WAIT)
             .await
             .expect("stream ends with a frame");
-        if f.id.is_none() {
-            break f;
-        }
+        let Some(id) = f.id else { break f };
         received += 1;
+        last_id = id;
     };
+    (received, last_id, last)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_with_overflow() {
+    let db = TestDb::migrated().await;
+    let mut config = instance_config(&db, None);
+    config.events.client_buffer = 16;
+    let a = Instance::start(config).await;
+    let (t, key) = tenant_with_key(&a.repo, "slow").await;
+    let mut slow = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut slow).await;
+    // 64 KiB payloads: a few hundred of them overrun the socket buffers and the client buffer.
+    const SENT: usize = 400;
+    let (received, _, last) = flood_a_stalled_client(&db, &a, t, &mut slow, SENT, 64 * 1024).await;
     assert_eq!(last.event.as_deref(), Some("disconnected"));
     assert!(last.data.contains("overflow"), "{last:?}");
     assert!(received < SENT, "received {received} of {SENT}");
     assert!(slow.next(Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test]
+async fn the_live_buffer_is_bounded_in_bytes_as_well_as_events() {
+    let db = TestDb::migrated().await;
+    let mut config = instance_config(&db, None);
+    // Room for every event by count, for about four of them by bytes.
+    config.events.client_buffer = 1024;
+    config.events.client_buffer_bytes = 256 * 1024;
+    let a = Instance::start(config).await;
+    let (t, key) = tenant_with_key(&a.repo, "slow-bytes").await;
+    let mut slow = SseClient::connect(&a.base, &key, "", None).await;
+    expect_connected(&mut slow).await;
+    const SENT: usize = 400;
+    let (received, last_id, last) =
+        flood_a_stalled_client(&db, &a, t, &mut slow, SENT, 64 * 1024).await;
+    assert_eq!(last.event.as_deref(), Some("disconnected"));
+    assert!(last.data.contains("overflow"), "{last:?}");
+    assert!(received < SENT, "received {received} of {SENT}");
+    // The client resumes where it was cut off and gets the rest.
+    let mut again = SseClient::connect(&a.base, &key, "", Some(last_id)).await;
+    expect_connected(&mut again).await;
+    let next = again.next_event(WAIT).await.expect("replayed");
+    assert_eq!(n_of(&next), received as i64);
 }
 
 #[tokio::test]
@@ -424,14 +490,16 @@ async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
     let exchange = unique_exchange();
     // A separate `vsm serve` process starts first and leads the relay...
     let port = common::free_port();
-    let mut leader = common::vsm()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", db.url())
-        .env("RABBITMQ_URL", RABBITMQ_URL)
-        .env("VSM_EVENTS__EXCHANGE", &exchange)
-        .env("VSM_EVENTS__RELAY_POLL_MS", "100")
-        .spawn()
-        .unwrap();
+    let mut leader = common::KillOnDrop(
+        common::vsm()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", db.url())
+            .env("RABBITMQ_URL", RABBITMQ_URL)
+            .env("VSM_EVENTS__EXCHANGE", &exchange)
+            .env("VSM_EVENTS__RELAY_POLL_MS", "100")
+            .spawn()
+            .unwrap(),
+    );
     let leader_base = format!("http://127.0.0.1:{port}");
     common::wait_ready(&leader_base).await;
     let deadline = std::time::Instant::now() + WAIT;
@@ -458,8 +526,8 @@ async fn when_the_leading_relay_is_killed_another_instance_takes_over() {
     assert_eq!(n_of(&client.next_event(WAIT).await.unwrap()), 1);
 
     // ...and dies without a chance to clean up.
-    leader.kill().unwrap();
-    leader.wait().unwrap();
+    leader.0.kill().unwrap();
+    leader.0.wait().unwrap();
     for n in 2..=4 {
         record(&b.repo, t, "episode.created", n).await;
     }

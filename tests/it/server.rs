@@ -205,3 +205,249 @@ async fn the_ops_listener_runs_on_its_own_small_state() {
         .unwrap()
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// SIGTERM against the binary (CONTRACT §1): over real HTTP, with a slow upload in flight, an SSE
+// client and an idle keep-alive connection open.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::KillOnDrop as Child;
+
+/// Reads one response (head and a `content-length` body) off a kept-alive connection.
+async fn read_response(socket: &mut TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                return (status, head, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut byte))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&byte[..n]);
+    }
+}
+
+/// Reads until `needle` has arrived; returns everything read.
+async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .expect("data in time")
+            .unwrap();
+        assert!(n > 0, "closed before {needle:?}: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    got
+}
+
+/// True once the peer has closed the connection (EOF), reading anything still on the way.
+async fn closed(socket: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_connections_drains_in_flight_requests_and_exits_promptly() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (_, key) = vsm::schemas::storage::tenant::create(&repo, "drain", None)
+        .await
+        .unwrap();
+    let key = key.key;
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Child(
+        common::vsm()
+            .arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env("VSM_LISTEN", &addr)
+            .env("VSM_STORAGE__BACKEND", "memory")
+            .env("VSM_SERVER__WORKERS", "2")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn vsm serve"),
+    );
+    common::wait_ready(&format!("http://{addr}")).await;
+
+    // An SSE client on a keep-alive connection.
+    let mut sse = TcpStream::connect(&addr).await.unwrap();
+    sse.write_all(
+        format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    read_until(&mut sse, "event: connected").await;
+    // An idle keep-alive connection that has served one request.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let health = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    idle.write_all(health.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut idle).await.0, 200);
+    // A slow upload in flight: its head and a first piece now, the rest after the signal.
+    const PIECES: usize = 20;
+    let piece = vec![7u8; 1024];
+    let mut upload = TcpStream::connect(&addr).await.unwrap();
+    upload
+        .write_all(
+            format!(
+                "PUT /v1/artifacts/slow.bin HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer \
+                 {key}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                PIECES * piece.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    upload.write_all(&piece).await.unwrap();
+    // Both the stream and the upload are in flight (the third is the /metrics request itself).
+    let metrics = format!("http://{addr}/metrics");
+    common::eventually(Duration::from_secs(10), "the upload in flight", || {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+            text.lines()
+                .any(|l| l.starts_with("cybernetic_http_requests_in_flight 3"))
+        }
+    })
+    .await;
+
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The listening socket is closed: a new connection is refused, not answered.
+    common::eventually(Duration::from_secs(5), "new connections refused", || {
+        let addr = addr.clone();
+        async move {
+            matches!(TcpStream::connect(&addr).await,
+                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+        }
+    })
+    .await;
+    // The SSE stream ends with its frame and its connection closes.
+    read_until(
+        &mut sse,
+        "event: disconnected\ndata: {\"reason\":\"shutdown\"}",
+    )
+    .await;
+    assert!(closed(&mut sse).await, "the SSE connection stays open");
+    // A request on the already-open idle connection: 503 while draining, and the connection
+    // closes after it.
+    let ready = format!("GET /ready HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    idle.write_all(ready.as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut idle).await;
+    assert_eq!(status, 503);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        closed(&mut idle).await,
+        "the kept-alive connection stays open"
+    );
+    // The upload in flight finishes, slowly, and is stored.
+    for _ in 1..PIECES {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        upload.write_all(&piece).await.unwrap();
+    }
+    let (status, _, body) = read_response(&mut upload).await;
+    assert_eq!(status, 201, "{body}");
+    let upload_done = signalled.elapsed();
+
+    // ...and the process exits as soon as it is done, far within the 25 s grace.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let exited = signalled.elapsed();
+    eprintln!("upload done {upload_done:?} after SIGTERM, process exited after {exited:?}");
+    assert!(exit.success(), "{exit:?}");
+    assert!(exited < Duration::from_secs(5), "exit took {exited:?}");
+}
+
+#[tokio::test]
+async fn with_only_an_sse_client_sigterm_exits_without_waiting_for_the_grace() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (_, key) = vsm::schemas::storage::tenant::create(&repo, "drain-sse", None)
+        .await
+        .unwrap();
+    let key = key.key;
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Child(
+        common::vsm()
+            .arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env("VSM_LISTEN", &addr)
+            .env("VSM_STORAGE__BACKEND", "memory")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn vsm serve"),
+    );
+    common::wait_ready(&format!("http://{addr}")).await;
+    let mut sse = TcpStream::connect(&addr).await.unwrap();
+    sse.write_all(
+        format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    read_until(&mut sse, "event: connected").await;
+    let signalled = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    read_until(&mut sse, "event: disconnected").await;
+    assert!(closed(&mut sse).await);
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "still running after the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let exited = signalled.elapsed();
+    eprintln!("with one SSE client: exited {exited:?} after SIGTERM");
+    assert!(exited < Duration::from_secs(5), "exit took {exited:?}");
+}

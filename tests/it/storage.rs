@@ -402,3 +402,107 @@ async fn accepted_paths_never_leave_the_tenant_prefix() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Durability: publishing is fsynced on disk, and staging objects a killed process left are swept.
+
+fn storage_ops(backend: &str, op: &str, outcome: &str) -> u64 {
+    vsm::metrics::METRICS
+        .storage_operations
+        .with_label_values(&[backend, op, outcome])
+        .get()
+}
+
+#[tokio::test]
+async fn publishing_on_the_local_backend_syncs_the_file_and_its_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = vsm::storage::Storage::new(
+        Arc::new(adapters::local::build(dir.path()).unwrap()),
+        1 << 20,
+    );
+    let synced = storage_ops("local", "sync", "ok");
+    let staged = storage.stage(pattern_stream(10_000, 1000)).await.unwrap();
+    storage
+        .publish(&staged, "tenants/t/new/folder/file.bin")
+        .await
+        .unwrap();
+    // One sync (file + every directory up to the root) per publish, before it returns.
+    assert_eq!(storage_ops("local", "sync", "ok"), synced + 1);
+    assert!(dir.path().join("tenants/t/new/folder/file.bin").is_file());
+    // The file and directory flushes themselves, on a real path.
+    vsm::storage::adapters::local::sync_published(
+        &std::fs::canonicalize(dir.path()).unwrap(),
+        &std::fs::canonicalize(dir.path().join("tenants/t/new/folder/file.bin")).unwrap(),
+    )
+    .unwrap();
+}
+
+fn age(path: &std::path::Path, by: std::time::Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - by)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_sweep_removes_old_staging_objects_and_nothing_else() {
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = vsm::storage::Storage::new(
+        Arc::new(adapters::local::build(dir.path()).unwrap()),
+        1 << 20,
+    );
+    let adapter = storage.adapter();
+    // Left by a killed process: a finished staging upload and an unfinished write's temp file.
+    let old = format!("staging/{}", uuid::Uuid::now_v7());
+    adapter
+        .store(&old, Bytes::from_static(b"old"))
+        .await
+        .unwrap();
+    age(&dir.path().join(&old), 2 * HOUR);
+    let partial = dir
+        .path()
+        .join(format!("staging/{}#17", uuid::Uuid::now_v7()));
+    std::fs::write(&partial, b"half").unwrap();
+    age(&partial, 2 * HOUR);
+    // An upload in progress, and an old artifact: both stay.
+    let young = format!("staging/{}", uuid::Uuid::now_v7());
+    adapter
+        .store(&young, Bytes::from_static(b"young"))
+        .await
+        .unwrap();
+    let artifact = "tenants/t/old.txt";
+    adapter
+        .store(artifact, Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    age(&dir.path().join(artifact), 2 * HOUR);
+
+    assert_eq!(storage.sweep_staging(HOUR).await.unwrap(), 2);
+    assert!(!adapter.exists(&old).await.unwrap());
+    assert!(!partial.exists());
+    assert!(adapter.exists(&young).await.unwrap());
+    assert!(adapter.exists(artifact).await.unwrap());
+    assert_eq!(storage.sweep_staging(HOUR).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_sweep_by_listing_removes_only_objects_written_before_the_cutoff() {
+    let f = memory().await;
+    let adapter = f.adapter.as_ref();
+    let staged = format!("staging/{}", uuid::Uuid::now_v7());
+    adapter
+        .store(&staged, Bytes::from_static(b"s"))
+        .await
+        .unwrap();
+    adapter
+        .store("tenants/t/a", Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(adapter.sweep("staging", hour_ago).await.unwrap(), 0);
+    assert!(adapter.exists(&staged).await.unwrap());
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(adapter.sweep("staging", later).await.unwrap(), 1);
+    assert!(!adapter.exists(&staged).await.unwrap());
+    assert!(adapter.exists("tenants/t/a").await.unwrap());
+}

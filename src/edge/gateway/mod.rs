@@ -5,6 +5,7 @@ pub mod auth;
 pub mod budget;
 pub mod client_addr;
 pub mod controllers;
+pub mod drain;
 pub mod error;
 pub mod observe;
 pub mod openapi;

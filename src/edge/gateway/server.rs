@@ -1,6 +1,8 @@
 //! The HTTP server. It takes a bound listener (tests bind port 0 and read the port back) and the
-//! process's [`Shutdown`]; on shutdown it stops accepting, finishes in-flight requests within
-//! the grace period and returns.
+//! process's [`Shutdown`]. On shutdown (CONTRACT §1) it closes the listening socket at once (new
+//! connections are refused), SSE streams end with their `disconnected` frame and close their
+//! connections, every later response closes its connection, and [`Server::run`] returns as soon
+//! as the last request in flight is done ([`drain`]) or the grace period is over.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use super::auth::KeyCache;
+use super::drain::{self, Drain, InFlight};
 use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
 use super::{observe, router};
@@ -73,6 +76,11 @@ pub async fn launch(
     if let Some(redis) = limiter.probe() {
         probes.push(Box::new(redis));
     }
+    tokio::spawn(crate::storage::sweeper::run(
+        storage.clone(),
+        config.storage.clone(),
+        shutdown.clone(),
+    ));
     let workers = crate::workers::registry(&config);
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),
@@ -90,9 +98,17 @@ pub async fn launch(
         .map_err(|e| format!("cannot start the HTTP server: {e}"))
 }
 
+/// Time after the last request is done for its final bytes to reach the socket.
+const FLUSH_ALLOWANCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct Server {
     inner: actix_web::dev::Server,
     port: u16,
+    /// A duplicate of the listening socket's descriptor, to close it at shutdown.
+    listening: TcpListener,
+    shutdown: Shutdown,
+    in_flight: InFlight,
+    grace: std::time::Duration,
 }
 
 impl Server {
@@ -102,15 +118,24 @@ impl Server {
         shutdown: Shutdown,
     ) -> std::io::Result<Server> {
         let port = listener.local_addr()?.port();
+        let listening = listener.try_clone()?;
         let server_cfg = state.config.server.clone();
         let json_limit = server_cfg.json_body_limit;
         let ops = web::Data::new(state.ops());
         let data = web::Data::new(state);
+        let in_flight = InFlight::default();
+        let drain = web::Data::new(Drain {
+            in_flight: in_flight.clone(),
+            shutdown: shutdown.clone(),
+        });
         let mut http = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(ops.clone())
+                .app_data(drain.clone())
                 .wrap(from_fn(observe::observe))
+                // Outermost: counts every request until its body is done.
+                .wrap(from_fn(drain::track))
                 .configure(|cfg| router::routes(cfg, json_limit))
                 .default_service(web::to(router::not_found))
         })
@@ -123,12 +148,14 @@ impl Server {
             http = http.workers(server_cfg.workers);
         }
         let inner = http.run();
-        let handle = inner.handle();
-        tokio::spawn(async move {
-            shutdown.wait().await;
-            handle.stop(true).await;
-        });
-        Ok(Server { inner, port })
+        Ok(Server {
+            inner,
+            port,
+            listening,
+            shutdown,
+            in_flight,
+            grace: server_cfg.shutdown_grace(),
+        })
     }
 
     /// The port actually bound.
@@ -136,8 +163,55 @@ impl Server {
         self.port
     }
 
-    /// Serves until shutdown has completed.
+    /// Serves until shutdown, then until the last request in flight is done (at most the grace
+    /// period).
     pub async fn run(self) -> std::io::Result<()> {
-        self.inner.await
+        let Server {
+            inner,
+            listening,
+            shutdown,
+            in_flight,
+            grace,
+            ..
+        } = self;
+        let handle = inner.handle();
+        let drained = async move {
+            shutdown.wait().await;
+            // actix's graceful stop is not used: it waits for connections (idle keep-alive ones
+            // too) polling once a second, and a worker it finds idle ends its runtime at once.
+            // Instead: stop accepting, refuse new connections, let the workers finish what is in
+            // flight, then stop them.
+            handle.pause().await;
+            close_listener(listening);
+            let pending = in_flight.count();
+            if tokio::time::timeout(grace, in_flight.idle()).await.is_err() {
+                tracing::warn!(
+                    in_flight = in_flight.count(),
+                    "requests still in flight at the end of the shutdown grace period"
+                );
+            }
+            // A response body is done when its last bytes are handed to the connection's write
+            // buffer; the worker flushes them to the socket right after. Leave it that moment
+            // before the workers (and the idle connections they hold) are stopped.
+            tokio::time::sleep(FLUSH_ALLOWANCE).await;
+            handle.stop(false).await;
+            tracing::info!(pending, "drained");
+        };
+        tokio::pin!(inner, drained);
+        tokio::select! {
+            biased;
+            served = &mut inner => served,
+            () = &mut drained => Ok(()),
+        }
+    }
+}
+
+/// Shuts the listening socket down (shutdown(2) on a duplicate of its descriptor): the kernel
+/// stops listening, so new connections are refused rather than queued behind a server that
+/// will never accept them.
+fn close_listener(listening: std::net::TcpListener) {
+    let fd: std::os::fd::OwnedFd = listening.into();
+    if let Err(e) = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both) {
+        tracing::warn!(error = %e, "cannot close the listening socket");
     }
 }

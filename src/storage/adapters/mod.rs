@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload,
@@ -48,11 +50,49 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn Adapter>, StorageError> {
 pub struct ObjectStoreAdapter {
     store: Arc<dyn ObjectStore>,
     backend: StorageBackend,
+    /// The `local` backend's file system and canonical root: renames are fsynced there.
+    local: Option<(Arc<LocalFileSystem>, std::path::PathBuf)>,
 }
 
 impl ObjectStoreAdapter {
     pub fn new(store: Arc<dyn ObjectStore>, backend: StorageBackend) -> Self {
-        Self { store, backend }
+        Self {
+            store,
+            backend,
+            local: None,
+        }
+    }
+
+    /// Marks the store as the directory `root` on this machine (see [`local::sync_published`]).
+    pub fn with_local(mut self, fs: Arc<LocalFileSystem>, root: std::path::PathBuf) -> Self {
+        self.local = Some((fs, root));
+        self
+    }
+
+    /// On the local backend, makes the object at `path` durable (counted as operation `sync`).
+    async fn sync(&self, path: &Path) -> Result<(), StorageError> {
+        let Some((fs, root)) = &self.local else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = async {
+            let file = fs.path_to_filesystem(path).map_err(|e| self.error(e))?;
+            let root = root.clone();
+            let synced =
+                tokio::task::spawn_blocking(move || local::sync_published(&root, &file)).await;
+            synced
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| {
+                    self.error(object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    })
+                })
+        }
+        .await;
+        self.observe("sync", started, &result);
+        result
     }
 
     fn label(&self) -> &'static str {
@@ -242,6 +282,32 @@ impl ObjectStoreAdapter {
         items.sort_by(|a, b| a.key.cmp(&b.key));
         items.truncate(limit);
         Ok(items)
+    }
+}
+
+impl ObjectStoreAdapter {
+    /// [`Adapter::sweep`] by listing, a page at a time (S3, memory).
+    async fn sweep_listed(
+        &self,
+        prefix: &str,
+        before: DateTime<Utc>,
+    ) -> Result<usize, StorageError> {
+        const PAGE: usize = 1000;
+        let mut removed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_inner(prefix, after.as_deref(), PAGE).await?;
+            for object in page.iter().filter(|o| o.last_modified < before) {
+                match self.store.delete(&self.path(&object.key)?).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(self.error(e)),
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.key.clone()),
+                _ => return Ok(removed),
+            }
+        }
     }
 }
 
@@ -435,10 +501,37 @@ impl Adapter for ObjectStoreAdapter {
             self.store
                 .rename(&from, &to)
                 .await
-                .map_err(|e| self.error(e))
+                .map_err(|e| self.error(e))?;
+            // Durable before the caller commits the row that points at it.
+            self.sync(&to).await
         }
         .await;
         self.observe("rename", started, &result);
+        result
+    }
+
+    async fn sweep(&self, prefix: &str, before: DateTime<Utc>) -> Result<usize, StorageError> {
+        let started = Instant::now();
+        let result = match &self.local {
+            // A directory read sees what listing hides: `<key>#<n>` files of unfinished writes.
+            Some((fs, _)) => {
+                let dir = fs
+                    .path_to_filesystem(&self.path(prefix)?)
+                    .map_err(|e| self.error(e))?;
+                tokio::task::spawn_blocking(move || local::remove_files_older_than(&dir, before))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(|e| {
+                        self.error(object_store::Error::Generic {
+                            store: "LocalFileSystem",
+                            source: Box::new(e),
+                        })
+                    })
+            }
+            None => self.sweep_listed(prefix, before).await,
+        };
+        self.observe("sweep", started, &result);
         result
     }
 

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,27 +20,6 @@ const MAX_HEALTH_LATENCY: Duration = Duration::from_millis(500);
 const MAX_GROWTH_KIB: u64 = 50 * 1024;
 /// The hostile POST is refused well within this.
 const MAX_REJECT_LATENCY: Duration = Duration::from_secs(1);
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// `n` distinct `matches` comparisons nested as `any` lists of 100 (the old per-list limit), so
 /// that no single list is long: only a budget over the whole rule stops it.
@@ -77,7 +56,7 @@ async fn a_1_mib_policy_of_16000_patterns_is_refused_fast_without_stalling_the_s
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn vsm serve");
-    let server = Server(child);
+    let server = common::KillOnDrop(child);
     let pid = server.0.id();
     common::wait_ready(&base).await;
     let http = reqwest::Client::new();
@@ -102,7 +81,7 @@ async fn a_1_mib_policy_of_16000_patterns_is_refused_fast_without_stalling_the_s
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let baseline = rss_kib(pid);
+    let baseline = common::rss_kib(pid);
 
     // Sample RSS and /health latency while the hostile request is in flight.
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,7 +90,7 @@ async fn a_1_mib_policy_of_16000_patterns_is_refused_fast_without_stalling_the_s
         let (stop, peak) = (stop.clone(), peak.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(common::rss_kib(pid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));
             }
         })

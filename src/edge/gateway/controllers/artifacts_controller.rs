@@ -277,37 +277,20 @@ fn byte_range(req: &HttpRequest, size: u64) -> Result<Option<std::ops::Range<u64
     let Some(value) = req.headers().get(header::RANGE) else {
         return Ok(None);
     };
-    let unsatisfiable = || ApiError::RangeNotSatisfiable { size };
-    let spec = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().strip_prefix("bytes="))
-        .ok_or_else(unsatisfiable)?;
-    if spec.contains(',') {
+    let unsatisfiable = ApiError::RangeNotSatisfiable { size };
+    let Ok(value) = value.to_str() else {
+        return Err(unsatisfiable);
+    };
+    if value.contains(',') {
         return Ok(None);
     }
-    let (start, end) = spec.split_once('-').ok_or_else(unsatisfiable)?;
-    let (start, end) = (start.trim(), end.trim());
-    let range = if start.is_empty() {
-        // bytes=-N: the last N bytes.
-        let n: u64 = end.parse().map_err(|_| unsatisfiable())?;
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable());
-        }
-        size.saturating_sub(n)..size
-    } else {
-        let start: u64 = start.parse().map_err(|_| unsatisfiable())?;
-        let end: u64 = if end.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            end.parse::<u64>().map_err(|_| unsatisfiable())?
-        };
-        if start >= size || end < start {
-            return Err(unsatisfiable());
-        }
-        start..end.min(size - 1) + 1
-    };
-    Ok(Some(range))
+    let ranges = http_range_header::parse_range_header(value)
+        .and_then(|parsed| parsed.validate(size))
+        .map_err(|_| unsatisfiable)?;
+    Ok(match ranges.as_slice() {
+        [one] => Some(*one.start()..*one.end() + 1),
+        _ => None,
+    })
 }
 
 /// The artifact's bytes (or the `Range` asked for) with `ETag` (its sha256), `Content-Length`,
@@ -369,6 +352,13 @@ async fn respond(
             header::CONTENT_TYPE,
             HeaderValue::from_str(&row.content_type)
                 .unwrap_or(HeaderValue::from_static(FALLBACK_TYPE)),
+        ))
+        // Uploaded bytes must never run in the API's origin (CONTRACT §8): the browser takes
+        // the type as given, and anything it could execute is a download, not a page.
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            content_disposition(&row.content_type, &row.path),
         ));
     let not_modified = header_str(req, "if-none-match")?
         .is_some_and(|v| v == "*" || v.split(',').any(|t| t.trim() == etag));
@@ -411,6 +401,36 @@ async fn respond(
         return Ok(None);
     }
     Ok(Some(res.body(SizedStream::new(length, body.stream))))
+}
+
+/// Types a browser shows without running anything: only these are served `inline`.
+const INLINE_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "text/plain",
+    "application/json",
+];
+
+/// `inline` for the [`INLINE_TYPES`], `attachment` for everything else (HTML, SVG, XHTML,
+/// JavaScript, unknown types...), with the path's last segment as the file name (RFC 6266,
+/// percent-encoded UTF-8, so no quoting or header injection is possible).
+fn content_disposition(content_type: &str, path: &str) -> String {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let kind = if INLINE_TYPES.contains(&essence.as_str()) {
+        "inline"
+    } else {
+        "attachment"
+    };
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let name = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("{kind}; filename*=UTF-8''{name}")
 }
 
 /// Deletes the artifact: its row and its object.
@@ -487,4 +507,45 @@ pub async fn list(
         items: list.items.into_iter().map(ArtifactView::from).collect(),
         next_cursor: list.next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_disposition;
+
+    #[test]
+    fn only_types_a_browser_cannot_run_are_inline() {
+        for t in [
+            "image/png",
+            "IMAGE/JPEG",
+            "text/plain; charset=utf-8",
+            "application/json",
+        ] {
+            assert!(content_disposition(t, "a/b").starts_with("inline;"), "{t}");
+        }
+        for t in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "application/javascript",
+            "text/javascript",
+            "application/octet-stream",
+            "application/pdf",
+            "",
+        ] {
+            assert!(
+                content_disposition(t, "a/b").starts_with("attachment;"),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_name_is_percent_encoded() {
+        assert_eq!(
+            content_disposition("text/html", "site/in dex\"\r\n.html"),
+            "attachment; filename*=UTF-8''in%20dex%22%0D%0A%2Ehtml"
+        );
+    }
 }

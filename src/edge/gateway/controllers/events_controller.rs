@@ -83,5 +83,9 @@ pub async fn events(
         .insert_header((CACHE_CONTROL, "no-cache"))
         // Tell reverse proxies (nginx) not to buffer the stream.
         .insert_header(("x-accel-buffering", "no"))
+        // A stream ends only when the client must reconnect (shutdown, overflow, maximum
+        // duration): its connection is not kept for another request, so a draining server is
+        // not held open by it and a reconnect goes to a fresh connection (another instance).
+        .force_close()
         .streaming(body))
 }
