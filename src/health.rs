@@ -6,9 +6,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use fred::clients::Client as RedisClient;
+use fred::interfaces::ClientLike;
+use fred::types::config::Config as RedisConfig;
 use futures_util::future::{BoxFuture, join_all};
 use serde_json::{Map, Value, json};
 
+use crate::config::ServiceUrl;
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 
@@ -150,6 +155,112 @@ impl Readiness {
     }
 }
 
+/// Pings Redis over a fresh connection (connect within [`PROBE_TIMEOUT`], one attempt, no
+/// reconnects): what the `health_check` worker measures. Errors are short and fixed; the
+/// client's own text (which can carry the URL) is only logged (CONTRACT §5).
+pub async fn redis_ping(url: &ServiceUrl) -> Result<(), ProbeError> {
+    let config = RedisConfig::from_url(url.expose()).map_err(|e| {
+        tracing::warn!(error = %e, "health: invalid Redis URL");
+        ProbeError::Down("invalid Redis URL")
+    })?;
+    let client = fred::types::Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = PROBE_TIMEOUT;
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| p.default_command_timeout = PROBE_TIMEOUT)
+        .build()
+        .map_err(|e| {
+            tracing::warn!(error = %e, "health: cannot configure a Redis client");
+            ProbeError::Down("invalid Redis configuration")
+        })?;
+    let connected = client.init().await;
+    let outcome = match connected {
+        Ok(_) => redis_ping_client(&client).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "health: cannot connect to Redis");
+            Err(ProbeError::Down("cannot connect"))
+        }
+    };
+    // Best effort: the probe's answer is already known.
+    let _ = client.quit().await;
+    outcome
+}
+
+/// Pings Redis over an existing client: `/ready`'s check of the rate limiter's connection and
+/// the second half of [`redis_ping`].
+pub async fn redis_ping_client(client: &RedisClient) -> Result<(), ProbeError> {
+    if !client.is_connected() {
+        return Err(ProbeError::NotConnected);
+    }
+    client.ping::<String>(None).await.map(|_| ()).map_err(|e| {
+        tracing::warn!(error = %e, "health: Redis does not answer PING");
+        ProbeError::Down("ping failed")
+    })
+}
+
+/// Opens an AMQP connection (protocol handshake, login, vhost) and closes it again.
+pub async fn amqp_connect(url: &ServiceUrl) -> Result<(), ProbeError> {
+    let args = amqp_connection_args(url).map_err(|e| {
+        tracing::warn!(error = %e, "health: invalid RabbitMQ URL");
+        ProbeError::Down("invalid RabbitMQ URL")
+    })?;
+    let conn = Connection::open(&args).await.map_err(|e| {
+        tracing::warn!(error = %e, "health: cannot open a RabbitMQ connection");
+        ProbeError::Down("cannot connect")
+    })?;
+    // Best effort: the connection was open, which is what was asked.
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// An AMQP URL [`amqp_connection_args`] cannot use (the URL in it is redacted).
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpUrlError {
+    #[error("unsupported RabbitMQ URL scheme {0} (expected amqp)")]
+    Scheme(String),
+    #[error("RabbitMQ URL {0} has no host")]
+    NoHost(String),
+    #[error("invalid percent-encoding in RabbitMQ URL {0}")]
+    Encoding(String),
+}
+
+/// Connection arguments from an AMQP URI (`amqp://user:pass@host:port/vhost`), with the
+/// percent-encoded vhost decoded (`%2f` is the default vhost `/`). Shared by the event relay
+/// and consumer (`events::rabbitmq`) and [`amqp_connect`].
+pub fn amqp_connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments, AmqpUrlError> {
+    let u = url.url();
+    if u.scheme() != "amqp" {
+        return Err(AmqpUrlError::Scheme(u.scheme().to_owned()));
+    }
+    let decode = |s: &str| percent_decode(s).ok_or_else(|| AmqpUrlError::Encoding(url.to_string()));
+    let host = u
+        .host_str()
+        .ok_or_else(|| AmqpUrlError::NoHost(url.to_string()))?;
+    let user = if u.username().is_empty() {
+        "guest".to_owned()
+    } else {
+        decode(u.username())?
+    };
+    let password = decode(u.password().unwrap_or("guest"))?;
+    let vhost = match u.path().strip_prefix('/').unwrap_or("") {
+        "" => "/".to_owned(),
+        path => decode(path)?,
+    };
+    let mut args = OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &password);
+    args.virtual_host(&vhost);
+    Ok(args)
+}
+
+/// `%XX` escapes decoded; `None` when the result is not UTF-8 (a malformed escape such as
+/// `%zz` stays as written, as the URL parser already accepted it).
+fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +314,23 @@ mod tests {
         let (ready, body) = readiness.report().await;
         assert!(!ready);
         assert_eq!(body["checks"]["db"]["error"], "timed out");
+    }
+
+    #[test]
+    fn amqp_urls_decode_the_vhost_and_credentials() {
+        let parse = |s: &str| amqp_connection_args(&ServiceUrl::parse(s).unwrap());
+        let a = parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(a.get_virtual_host(), "/");
+        assert_eq!((a.get_host(), a.get_port()), ("127.0.0.1", 5672));
+        assert_eq!(
+            parse("amqp://u:p%40ss@mq/prod").unwrap().get_virtual_host(),
+            "prod"
+        );
+        assert_eq!(parse("amqp://mq").unwrap().get_virtual_host(), "/");
+        assert!(parse("http://mq").is_err());
+        // Credentials and a vhost with escapes (a vhost `prod/eu`, a password with `@` and `:`).
+        let b = parse("amqp://us%65r:p%40s%3As@mq/prod%2Feu").unwrap();
+        assert_eq!(b.get_virtual_host(), "prod/eu");
+        assert!(parse("amqp://u:%FF@mq").is_err(), "not UTF-8");
     }
 }

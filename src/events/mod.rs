@@ -2,6 +2,7 @@
 //! out by the relay, fanned out through RabbitMQ or in-process, streamed to clients over SSE.
 
 pub mod hub;
+pub mod payloads;
 pub mod rabbitmq;
 pub mod relay;
 pub mod store;

@@ -15,7 +15,7 @@ use amqprs::channel::{
     BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments,
     ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
 };
-use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::connection::Connection;
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -31,13 +31,8 @@ use crate::shutdown::Shutdown;
 /// Why the broker link failed. Logged by the loops that reconnect; never shown to clients.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    #[error("unsupported RabbitMQ URL scheme {0} (expected amqp)")]
-    Scheme(String),
-    /// The (redacted) URL has no host.
-    #[error("RabbitMQ URL {0} has no host")]
-    NoHost(String),
-    #[error("invalid percent-encoding in RabbitMQ URL {0}")]
-    Encoding(String),
+    #[error(transparent)]
+    Url(#[from] crate::health::AmqpUrlError),
     #[error("cannot connect to RabbitMQ at {at}: {source}")]
     Connect {
         at: String,
@@ -79,51 +74,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
-/// Connection arguments from an AMQP URI (`amqp://user:pass@host:port/vhost`), with the
-/// percent-encoded vhost decoded (`%2f` is the default vhost `/`).
-fn connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments, AmqpError> {
-    let u = url.url();
-    if u.scheme() != "amqp" {
-        return Err(AmqpError::Scheme(u.scheme().to_owned()));
-    }
-    let decode = |s: &str| percent_decode(s).ok_or_else(|| AmqpError::Encoding(url.to_string()));
-    let host = u
-        .host_str()
-        .ok_or_else(|| AmqpError::NoHost(url.to_string()))?;
-    let user = if u.username().is_empty() {
-        "guest".to_owned()
-    } else {
-        decode(u.username())?
-    };
-    let password = decode(u.password().unwrap_or("guest"))?;
-    let vhost = match u.path().strip_prefix('/').unwrap_or("") {
-        "" => "/".to_owned(),
-        path => decode(path)?,
-    };
-    let mut args = OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &password);
-    args.virtual_host(&vhost);
-    Ok(args)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 async fn open(url: &ServiceUrl, exchange: &str) -> Result<(Connection, Channel), AmqpError> {
-    let args = connection_args(url)?;
+    let args = crate::health::amqp_connection_args(url)?;
     let conn = Connection::open(&args)
         .await
         .map_err(|source| AmqpError::Connect {
@@ -407,24 +359,5 @@ pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), DbError> {
             return Ok(());
         }
         hub.dispatch(page);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amqp_urls_decode_the_vhost_and_credentials() {
-        let parse = |s: &str| connection_args(&ServiceUrl::parse(s).unwrap());
-        let a = parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
-        assert_eq!(a.get_virtual_host(), "/");
-        assert_eq!((a.get_host(), a.get_port()), ("127.0.0.1", 5672));
-        assert_eq!(
-            parse("amqp://u:p%40ss@mq/prod").unwrap().get_virtual_host(),
-            "prod"
-        );
-        assert_eq!(parse("amqp://mq").unwrap().get_virtual_host(), "/");
-        assert!(parse("http://mq").is_err());
     }
 }

@@ -4,25 +4,7 @@
 /// The topics the platform itself emits (CONTRACT §6): the only topics that get a metric
 /// label of their own. Tenants may publish any other topic (policy `publish` actions); those
 /// are labelled [`OTHER`], so a tenant cannot add series to `/metrics`.
-pub const KNOWN_TOPICS: &[&str] = &[
-    "system.state",
-    "system.health",
-    "episode.created",
-    "episode.analyzed",
-    "episode.failed",
-    "policy.created",
-    "policy.updated",
-    "policy.deleted",
-    "policy.triggered",
-    "artifact.stored",
-    "artifact.processed",
-    "artifact.deleted",
-    "job.completed",
-    "job.discarded",
-    "notification.sent",
-    "notification.failed",
-    "telegram.command",
-];
+pub const KNOWN_TOPICS: &[&str] = super::payloads::TOPICS;
 
 /// The metric label of every topic not in [`KNOWN_TOPICS`].
 pub const OTHER: &str = "other";

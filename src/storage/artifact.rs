@@ -13,10 +13,10 @@
 //! the failure is logged (`artifact row and object disagree`) and the `artifact_processor`'s
 //! verification reports it.
 
-use serde_json::json;
 use uuid::Uuid;
 
 use super::{Staged, Storage, StorageError, object_key};
+use crate::events::payloads::{self, ArtifactDeleted, ArtifactStored};
 use crate::jobs::NewJob;
 use crate::repo::{DbError, Repo};
 use crate::schemas::storage::artifact::{self, Artifact, NewArtifact};
@@ -29,15 +29,15 @@ pub enum ArtifactError {
     Storage(#[from] StorageError),
 }
 
-/// The event payload describing an artifact.
-pub fn event_payload(a: &Artifact) -> serde_json::Value {
-    json!({
-        "id": a.id,
-        "path": a.path,
-        "size": a.size,
-        "sha256": a.sha256,
-        "content_type": a.content_type,
-    })
+/// The `artifact.stored` event of an artifact.
+fn stored(a: &Artifact) -> ArtifactStored {
+    ArtifactStored {
+        id: a.id,
+        path: a.path.clone(),
+        size: a.size,
+        sha256: a.sha256.clone(),
+        content_type: a.content_type.clone(),
+    }
 }
 
 /// The job a stored artifact calls for, inserted in the transaction that stores it.
@@ -90,7 +90,7 @@ async fn publish_inner(
         },
     )
     .await?;
-    crate::events::record(&mut tx, tenant, "artifact.stored", &event_payload(&row)).await?;
+    payloads::emit(&mut tx, tenant, &stored(&row)).await?;
     crate::jobs::storage::insert(&mut tx, &follow_up(&row)).await?;
     let key = object_key(tenant, path);
     if let Err(e) = storage.publish(staged, &key).await {
@@ -127,13 +127,11 @@ pub async fn remove(
     let Some(row) = artifact::delete(&mut tx, path).await? else {
         return Ok(None);
     };
-    crate::events::record(
-        &mut tx,
-        tenant,
-        "artifact.deleted",
-        &json!({"id": row.id, "path": row.path}),
-    )
-    .await?;
+    let deleted = ArtifactDeleted {
+        id: row.id,
+        path: row.path.clone(),
+    };
+    payloads::emit(&mut tx, tenant, &deleted).await?;
     storage.delete(&object_key(tenant, path)).await?;
     if let Err(e) = tx.commit().await {
         tracing::error!(%tenant, path, error = %e,

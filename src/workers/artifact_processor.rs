@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::events::payloads::{self, ArtifactProcessed};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
 use crate::schemas::storage::artifact::{self, Artifact};
 use crate::storage::{Storage, StorageError, object_key};
@@ -171,21 +172,19 @@ async fn process(
         return Ok(Outcome::Complete);
     }
     artifact::merge_metadata(&mut tx, artifact_id, &json!({"processing": result})).await?;
-    crate::events::record(
-        &mut tx,
-        tenant,
-        "artifact.processed",
-        &json!({
-            "id": artifact_id,
-            "path": row.path,
-            "status": status,
-            "size": row.size,
-            "sha256": row.sha256,
-            "sniffed_type": result.get("sniffed_type").cloned().unwrap_or(Value::Null),
-            "error": error,
-        }),
-    )
-    .await?;
+    let processed = ArtifactProcessed {
+        id: artifact_id,
+        path: row.path.clone(),
+        status: status.to_owned(),
+        size: row.size,
+        sha256: row.sha256.clone(),
+        sniffed_type: result
+            .get("sniffed_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        error,
+    };
+    payloads::emit(&mut tx, tenant, &processed).await?;
     tx.commit().await?;
     Ok(Outcome::Complete)
 }

@@ -19,6 +19,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::events::payloads::{self, EpisodeAnalyzed, EpisodeFailed};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Scope, Worker, job_for};
 use crate::repo::DbError;
 use crate::schemas::vsm::episode;
@@ -133,13 +134,11 @@ async fn analyze(ctx: &JobContext, tenant: Uuid, episode_id: Uuid) -> anyhow::Re
 
     let mut tx = ctx.repo.tenant_tx(tenant).await?;
     episode::complete(&mut tx, episode_id, &analysis).await?;
-    crate::events::record(
-        &mut tx,
-        tenant,
-        "episode.analyzed",
-        &json!({"episode_id": episode_id, "analysis": analysis}),
-    )
-    .await?;
+    let analyzed = EpisodeAnalyzed {
+        episode_id,
+        analysis,
+    };
+    payloads::emit(&mut tx, tenant, &analyzed).await?;
     tx.commit().await?;
     Ok(Outcome::Complete)
 }
@@ -154,13 +153,11 @@ async fn mark_failed(
 ) -> Result<(), DbError> {
     let mut tx = ctx.repo.tenant_tx(tenant).await?;
     if episode::fail(&mut tx, episode_id, reason).await? {
-        crate::events::record(
-            &mut tx,
-            tenant,
-            "episode.failed",
-            &json!({"episode_id": episode_id, "error": reason}),
-        )
-        .await?;
+        let failed = EpisodeFailed {
+            episode_id,
+            error: reason.to_owned(),
+        };
+        payloads::emit(&mut tx, tenant, &failed).await?;
     }
     tx.commit().await
 }

@@ -11,11 +11,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::config::ServiceUrl;
-use crate::health::PROBE_TIMEOUT;
+use crate::events::payloads::{self, SystemHealth};
+use crate::health::{PROBE_TIMEOUT, Probe, ProbeError, amqp_connect, redis_ping};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for};
 use crate::schemas::schema::health_checks;
 
@@ -59,12 +57,12 @@ impl Worker for HealthCheck {
                     .returning(health_checks::checked_at)
                     .get_result(&mut *tx)
                     .await?;
-            crate::events::record_global(
-                &mut tx,
-                "system.health",
-                &json!({"status": status, "checks": checks, "checked_at": checked_at}),
-            )
-            .await?;
+            let health = SystemHealth {
+                status: status.to_owned(),
+                checks: Value::Object(checks),
+                checked_at,
+            };
+            payloads::emit_global(&mut tx, &health).await?;
             tx.commit().await?;
             Ok(Outcome::Complete)
         })
@@ -74,20 +72,21 @@ impl Worker for HealthCheck {
 /// Every configured dependency, measured in parallel, each bounded by one second.
 pub async fn measure(ctx: &JobContext) -> Map<String, Value> {
     let repo = ctx.repo.clone();
-    let database = timed(async move { repo.ping().await.map(|_| ()).map_err(|e| e.to_string()) });
+    // The readiness probe's fixed reason (the server's own text is logged, not stored).
+    let database = timed(async move { Probe::check(&repo).await });
     let redis = ctx.config.redis.url.clone();
     let rabbitmq = ctx.config.rabbitmq.url.clone();
     let (database, redis, rabbitmq) = tokio::join!(
         database,
         async move {
             match redis {
-                Some(url) => Some(timed(redis_ping(url)).await),
+                Some(url) => Some(timed(redis_ping(&url)).await),
                 None => None,
             }
         },
         async move {
             match rabbitmq {
-                Some(url) => Some(timed(amqp_handshake(url)).await),
+                Some(url) => Some(timed(amqp_connect(&url)).await),
                 None => None,
             }
         },
@@ -103,56 +102,17 @@ pub async fn measure(ctx: &JobContext) -> Map<String, Value> {
     checks
 }
 
-async fn timed(check: impl Future<Output = Result<(), String>>) -> Value {
+async fn timed(check: impl Future<Output = Result<(), ProbeError>>) -> Value {
     let started = Instant::now();
     let outcome = match tokio::time::timeout(PROBE_TIMEOUT, check).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+        Err(_) => Err(ProbeError::Timeout),
     };
     let latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
     match outcome {
         Ok(()) => json!({"status": "ok", "latency_ms": latency_ms}),
-        Err(error) => json!({"status": "unavailable", "latency_ms": latency_ms, "error": error}),
-    }
-}
-
-async fn connect(url: &ServiceUrl) -> Result<TcpStream, String> {
-    let target = url.host_port();
-    TcpStream::connect(&target)
-        .await
-        .map_err(|e| format!("cannot connect to {target}: {e}"))
-}
-
-/// Redis answers an inline `PING` with `+PONG` (or `-NOAUTH`, which still proves it is up).
-async fn redis_ping(url: ServiceUrl) -> Result<(), String> {
-    let mut stream = connect(&url).await?;
-    stream
-        .write_all(b"PING\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 16];
-    let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-    match buf.get(..n) {
-        Some(reply) if reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH") => Ok(()),
-        _ => Err("unexpected answer to PING".into()),
-    }
-}
-
-/// RabbitMQ answers the AMQP 0-9-1 protocol header with a `Connection.Start` method frame.
-async fn amqp_handshake(url: ServiceUrl) -> Result<(), String> {
-    let mut stream = connect(&url).await?;
-    stream
-        .write_all(b"AMQP\x00\x00\x09\x01")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut frame_type = [0u8; 1];
-    stream
-        .read_exact(&mut frame_type)
-        .await
-        .map_err(|e| e.to_string())?;
-    if frame_type[0] == 1 {
-        Ok(())
-    } else {
-        Err("not an AMQP 0-9-1 server".into())
+        Err(error) => {
+            json!({"status": "unavailable", "latency_ms": latency_ms, "error": error.to_string()})
+        }
     }
 }

@@ -30,6 +30,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::events::payloads::{self, PolicyTriggered, SystemStateChanged, TriggeringEvent};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, storage};
 use crate::repo::{Conn, DbError, Repo};
 use crate::schemas::schema::policies;
@@ -204,18 +205,16 @@ pub async fn evaluate_with(
                 Err(e) => json!({"action": kind(action), "status": "error", "error": e}),
             });
         }
-        crate::events::record(
-            &mut tx,
-            tenant,
-            "policy.triggered",
-            &json!({
-                "policy_id": policy_id,
-                "policy": name,
-                "event": {"id": doc["event_id"], "topic": topic},
-                "actions": results,
-            }),
-        )
-        .await?;
+        let triggered = PolicyTriggered {
+            policy_id,
+            policy: name.clone(),
+            event: TriggeringEvent {
+                id: doc["event_id"].as_i64(),
+                topic: topic.to_owned(),
+            },
+            actions: results,
+        };
+        payloads::emit(&mut tx, tenant, &triggered).await?;
     }
     tx.commit().await?;
     Ok(failures)
@@ -274,6 +273,8 @@ async fn perform(
             }
             let saved =
                 system_state::append(conn, tenant, *system, &Value::Object(state), None).await?;
+            // A state change always comes with its event, whoever makes it.
+            payloads::emit(conn, tenant, &SystemStateChanged::from(&saved)).await?;
             Ok(json!({"system": system, "version": saved.version}))
         }
     })

@@ -400,6 +400,21 @@ async fn the_openapi_document_covers_every_route() {
             "{method} {path} missing"
         );
     }
+    // The stream: every platform topic with its payload's schema.
+    let stream = doc["paths"]["/v1/events"]["get"]["responses"]["200"]["description"]
+        .as_str()
+        .unwrap();
+    for (topic, schema) in vsm::events::payloads::SCHEMAS {
+        assert!(stream.contains(&format!("`{topic}`")), "{topic} missing");
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing from the components"
+        );
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["EpisodeCreated"]["properties"]["title"]["type"],
+        "string"
+    );
 }
 
 #[tokio::test]

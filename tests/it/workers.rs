@@ -479,6 +479,13 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
         .unwrap();
     assert_eq!((s3.version, s3.state), (1, json!({"alert": true})));
     drop(tx);
+    // ...and its `system.state` event, as a state change through the API has.
+    let states = events(&db, "system.state").await;
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        states[0].1,
+        json!({"system": 3, "version": 1, "state": {"alert": true}})
+    );
     // policy.triggered for both triggered policies, in priority order, with each action's result.
     let triggered = events(&db, "policy.triggered").await;
     assert_eq!(triggered.len(), 2);
@@ -536,6 +543,43 @@ async fn the_health_check_stores_its_measurements_and_emits_system_health() {
         .await,
         1
     );
+}
+
+#[tokio::test]
+async fn the_health_check_reaches_redis_and_rabbitmq_and_names_no_secret_when_it_cannot() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let measure = |redis: &str, rabbitmq: &str| {
+        let mut config = Config::default();
+        config.redis.url = Some(ServiceUrl::parse(redis).unwrap());
+        config.rabbitmq.url = Some(ServiceUrl::parse(rabbitmq).unwrap());
+        let config = Arc::new(config);
+        let ctx = vsm::jobs::JobContext::new(
+            repo.clone(),
+            config.clone(),
+            vsm::workers::registry(&config),
+        );
+        async move { vsm::workers::health_check::measure(&ctx).await }
+    };
+    let up = measure("redis://127.0.0.1:6379", common::RABBITMQ_URL).await;
+    assert_eq!(up["redis"]["status"], "ok", "{up:?}");
+    assert_eq!(up["rabbitmq"]["status"], "ok", "{up:?}");
+
+    // Wrong credentials and a closed port: unavailable, with a fixed reason and no URL.
+    let port = common::free_port();
+    let down = measure(
+        &format!("redis://:s3cret-pw@127.0.0.1:{port}"),
+        "amqp://guest:s3cret-pw@127.0.0.1:5672/%2f",
+    )
+    .await;
+    for name in ["redis", "rabbitmq"] {
+        assert_eq!(down[name]["status"], "unavailable", "{down:?}");
+        let error = down[name]["error"].as_str().unwrap();
+        assert!(
+            !error.contains("s3cret") && !error.contains("127.0.0.1"),
+            "{error}"
+        );
+    }
 }
 
 #[tokio::test]

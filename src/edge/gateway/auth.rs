@@ -7,13 +7,12 @@
 //! bucket (given back when the key is valid), so guessing keys costs the database about one
 //! bucket's worth of lookups per address and then gets 429.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
+use moka::sync::Cache;
 use uuid::Uuid;
 
 use super::AppState;
@@ -26,7 +25,7 @@ use crate::schemas::storage::api_key;
 /// How long a key lookup is trusted; the upper bound on revocation taking effect.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Found keys kept at most (bounds memory; only valid keys, which a tenant's cap bounds, count).
-const MAX_ENTRIES: usize = 10_000;
+const MAX_ENTRIES: u64 = 10_000;
 
 /// A request authenticated by an API key, and the tenant it acts for.
 #[derive(Debug, Clone, Copy)]
@@ -37,47 +36,46 @@ pub struct Authenticated {
 
 /// `(api_key_id, tenant_id)` of a valid key.
 type Found = (Uuid, Uuid);
-/// Key hash → found key and when it was looked up.
-type Entries = HashMap<[u8; 32], (Found, Instant)>;
 
-#[derive(Clone, Default)]
+/// Key hash → found key, expiring [`KEY_CACHE_TTL`] after the lookup and bounded to
+/// [`MAX_ENTRIES`] (moka evicts the least useful entry, never everything).
+#[derive(Clone)]
 pub struct KeyCache {
-    entries: Arc<Mutex<Entries>>,
+    entries: Cache<[u8; 32], Found>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(KEY_CACHE_TTL)
+                // `forget` finds entries by key id, not by the hash they are stored under.
+                .support_invalidation_closures()
+                .build(),
+        }
+    }
 }
 
 impl KeyCache {
     /// Forgets a key at once on this instance (other instances within the TTL).
     pub fn forget(&self, api_key_id: Uuid) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, ((id, _), _)| *id != api_key_id);
+        // Only fails when invalidation closures are not enabled, which `default` always does;
+        // the TTL still bounds how long a revoked key is served.
+        if let Err(e) = self
+            .entries
+            .invalidate_entries_if(move |_, (id, _)| *id == api_key_id)
+        {
+            tracing::error!(error = %e, "could not forget a revoked API key");
+        }
     }
 
     fn get(&self, hash: &[u8; 32]) -> Option<Found> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(found, _)| *found)
+        self.entries.get(hash)
     }
 
     fn put(&self, hash: [u8; 32], found: Found) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
-        }
-        if entries.len() >= MAX_ENTRIES {
-            // Still full of live keys: make room for this one; the evicted key is looked up
-            // again on its next request (never cleared wholesale).
-            if let Some(victim) = entries.keys().next().copied() {
-                entries.remove(&victim);
-            }
-        }
-        entries.insert(hash, (found, Instant::now()));
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries.insert(hash, found);
     }
 }
 
@@ -196,25 +194,37 @@ fn rate_limited(by: super::rate_limit::Scope, retry_after_secs: u64) -> ApiError
 mod tests {
     use super::*;
 
+    fn hash(i: u64) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&i.to_be_bytes());
+        h
+    }
+
     #[test]
-    fn a_full_cache_drops_expired_or_single_entries_never_everything() {
+    fn a_full_cache_stays_bounded_and_keeps_most_keys() {
         let cache = KeyCache::default();
-        let hash = |i: usize| {
-            let mut h = [0u8; 32];
-            h[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            h
-        };
-        let kept = (Uuid::now_v7(), Uuid::now_v7());
-        cache.put(hash(0), kept);
-        for i in 1..MAX_ENTRIES + 50 {
+        for i in 0..MAX_ENTRIES + 50 {
             cache.put(hash(i), (Uuid::now_v7(), Uuid::now_v7()));
         }
-        assert_eq!(cache.len(), MAX_ENTRIES);
-        // 49 of 10,049 live keys were evicted one at a time; the newest are all there.
-        assert!(cache.get(&hash(MAX_ENTRIES + 49)).is_some());
-        let live = (1..MAX_ENTRIES + 50)
-            .filter(|i| cache.get(&hash(*i)).is_some())
-            .count();
-        assert!(live >= MAX_ENTRIES - 1, "{live}");
+        cache.entries.run_pending_tasks();
+        let count = cache.entries.entry_count();
+        assert!(count <= MAX_ENTRIES, "{count}");
+        // Evicted one at a time, never cleared wholesale.
+        assert!(count >= MAX_ENTRIES - 100, "{count}");
+    }
+
+    #[test]
+    fn forget_drops_every_entry_of_that_key_at_once() {
+        let cache = KeyCache::default();
+        let (revoked, kept) = (Uuid::now_v7(), Uuid::now_v7());
+        let tenant = Uuid::now_v7();
+        cache.put(hash(1), (revoked, tenant));
+        cache.put(hash(2), (kept, tenant));
+        cache.forget(revoked);
+        assert_eq!(cache.get(&hash(1)), None);
+        assert_eq!(cache.get(&hash(2)), Some((kept, tenant)));
+        // A later lookup of the same key caches it again.
+        cache.put(hash(1), (revoked, tenant));
+        assert_eq!(cache.get(&hash(1)), Some((revoked, tenant)));
     }
 }

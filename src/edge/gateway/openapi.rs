@@ -1,50 +1,17 @@
-//! `GET /openapi.json`: the OpenAPI 3 description of every route, generated from the handlers'
-//! annotations so it cannot drift from the code.
+//! `GET /openapi.json`: the OpenAPI 3 description of every route, collected from the handlers'
+//! annotations while the router registers them, so it cannot drift from the code.
 
-use actix_web::{HttpResponse, get};
+use actix_web::{HttpResponse, get, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::controllers::{
-    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
-    health_controller, jobs_controller, policies_controller, systems_controller,
-    tenants_controller,
-};
+use crate::events::payloads;
 
+/// The document's frame (info, security schemes); the router adds every path as it registers
+/// the handler (`router::routes`).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vsm", description = "Viable System Model platform API"),
-    paths(
-        health_controller::live,
-        health_controller::health,
-        health_controller::ready,
-        tenants_controller::create,
-        api_keys_controller::create,
-        api_keys_controller::revoke,
-        systems_controller::list,
-        systems_controller::show,
-        systems_controller::update,
-        systems_controller::history,
-        episodes_controller::create,
-        episodes_controller::index,
-        episodes_controller::show,
-        policies_controller::create,
-        policies_controller::index,
-        policies_controller::show,
-        policies_controller::update,
-        policies_controller::destroy,
-        jobs_controller::index,
-        jobs_controller::show,
-        jobs_controller::cancel,
-        jobs_controller::retry,
-        jobs_controller::queues,
-        jobs_controller::pause_or_resume,
-        events_controller::events,
-        artifacts_controller::upload,
-        artifacts_controller::download,
-        artifacts_controller::remove,
-        artifacts_controller::list,
-    ),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
@@ -61,7 +28,41 @@ impl Modify for Security {
     }
 }
 
+/// The stream's events: each topic's payload schema in the components, and the list of topics
+/// with their schemas in the description of `GET /v1/events`. Applied to the finished document
+/// (after the router registered the paths).
+pub struct EventPayloads;
+
+impl Modify for EventPayloads {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, schema) in payloads::json_schemas() {
+            components.schemas.insert(name, schema);
+        }
+        let topics: String = payloads::SCHEMAS
+            .iter()
+            .map(|(topic, schema)| format!("\n- `{topic}`: `data` is a `{schema}`"))
+            .collect();
+        let Some(path) = openapi.paths.paths.get_mut("/v1/events") else {
+            return;
+        };
+        let Some(response) = path
+            .get
+            .as_mut()
+            .and_then(|op| op.responses.responses.get_mut("200"))
+        else {
+            return;
+        };
+        if let utoipa::openapi::RefOr::T(response) = response {
+            response.description = format!(
+                "The event stream: `id`, `event: <topic>`, `data: <payload>` frames. The \
+                 platform's topics (tenants' policies may publish others):{topics}"
+            );
+        }
+    }
+}
+
 #[get("/openapi.json")]
-pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+pub async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(doc.get_ref())
 }

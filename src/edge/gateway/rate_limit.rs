@@ -330,15 +330,7 @@ impl Probe for RedisProbe {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
-        Box::pin(async move {
-            if !self.0.is_connected() {
-                return Err(ProbeError::NotConnected);
-            }
-            self.0.ping::<String>(None).await.map(|_| ()).map_err(|e| {
-                tracing::warn!(error = %e, "readiness: Redis does not answer");
-                ProbeError::Down("ping failed")
-            })
-        })
+        Box::pin(crate::health::redis_ping_client(&self.0))
     }
 }
 

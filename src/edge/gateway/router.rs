@@ -1,7 +1,11 @@
 //! Every route of the gateway, and the request-level rules shared by all of them (JSON body
 //! limit and JSON errors in the contract's error format).
+//!
+//! Registering a handler here also adds its `#[utoipa::path]` operation to `/openapi.json`
+//! (utoipa-actix-web), so the document cannot miss a route.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::controllers::{
     api_keys_controller, artifacts_controller, episodes_controller, events_controller,
@@ -12,7 +16,12 @@ use super::error::ApiError;
 use super::openapi;
 
 /// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
-pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
+pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
+    // Not part of the API description: the Prometheus scrape and the description itself.
+    cfg.map(|cfg| {
+        cfg.service(metrics_controller::metrics)
+            .service(openapi::openapi_json)
+    });
     cfg.app_data(
         web::JsonConfig::default()
             .limit(json_limit)
@@ -29,8 +38,6 @@ pub fn routes(cfg: &mut web::ServiceConfig, json_limit: usize) {
     .service(health_controller::live)
     .service(health_controller::health)
     .service(health_controller::ready)
-    .service(metrics_controller::metrics)
-    .service(openapi::openapi_json)
     .service(tenants_controller::create)
     .service(api_keys_controller::create)
     .service(api_keys_controller::revoke)

@@ -10,12 +10,14 @@ use std::time::Instant;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
 
 use super::auth::KeyCache;
 use super::drain::{self, Drain, InFlight};
 use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
-use super::{observe, router};
+use super::{observe, openapi, router};
 use crate::config::Config;
 use crate::events::hub::Hub;
 use crate::health::{Probe, Readiness};
@@ -129,14 +131,19 @@ impl Server {
             shutdown: shutdown.clone(),
         });
         let mut http = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+            let (app, mut doc) = App::new()
+                .into_utoipa_app()
+                .openapi(openapi::ApiDoc::openapi())
+                .configure(|cfg| router::routes(cfg, json_limit))
+                .split_for_parts();
+            utoipa::Modify::modify(&openapi::EventPayloads, &mut doc);
+            app.app_data(data.clone())
                 .app_data(ops.clone())
                 .app_data(drain.clone())
+                .app_data(web::Data::new(doc))
                 .wrap(from_fn(observe::observe))
                 // Outermost: counts every request until its body is done.
                 .wrap(from_fn(drain::track))
-                .configure(|cfg| router::routes(cfg, json_limit))
                 .default_service(web::to(router::not_found))
         })
         .disable_signals()

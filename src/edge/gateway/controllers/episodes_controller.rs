@@ -3,7 +3,6 @@
 
 use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -11,6 +10,7 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::events::payloads::{self, EpisodeCreated};
 use crate::jobs::storage as jobs;
 use crate::schemas::vsm::episode::{self, Episode, NewEpisode};
 use crate::workers::episode_analyzer;
@@ -85,16 +85,15 @@ pub async fn create(
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let created = episode::insert(&mut tx, &new).await?;
     jobs::insert(&mut tx, &episode_analyzer::job(auth.tenant_id, created.id)).await?;
-    crate::events::record(
-        &mut tx,
-        auth.tenant_id,
-        "episode.created",
-        &json!({
-            "id": created.id, "title": created.title, "source": created.source,
-            "kind": created.kind, "tags": created.tags, "created_at": created.created_at,
-        }),
-    )
-    .await?;
+    let event = EpisodeCreated {
+        id: created.id,
+        title: created.title.clone(),
+        source: created.source.clone(),
+        kind: created.kind.clone(),
+        tags: created.tags.clone(),
+        created_at: created.created_at,
+    };
+    payloads::emit(&mut tx, auth.tenant_id, &event).await?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(created))
 }

@@ -8,7 +8,6 @@
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -17,6 +16,7 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::events::payloads::{self, PolicyCreated, PolicyDeleted, PolicySummary, PolicyUpdated};
 use crate::schemas::vsm::policy::{self, NewPolicy, Policy};
 use crate::workers::policy_evaluator;
 
@@ -84,8 +84,13 @@ impl PolicyBody {
     }
 }
 
-fn event(p: &Policy) -> serde_json::Value {
-    json!({"id": p.id, "name": p.name, "active": p.active, "priority": p.priority})
+fn summary(p: &Policy) -> PolicySummary {
+    PolicySummary {
+        id: p.id,
+        name: p.name.clone(),
+        active: p.active,
+        priority: p.priority,
+    }
 }
 
 /// Creates a policy.
@@ -119,7 +124,7 @@ pub async fn create(
     )
     .await?;
     let created = policy::insert(&mut tx, &new).await?;
-    crate::events::record(&mut tx, auth.tenant_id, "policy.created", &event(&created)).await?;
+    payloads::emit(&mut tx, auth.tenant_id, &PolicyCreated(summary(&created))).await?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -194,7 +199,7 @@ pub async fn update(
         .await?;
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     let updated = policy::update(&mut tx, id, &new).await?;
-    crate::events::record(&mut tx, auth.tenant_id, "policy.updated", &event(&updated)).await?;
+    payloads::emit(&mut tx, auth.tenant_id, &PolicyUpdated(summary(&updated))).await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(updated))
 }
@@ -217,13 +222,7 @@ pub async fn destroy(
     let id = path.into_inner();
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     policy::delete(&mut tx, id).await?;
-    crate::events::record(
-        &mut tx,
-        auth.tenant_id,
-        "policy.deleted",
-        &json!({"id": id}),
-    )
-    .await?;
+    payloads::emit(&mut tx, auth.tenant_id, &PolicyDeleted { id }).await?;
     tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }

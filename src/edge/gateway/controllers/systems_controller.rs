@@ -10,6 +10,7 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::events::payloads::{self, SystemStateChanged};
 use crate::schemas::vsm::system_state::{self, SYSTEM_NAMES, SystemState};
 
 /// A system's latest state; `version` 0 and `{}` when it was never set.
@@ -154,13 +155,7 @@ pub async fn update(
         body.expected_version,
     )
     .await?;
-    crate::events::record(
-        &mut tx,
-        auth.tenant_id,
-        "system.state",
-        &json!({"system": n, "version": written.version, "state": written.state}),
-    )
-    .await?;
+    payloads::emit(&mut tx, auth.tenant_id, &SystemStateChanged::from(&written)).await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(SystemView::of(n, Some(written))))
 }
