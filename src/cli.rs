@@ -12,11 +12,8 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::edge::gateway::auth::KeyCache;
-use crate::edge::gateway::ops::OpsServer;
-use crate::edge::gateway::rate_limit::RateLimiter;
-use crate::edge::gateway::{AppState, launch};
-use crate::events::hub::Hub;
+use crate::edge::gateway::launch;
+use crate::edge::gateway::ops::{OpsServer, OpsState};
 use crate::health::Readiness;
 use crate::jobs::{Engine, EngineOptions, Registry};
 use crate::migrate::{self, Action};
@@ -356,28 +353,20 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
     shutdown
         .trigger_on_signals()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
-    // The listener serves only health and metrics; the API's pieces stay idle. Storage is
-    // real: the artifact processor reads objects, so readiness checks the backend too.
-    let limiter = RateLimiter::new(&config.rate_limit, None).map_err(Failure::usage)?;
+    // The listener serves only health and metrics. Readiness checks the storage backend too:
+    // the artifact processor reads objects.
     let storage = Storage::from_config(&config.storage).map_err(|e| {
         Failure::runtime(format!(
             "cannot open storage ({}): {e}",
             config.storage.backend.as_str()
         ))
     })?;
-    let state = AppState {
+    let state = OpsState {
         readiness: Readiness::new(
-            vec![Box::new(repo.clone()), Box::new(storage.clone())],
+            vec![Box::new(repo.clone()), Box::new(storage)],
             shutdown.clone(),
         ),
-        config: config.clone(),
         repo: repo.clone(),
-        hub: Hub::new(1, 1),
-        keys: KeyCache::default(),
-        limiter: Arc::new(limiter),
-        workers: registry.clone(),
-        storage,
-        shutdown: shutdown.clone(),
         started: Instant::now(),
     };
     let ops = OpsServer::build(listener, state, shutdown.clone())

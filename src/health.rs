@@ -20,12 +20,26 @@ use crate::shutdown::Shutdown;
 /// How long one dependency may take to answer before it counts as down.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Why a dependency counts as down. Its `Display` is what `/ready` shows, so every reason is a
+/// short fixed text (CONTRACT §5: a dependency's own error text can name hosts, roles or
+/// buckets); a probe logs the detail itself before returning one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {}s", PROBE_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("not connected")]
+    NotConnected,
+    /// A fixed class of failure (`connection refused`, `ping failed`, …).
+    #[error("{0}")]
+    Down(&'static str),
+}
+
 /// One dependency readiness depends on.
 pub trait Probe: Send + Sync {
     /// Name in the `/ready` report (`database`, `redis`, …).
     fn name(&self) -> &'static str;
-    /// `Ok` when the dependency answered; `Err` with a short, secret-free reason otherwise.
-    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// `Ok` when the dependency answered; why not otherwise.
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>>;
     /// Whether the instance is unready without it. A non-critical dependency that fails shows
     /// as `unavailable` in the report and the overall status becomes `degraded`, still 200.
     fn critical(&self) -> bool {
@@ -38,13 +52,13 @@ impl Probe for Repo {
         "database"
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         Box::pin(async move {
             self.ping().await.map(|_| ()).map_err(|e| {
                 // The full text can name roles, databases and hosts: log it, show its class.
                 let reason = database_reason(&e.to_string());
                 tracing::warn!(error = %e, reason, "readiness: the database does not answer");
-                reason.to_owned()
+                ProbeError::Down(reason)
             })
         })
     }
@@ -105,7 +119,7 @@ impl Readiness {
             let started = Instant::now();
             let outcome = match tokio::time::timeout(PROBE_TIMEOUT, p.check()).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+                Err(_) => Err(ProbeError::Timeout),
             };
             (p.name(), p.critical(), outcome, started.elapsed())
         }))
@@ -123,7 +137,7 @@ impl Readiness {
                     } else {
                         degraded = true;
                     }
-                    json!({"status": "unavailable", "latency_ms": latency_ms, "error": error})
+                    json!({"status": "unavailable", "latency_ms": latency_ms, "error": error.to_string()})
                 }
             };
             checks.insert(name.to_owned(), check);
@@ -144,10 +158,10 @@ impl Readiness {
 /// Pings Redis over a fresh connection (connect within [`PROBE_TIMEOUT`], one attempt, no
 /// reconnects): what the `health_check` worker measures. Errors are short and fixed; the
 /// client's own text (which can carry the URL) is only logged (CONTRACT §5).
-pub async fn redis_ping(url: &ServiceUrl) -> Result<(), String> {
+pub async fn redis_ping(url: &ServiceUrl) -> Result<(), ProbeError> {
     let config = RedisConfig::from_url(url.expose()).map_err(|e| {
         tracing::warn!(error = %e, "health: invalid Redis URL");
-        "invalid Redis URL".to_owned()
+        ProbeError::Down("invalid Redis URL")
     })?;
     let client = fred::types::Builder::from_config(config)
         .with_connection_config(|c| {
@@ -158,14 +172,14 @@ pub async fn redis_ping(url: &ServiceUrl) -> Result<(), String> {
         .build()
         .map_err(|e| {
             tracing::warn!(error = %e, "health: cannot configure a Redis client");
-            "invalid Redis configuration".to_owned()
+            ProbeError::Down("invalid Redis configuration")
         })?;
     let connected = client.init().await;
     let outcome = match connected {
         Ok(_) => redis_ping_client(&client).await,
         Err(e) => {
             tracing::warn!(error = %e, "health: cannot connect to Redis");
-            Err("cannot connect".to_owned())
+            Err(ProbeError::Down("cannot connect"))
         }
     };
     // Best effort: the probe's answer is already known.
@@ -175,48 +189,54 @@ pub async fn redis_ping(url: &ServiceUrl) -> Result<(), String> {
 
 /// Pings Redis over an existing client: `/ready`'s check of the rate limiter's connection and
 /// the second half of [`redis_ping`].
-pub async fn redis_ping_client(client: &RedisClient) -> Result<(), String> {
+pub async fn redis_ping_client(client: &RedisClient) -> Result<(), ProbeError> {
     if !client.is_connected() {
-        return Err("not connected".to_owned());
+        return Err(ProbeError::NotConnected);
     }
     client.ping::<String>(None).await.map(|_| ()).map_err(|e| {
         tracing::warn!(error = %e, "health: Redis does not answer PING");
-        "ping failed".to_owned()
+        ProbeError::Down("ping failed")
     })
 }
 
 /// Opens an AMQP connection (protocol handshake, login, vhost) and closes it again.
-pub async fn amqp_connect(url: &ServiceUrl) -> Result<(), String> {
+pub async fn amqp_connect(url: &ServiceUrl) -> Result<(), ProbeError> {
     let args = amqp_connection_args(url).map_err(|e| {
         tracing::warn!(error = %e, "health: invalid RabbitMQ URL");
-        "invalid RabbitMQ URL".to_owned()
+        ProbeError::Down("invalid RabbitMQ URL")
     })?;
     let conn = Connection::open(&args).await.map_err(|e| {
         tracing::warn!(error = %e, "health: cannot open a RabbitMQ connection");
-        "cannot connect".to_owned()
+        ProbeError::Down("cannot connect")
     })?;
     // Best effort: the connection was open, which is what was asked.
     let _ = conn.close().await;
     Ok(())
 }
 
+/// An AMQP URL [`amqp_connection_args`] cannot use (the URL in it is redacted).
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpUrlError {
+    #[error("unsupported RabbitMQ URL scheme {0} (expected amqp)")]
+    Scheme(String),
+    #[error("RabbitMQ URL {0} has no host")]
+    NoHost(String),
+    #[error("invalid percent-encoding in RabbitMQ URL {0}")]
+    Encoding(String),
+}
+
 /// Connection arguments from an AMQP URI (`amqp://user:pass@host:port/vhost`), with the
 /// percent-encoded vhost decoded (`%2f` is the default vhost `/`). Shared by the event relay
 /// and consumer (`events::rabbitmq`) and [`amqp_connect`].
-pub fn amqp_connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments, String> {
+pub fn amqp_connection_args(url: &ServiceUrl) -> Result<OpenConnectionArguments, AmqpUrlError> {
     let u = url.url();
     if u.scheme() != "amqp" {
-        return Err(format!(
-            "unsupported RabbitMQ URL scheme {} (expected amqp)",
-            u.scheme()
-        ));
+        return Err(AmqpUrlError::Scheme(u.scheme().to_owned()));
     }
-    let decode = |s: &str| {
-        percent_decode(s).ok_or_else(|| format!("invalid percent-encoding in RabbitMQ URL {url}"))
-    };
+    let decode = |s: &str| percent_decode(s).ok_or_else(|| AmqpUrlError::Encoding(url.to_string()));
     let host = u
         .host_str()
-        .ok_or_else(|| format!("RabbitMQ URL {url} has no host"))?;
+        .ok_or_else(|| AmqpUrlError::NoHost(url.to_string()))?;
     let user = if u.username().is_empty() {
         "guest".to_owned()
     } else {
@@ -244,6 +264,57 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe that answers with `outcome`, or never when `None`.
+    struct Fake(&'static str, Option<Result<(), ProbeError>>, bool);
+
+    impl Probe for Fake {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn critical(&self) -> bool {
+            self.2
+        }
+        fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
+            let outcome = self.1;
+            Box::pin(async move {
+                match outcome {
+                    Some(outcome) => outcome,
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_report_shows_only_the_fixed_reasons() {
+        let readiness = Readiness::new(
+            vec![
+                Box::new(Fake("a", Some(Ok(())), true)),
+                Box::new(Fake("b", None, false)),
+                Box::new(Fake("c", Some(Err(ProbeError::NotConnected)), false)),
+            ],
+            Shutdown::new(),
+        );
+        let (ready, body) = readiness.report().await;
+        assert!(ready, "{body}");
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["checks"]["a"]["status"], "ok");
+        assert_eq!(body["checks"]["b"]["error"], "no answer within 1s");
+        assert_eq!(body["checks"]["c"]["error"], "not connected");
+
+        let readiness = Readiness::new(
+            vec![Box::new(Fake(
+                "db",
+                Some(Err(ProbeError::Down("timed out"))),
+                true,
+            ))],
+            Shutdown::new(),
+        );
+        let (ready, body) = readiness.report().await;
+        assert!(!ready);
+        assert_eq!(body["checks"]["db"]["error"], "timed out");
+    }
 
     #[test]
     fn amqp_urls_decode_the_vhost_and_credentials() {

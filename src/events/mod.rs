@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::sql_types::{Array, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,7 +22,6 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::health::Probe;
 use crate::repo::{Conn, DbError, Repo};
-use crate::schemas::schema::events;
 use crate::shutdown::Shutdown;
 
 /// The channel the relay LISTENs on; `record` notifies it so the relay wakes at commit.
@@ -95,15 +94,6 @@ impl From<WireEvent> for Event {
 
 /// Events shared between the hub and every client without copying.
 pub type SharedEvent = Arc<Event>;
-
-#[derive(Insertable)]
-#[diesel(table_name = events)]
-struct NewEvent<'a> {
-    id: Uuid,
-    tenant_id: Option<Uuid>,
-    topic: &'a str,
-    payload: &'a serde_json::Value,
-}
 
 /// What a serving process runs for events: its hub, plus the readiness probes of the fan-out.
 pub struct Started {
@@ -180,28 +170,62 @@ pub async fn record_global(
     insert(conn, None, topic, payload).await
 }
 
+/// One event for [`record_many`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct Record {
+    /// `None` for a system-wide event.
+    pub tenant_id: Option<Uuid>,
+    pub topic: String,
+    pub payload: serde_json::Value,
+}
+
 async fn insert(
     conn: &mut Conn,
     tenant_id: Option<Uuid>,
     topic: &str,
     payload: &serde_json::Value,
 ) -> Result<(), DbError> {
-    topic::validate(topic).map_err(|_| DbError::Validation {
-        field: "topic",
-        message: "must be <domain>.<action> in lowercase",
-    })?;
-    diesel::insert_into(events::table)
-        .values(NewEvent {
-            id: Uuid::now_v7(),
-            tenant_id,
-            topic,
-            payload,
-        })
-        .execute(conn)
-        .await?;
-    // Delivered to the relay when (and only if) the transaction commits.
-    diesel::sql_query(format!("NOTIFY {NOTIFY_CHANNEL}"))
-        .execute(conn)
-        .await?;
+    let record = Record {
+        tenant_id,
+        topic: topic.to_owned(),
+        payload: payload.clone(),
+    };
+    record_many(conn, std::slice::from_ref(&record)).await
+}
+
+/// Records a batch of events inside the caller's transaction in one statement (the job
+/// engine's batched acknowledgements): the rows and the relay's wake-up at commit. Every topic
+/// is validated first; one invalid topic records none. Row-level security applies as for
+/// [`record`]: a tenant transaction can record only its own tenant's events.
+pub async fn record_many(conn: &mut Conn, records: &[Record]) -> Result<(), DbError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    for r in records {
+        topic::validate(&r.topic).map_err(|_| DbError::Validation {
+            field: "topic",
+            message: "must be <domain>.<action> in lowercase",
+        })?;
+    }
+    let ids: Vec<Uuid> = records.iter().map(|_| Uuid::now_v7()).collect();
+    let tenants: Vec<Option<Uuid>> = records.iter().map(|r| r.tenant_id).collect();
+    let topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = records.iter().map(|r| &r.payload).collect();
+    // The NOTIFY is delivered to the relay when (and only if) the transaction commits.
+    diesel::sql_query(
+        "WITH ins AS (
+           INSERT INTO events (id, tenant_id, topic, payload)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[])
+           RETURNING 1
+         )
+         SELECT pg_notify($5, '') FROM (SELECT 1) one WHERE EXISTS (SELECT 1 FROM ins)",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Nullable<SqlUuid>>, _>(&tenants)
+    .bind::<Array<Text>, _>(&topics)
+    .bind::<Array<Jsonb>, _>(&payloads)
+    .bind::<Text, _>(NOTIFY_CHANNEL)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -22,29 +22,79 @@ use tokio::sync::mpsc;
 
 use super::hub::Hub;
 use super::{Event, WireEvent, store};
+use crate::backoff::Backoff;
 use crate::config::ServiceUrl;
-use crate::health::Probe;
-use crate::repo::Repo;
+use crate::health::{Probe, ProbeError};
+use crate::repo::{DbError, Repo};
 use crate::shutdown::Shutdown;
+
+/// Why the broker link failed. Logged by the loops that reconnect; never shown to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error(transparent)]
+    Url(#[from] crate::health::AmqpUrlError),
+    #[error("cannot connect to RabbitMQ at {at}: {source}")]
+    Connect {
+        at: String,
+        #[source]
+        source: amqprs::error::Error,
+    },
+    /// A broker operation (`open channel`, `declare exchange vsm.events`, …) failed.
+    #[error("RabbitMQ {what} failed: {source}")]
+    Broker {
+        what: String,
+        #[source]
+        source: amqprs::error::Error,
+    },
+    #[error("cannot encode an event: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("broker refused a message")]
+    Nacked,
+    #[error("channel closed")]
+    ChannelClosed,
+    #[error("no publisher confirm in time")]
+    ConfirmTimeout,
+    #[error("queue_declare returned no queue")]
+    NoQueue,
+    #[error("network failure")]
+    NetworkFailure,
+    #[error("catching up from the database: {0}")]
+    CatchUp(#[from] DbError),
+}
+
+/// `map_err` for a broker operation.
+fn broker(what: impl Into<String>) -> impl FnOnce(amqprs::error::Error) -> AmqpError {
+    let what = what.into();
+    move |source| AmqpError::Broker { what, source }
+}
 
 /// How long the relay waits for the broker to confirm a batch.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between the consumer's reconnect attempts.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
-async fn open(url: &ServiceUrl, exchange: &str) -> Result<(Connection, Channel), String> {
+async fn open(url: &ServiceUrl, exchange: &str) -> Result<(Connection, Channel), AmqpError> {
     let args = crate::health::amqp_connection_args(url)?;
     let conn = Connection::open(&args)
         .await
-        .map_err(|e| format!("cannot connect to RabbitMQ at {}: {e}", url.host_port()))?;
+        .map_err(|source| AmqpError::Connect {
+            at: url.host_port(),
+            source,
+        })?;
     conn.register_callback(DefaultConnectionCallback)
         .await
-        .map_err(|e| e.to_string())?;
-    let channel = conn.open_channel(None).await.map_err(|e| e.to_string())?;
+        .map_err(broker("register connection callback"))?;
+    let channel = conn
+        .open_channel(None)
+        .await
+        .map_err(broker("open channel"))?;
     let mut declare = ExchangeDeclareArguments::new(exchange, "topic");
     declare.durable = true;
     channel
         .exchange_declare(declare)
         .await
-        .map_err(|e| format!("cannot declare exchange {exchange}: {e}"))?;
+        .map_err(broker(format!("declare exchange {exchange}")))?;
     Ok((conn, channel))
 }
 
@@ -104,41 +154,38 @@ impl Publisher {
         }
     }
 
-    async fn link(&mut self) -> Result<&mut Link, String> {
-        let stale = self
-            .link
-            .as_ref()
-            .is_some_and(|l| !l.conn.is_open() || !l.channel.is_open());
-        if stale {
-            self.link = None;
-        }
-        if self.link.is_none() {
-            let (conn, channel) = open(&self.url, &self.exchange).await?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            channel
-                .register_callback(Confirms(tx))
-                .await
-                .map_err(|e| e.to_string())?;
-            channel
-                .confirm_select(ConfirmSelectArguments::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(broker = %self.url.host_port(), "relay connected to RabbitMQ");
-            self.link = Some(Link {
-                conn,
-                channel,
-                confirms: rx,
-                next_tag: 1,
-            });
-        }
-        self.link
-            .as_mut()
-            .ok_or_else(|| "no RabbitMQ link".to_owned())
+    /// The open link, reconnecting when there is none or it went stale.
+    async fn link(&mut self) -> Result<&mut Link, AmqpError> {
+        let link = match self.link.take() {
+            Some(l) if l.conn.is_open() && l.channel.is_open() => l,
+            _ => self.connect().await?,
+        };
+        Ok(self.link.insert(link))
+    }
+
+    async fn connect(&self) -> Result<Link, AmqpError> {
+        let (conn, channel) = open(&self.url, &self.exchange).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        channel
+            .register_callback(Confirms(tx))
+            .await
+            .map_err(broker("register channel callback"))?;
+        channel
+            .confirm_select(ConfirmSelectArguments::default())
+            .await
+            .map_err(broker("confirm select"))?;
+        tracing::info!(broker = %self.url.host_port(), "relay connected to RabbitMQ");
+        Ok(Link {
+            conn,
+            channel,
+            confirms: rx,
+            next_tag: 1,
+        })
     }
 
     /// Publishes `events` in order; `Ok` only when the broker confirmed every one. On error the
     /// link is dropped, so the next call reconnects; the caller retries the same events.
-    pub async fn publish(&mut self, events: &[Event]) -> Result<(), String> {
+    pub async fn publish(&mut self, events: &[Event]) -> Result<(), AmqpError> {
         let result = self.try_publish(events).await;
         if result.is_err() {
             if let Some(link) = self.link.take() {
@@ -148,12 +195,12 @@ impl Publisher {
         result
     }
 
-    async fn try_publish(&mut self, events: &[Event]) -> Result<(), String> {
+    async fn try_publish(&mut self, events: &[Event]) -> Result<(), AmqpError> {
         let exchange = self.exchange.clone();
         let link = self.link().await?;
         let mut outstanding = BTreeSet::new();
         for event in events {
-            let body = serde_json::to_vec(&WireEvent::from(event)).map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(&WireEvent::from(event))?;
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json")
@@ -166,7 +213,7 @@ impl Publisher {
                     BasicPublishArguments::new(&exchange, &event.topic),
                 )
                 .await
-                .map_err(|e| format!("publish failed: {e}"))?;
+                .map_err(broker("publish"))?;
             outstanding.insert(link.next_tag);
             link.next_tag += 1;
         }
@@ -182,15 +229,15 @@ impl Publisher {
                     Some(Confirm::Ack { tag, .. }) => {
                         outstanding.remove(&tag);
                     }
-                    Some(Confirm::Nack) => return Err("broker refused a message".to_owned()),
-                    Some(Confirm::Closed) | None => return Err("channel closed".to_owned()),
+                    Some(Confirm::Nack) => return Err(AmqpError::Nacked),
+                    Some(Confirm::Closed) | None => return Err(AmqpError::ChannelClosed),
                 }
             }
             Ok(())
         };
         tokio::time::timeout(CONFIRM_TIMEOUT, wait)
             .await
-            .map_err(|_| "no publisher confirm in time".to_owned())?
+            .map_err(|_| AmqpError::ConfirmTimeout)?
     }
 }
 
@@ -212,13 +259,13 @@ impl Probe for ConsumerState {
         false
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         let connected = self.connected.load(Ordering::Acquire);
         Box::pin(async move {
             if connected {
                 Ok(())
             } else {
-                Err("event consumer not connected".to_owned())
+                Err(ProbeError::Down("event consumer not connected"))
             }
         })
     }
@@ -235,7 +282,7 @@ pub async fn consume(
     state: ConsumerState,
     shutdown: Shutdown,
 ) {
-    let mut backoff = super::relay::Backoff::default();
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CAP);
     while !shutdown.is_triggered() {
         let result = tokio::select! {
             r = consume_once(&url, &exchange, &hub, &repo, &state) => r,
@@ -245,7 +292,7 @@ pub async fn consume(
         if let Err(e) = result {
             tracing::warn!(error = %e, "event consumer lost its broker link; reconnecting");
             tokio::select! {
-                _ = tokio::time::sleep(backoff.delay()) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.wait() => {}
             }
         } else {
@@ -260,23 +307,23 @@ async fn consume_once(
     hub: &Hub,
     repo: &Repo,
     state: &ConsumerState,
-) -> Result<(), String> {
+) -> Result<(), AmqpError> {
     let (conn, channel) = open(url, exchange).await?;
     let (queue, _, _) = channel
         .queue_declare(QueueDeclareArguments::exclusive_server_named())
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "queue_declare returned no queue".to_owned())?;
+        .map_err(broker("declare queue"))?
+        .ok_or(AmqpError::NoQueue)?;
     channel
         .queue_bind(QueueBindArguments::new(&queue, exchange, "#"))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(broker("bind queue"))?;
     let mut args = BasicConsumeArguments::new(&queue, "");
     args.manual_ack(false);
     let (_tag, mut rx) = channel
         .basic_consume_rx(args.finish())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(broker("consume"))?;
     // Bound and consuming: anything published from now on is in `rx`. Fill in what came before.
     catch_up(repo, hub).await?;
     state.connected.store(true, Ordering::Release);
@@ -285,7 +332,7 @@ async fn consume_once(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else {
-                    return Err("consumer channel closed".to_owned());
+                    return Err(AmqpError::ChannelClosed);
                 };
                 let Some(body) = msg.content else { continue };
                 match serde_json::from_slice::<WireEvent>(&body) {
@@ -294,22 +341,20 @@ async fn consume_once(
                 }
             }
             _ = conn.listen_network_io_failure() => {
-                return Err("network failure".to_owned());
+                return Err(AmqpError::NetworkFailure);
             }
         }
     }
 }
 
 /// Dispatches every sequenced event after the hub's high-water mark, read as the system role.
-pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), String> {
+pub async fn catch_up(repo: &Repo, hub: &Hub) -> Result<(), DbError> {
     loop {
         let after = hub.last_seq();
-        let mut tx = repo.system_tx().await.map_err(|e| e.to_string())?;
+        let mut tx = repo.system_tx().await?;
         // Paged by size as well as count: a backlog of large events is never all in memory.
-        let page = store::after(&mut tx, after, 1000, store::PAGE_BYTES)
-            .await
-            .map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        let page = store::after(&mut tx, after, 1000, store::PAGE_BYTES).await?;
+        tx.commit().await?;
         if page.is_empty() {
             return Ok(());
         }

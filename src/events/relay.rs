@@ -7,20 +7,23 @@
 //! once the fan-out confirmed them, so a crash or a broker outage at any point loses nothing.
 
 use std::pin::pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::RunQueryDsl;
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
 use super::hub::Hub;
-use super::rabbitmq::Publisher;
+use super::rabbitmq::{AmqpError, Publisher};
 use super::subscriber::Subscribers;
 use super::{Event, NOTIFY_CHANNEL, store, topic};
+use crate::backoff::Backoff;
 use crate::config::{DatabaseConfig, EventsConfig};
+use crate::maintenance::{self, Pass, Periodic};
 use crate::metrics::METRICS;
-use crate::repo::{Conn, Repo};
+use crate::repo::{Conn, DbError, Repo};
 use crate::shutdown::Shutdown;
 
 /// Session advisory lock held by the leading relay ("vsm_rela").
@@ -29,6 +32,27 @@ const RELAY_LOCK: i64 = 0x7673_6d5f_7265_6c61;
 const BATCH: i64 = 500;
 /// How often the leader prunes history older than the retention period.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the relay stopped leading or a step failed; logged, and the relay retries.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay lock connection: {0}")]
+    Connect(#[from] crate::repo::ConnectError),
+    #[error("relay lock connection failed: {0}")]
+    LockConnection(#[source] diesel::result::Error),
+    #[error("relay lock connection closed")]
+    LockConnectionClosed,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("fan-out: {0}")]
+    Fanout(#[from] AmqpError),
+    #[error("subscriber {name}: {source}")]
+    Subscriber {
+        name: &'static str,
+        #[source]
+        source: DbError,
+    },
+}
 
 /// Where published events go.
 pub enum Fanout {
@@ -39,7 +63,7 @@ pub enum Fanout {
 }
 
 impl Fanout {
-    async fn publish(&mut self, events: &[Event]) -> Result<(), String> {
+    async fn publish(&mut self, events: &[Event]) -> Result<(), AmqpError> {
         match self {
             Fanout::InProcess(hub) => {
                 hub.dispatch(events.iter().cloned());
@@ -50,23 +74,9 @@ impl Fanout {
     }
 }
 
-/// Exponential backoff between reconnect attempts, 100 ms up to 5 s.
-#[derive(Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn delay(&mut self) -> Duration {
-        let ms = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
-        self.attempt += 1;
-        Duration::from_millis(ms)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+/// Backoff between a relay's failed attempts (to lead, or a step while leading).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 pub struct Relay {
     repo: Repo,
@@ -75,7 +85,6 @@ pub struct Relay {
     fanout: Fanout,
     subscribers: Subscribers,
     shutdown: Shutdown,
-    last_prune: Option<Instant>,
 }
 
 impl Relay {
@@ -94,7 +103,6 @@ impl Relay {
             events,
             fanout,
             shutdown,
-            last_prune: None,
         }
     }
 
@@ -105,14 +113,14 @@ impl Relay {
     /// Runs until shutdown: waits for leadership, leads until the lock connection is lost, and
     /// starts over.
     pub async fn run(mut self) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         while !self.shutdown.is_triggered() {
             match self.lead().await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = %e, "event relay stopped leading; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.delay()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = self.shutdown.wait() => {}
                     }
                 }
@@ -120,11 +128,10 @@ impl Relay {
         }
     }
 
-    async fn lead(&mut self) -> Result<(), String> {
+    async fn lead(&mut self) -> Result<(), RelayError> {
         let mut conn =
             crate::repo::establish(self.database.url.expose(), self.database.connect_timeout())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         while !try_lock(&mut conn).await? {
             tokio::select! {
                 _ = tokio::time::sleep(self.poll()) => {}
@@ -134,18 +141,26 @@ impl Relay {
         diesel::sql_query(format!("LISTEN {NOTIFY_CHANNEL}"))
             .execute(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RelayError::LockConnection)?;
         tracing::info!("event relay leading");
         METRICS.event_relay_leader.set(1);
+        // Only the leader prunes, and only while it leads.
+        let _pruner = maintenance::spawn_scoped(
+            EventPruner {
+                repo: self.repo.clone(),
+                retention_hours: self.events.retention_hours,
+            },
+            self.shutdown.clone(),
+        );
         let result = self.relay(&mut conn).await;
         METRICS.event_relay_leader.set(0);
         result
     }
 
     /// Leads until the lock connection is lost (`Err`) or shutdown (`Ok`).
-    async fn relay(&mut self, conn: &mut Conn) -> Result<(), String> {
+    async fn relay(&mut self, conn: &mut Conn) -> Result<(), RelayError> {
         let mut notifications = pin!(conn.notifications_stream());
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
             let more = match self.step().await {
                 Ok(more) => {
@@ -157,13 +172,12 @@ impl Relay {
                     // published until the fan-out confirmed it).
                     tracing::warn!(error = %e, "event relay step failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.delay()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = self.shutdown.wait() => return Ok(()),
                     }
                     continue;
                 }
             };
-            self.maybe_prune().await;
             if more {
                 continue;
             }
@@ -174,8 +188,8 @@ impl Relay {
                         while let Some(Some(Ok(_))) = notifications.next().now_or_never() {}
                     }
                     // The lock connection is gone, and with it the lock: stop leading.
-                    Some(Err(e)) => return Err(format!("relay lock connection failed: {e}")),
-                    None => return Err("relay lock connection closed".to_owned()),
+                    Some(Err(e)) => return Err(RelayError::LockConnection(e)),
+                    None => return Err(RelayError::LockConnectionClosed),
                 },
                 _ = tokio::time::sleep(self.poll()) => {}
                 _ = self.shutdown.wait() => return Ok(()),
@@ -184,12 +198,11 @@ impl Relay {
     }
 
     /// Sequences and publishes one batch; `true` when a batch was full (more may be waiting).
-    pub async fn step(&mut self) -> Result<bool, String> {
-        let err = |e: crate::repo::DbError| e.to_string();
-        let mut tx = self.repo.system_tx().await.map_err(err)?;
-        let sequenced = store::sequence(&mut tx, BATCH).await.map_err(err)?;
-        let pending = store::unpublished(&mut tx, BATCH).await.map_err(err)?;
-        tx.commit().await.map_err(err)?;
+    pub async fn step(&mut self) -> Result<bool, RelayError> {
+        let mut tx = self.repo.system_tx().await?;
+        let sequenced = store::sequence(&mut tx, BATCH).await?;
+        let pending = store::unpublished(&mut tx, BATCH).await?;
+        tx.commit().await?;
         for e in &sequenced {
             METRICS
                 .events_recorded
@@ -203,14 +216,17 @@ impl Relay {
         // Subscribers (the policy evaluator, ...) see the events before they count as
         // published, so a crash in between hands them over again.
         for subscriber in self.subscribers.iter() {
-            if let Err(e) = subscriber.on_published(&self.repo, &pending).await {
-                return Err(format!("subscriber {}: {e}", subscriber.name()));
+            if let Err(source) = subscriber.on_published(&self.repo, &pending).await {
+                return Err(RelayError::Subscriber {
+                    name: subscriber.name(),
+                    source,
+                });
             }
         }
         let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
-        let mut tx = self.repo.system_tx().await.map_err(err)?;
-        store::mark_published(&mut tx, &seqs).await.map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        let mut tx = self.repo.system_tx().await?;
+        store::mark_published(&mut tx, &seqs).await?;
+        tx.commit().await?;
         let now = Utc::now();
         for e in &pending {
             METRICS
@@ -222,31 +238,45 @@ impl Relay {
         }
         Ok(sequenced.len() as i64 == BATCH || pending.len() as i64 == BATCH)
     }
+}
 
-    async fn maybe_prune(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
-            return;
-        }
-        self.last_prune = Some(Instant::now());
-        let before = Utc::now()
-            - chrono::Duration::hours(i64::try_from(self.events.retention_hours).unwrap_or(24));
-        match prune(&self.repo, before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "pruned old events"),
-            Err(e) => tracing::warn!(error = %e, "event pruning failed"),
-        }
+/// The leader's pruning of published history older than `events.retention_hours`.
+struct EventPruner {
+    repo: Repo,
+    retention_hours: u64,
+}
+
+impl Periodic for EventPruner {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "event pruner"
+    }
+
+    fn every(&self) -> Duration {
+        PRUNE_EVERY
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            let before = Utc::now()
+                - chrono::Duration::hours(i64::try_from(self.retention_hours).unwrap_or(24));
+            let n = prune(&self.repo, before).await?;
+            if n > 0 {
+                tracing::info!(pruned = n, "pruned old events");
+            }
+            Ok(Pass::Done)
+        })
     }
 }
 
 /// Deletes published events recorded before `before`, in batches.
-pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, String> {
+pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, DbError> {
     let mut total = 0;
     loop {
-        let mut tx = repo.system_tx().await.map_err(|e| e.to_string())?;
-        let n = store::prune(&mut tx, before, 10_000)
-            .await
-            .map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        let mut tx = repo.system_tx().await?;
+        let n = store::prune(&mut tx, before, 10_000).await?;
+        tx.commit().await?;
         total += n;
         if n < 10_000 {
             return Ok(total);
@@ -254,7 +284,7 @@ pub async fn prune(repo: &Repo, before: chrono::DateTime<Utc>) -> Result<usize, 
     }
 }
 
-async fn try_lock(conn: &mut Conn) -> Result<bool, String> {
+async fn try_lock(conn: &mut Conn) -> Result<bool, RelayError> {
     #[derive(diesel::QueryableByName)]
     struct Locked {
         #[diesel(sql_type = Bool)]
@@ -264,6 +294,6 @@ async fn try_lock(conn: &mut Conn) -> Result<bool, String> {
         .bind::<BigInt, _>(RELAY_LOCK)
         .get_result(conn)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RelayError::LockConnection)?;
     Ok(l.locked)
 }

@@ -10,10 +10,12 @@ use chrono::{DateTime, Utc};
 use croner::Cron;
 use uuid::Uuid;
 
+use futures_util::future::BoxFuture;
+
 use super::{Registry, storage};
 use crate::config::CronEntry;
+use crate::maintenance::{Pass, Periodic};
 use crate::repo::{DbError, Repo};
-use crate::shutdown::Shutdown;
 
 /// How late a slot may still be fired.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -61,21 +63,49 @@ pub async fn tick(
     Ok(inserted)
 }
 
-pub async fn run(repo: Repo, registry: Registry, entries: Vec<CronEntry>, shutdown: Shutdown) {
-    if entries.is_empty() {
-        return;
+/// The cron duty: ticks every second (slots are at least a second apart).
+pub struct CronTicker {
+    repo: Repo,
+    registry: Registry,
+    entries: Vec<CronEntry>,
+    seen: HashMap<String, DateTime<Utc>>,
+}
+
+impl CronTicker {
+    /// `None` without entries: nothing to tick.
+    pub fn new(repo: Repo, registry: Registry, entries: Vec<CronEntry>) -> Option<Self> {
+        (!entries.is_empty()).then(|| Self {
+            repo,
+            registry,
+            entries,
+            seen: HashMap::new(),
+        })
     }
-    let mut seen = HashMap::new();
-    let mut tick_every = tokio::time::interval(Duration::from_secs(1));
-    tick_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick_every.tick() => {}
-        }
-        if let Err(e) = tick(&repo, &registry, &entries, Utc::now(), &mut seen).await {
-            tracing::warn!(error = %e, "cron tick failed");
-        }
+}
+
+impl Periodic for CronTicker {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "cron"
+    }
+
+    fn every(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            tick(
+                &self.repo,
+                &self.registry,
+                &self.entries,
+                Utc::now(),
+                &mut self.seen,
+            )
+            .await?;
+            Ok(Pass::Done)
+        })
     }
 }
 

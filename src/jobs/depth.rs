@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use super::storage;
+use crate::maintenance::{Pass, Periodic};
 use crate::metrics::METRICS;
 use crate::repo::{DbError, Repo};
-use crate::shutdown::Shutdown;
 
 /// Samples once and sets the gauges.
 pub async fn sample(repo: &Repo) -> Result<(), DbError> {
@@ -23,16 +25,31 @@ pub async fn sample(repo: &Repo) -> Result<(), DbError> {
     Ok(())
 }
 
-pub async fn run(repo: Repo, every: Duration, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sample(&repo).await {
-            tracing::debug!(error = %e, "sampling queue depth failed");
-        }
+/// The sampling duty. Its failures log at debug: the gauges just keep their last values.
+pub struct Depth {
+    pub repo: Repo,
+    pub every: Duration,
+}
+
+impl Periodic for Depth {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "queue depth"
+    }
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn quiet(&self) -> bool {
+        true
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            sample(&self.repo).await?;
+            Ok(Pass::Done)
+        })
     }
 }

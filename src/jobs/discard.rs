@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Job, JobContext, backoff, storage};
+use super::{Job, JobContext, storage};
+use crate::backoff;
 use crate::repo::DbError;
 
 /// Tries per job before the hook's failure is only logged.

@@ -16,13 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use super::storage::{self, Ack, AckState, Job};
-use super::{JobContext, JobResult, Outcome, Registry, Worker, backoff, discard};
+use super::{JobContext, JobResult, Outcome, Registry, Worker, discard};
+use crate::backoff;
 use crate::config::{Config, CronEntry};
+use crate::maintenance::{self, Pass, Periodic};
 use crate::metrics::METRICS;
 use crate::repo::{DbError, Repo};
 use crate::shutdown::Shutdown;
@@ -184,41 +187,55 @@ impl Engine {
             Box::new(move |id| cancel_target.stop_running(id)),
             shutdown.clone(),
         )));
-        services.push(tokio::spawn(watch_cancels(inner.clone(), shutdown.clone())));
-        services.push(tokio::spawn(super::heartbeat::run(
-            inner.repo.clone(),
-            inner.opts.node.clone(),
-            queue_names,
-            inner.opts.heartbeat_interval,
+        services.push(maintenance::spawn(
+            CancelWatch(inner.clone()),
             shutdown.clone(),
-        )));
-        services.push(tokio::spawn(super::stager::run(
-            inner.repo.clone(),
-            inner.opts.poll_interval,
+        ));
+        services.push(maintenance::spawn(
+            super::heartbeat::Heartbeat {
+                repo: inner.repo.clone(),
+                node: inner.opts.node.clone(),
+                queues: queue_names,
+                every: inner.opts.heartbeat_interval,
+            },
             shutdown.clone(),
-        )));
-        services.push(tokio::spawn(super::rescuer::run(
-            inner.ctx.clone(),
-            inner.opts.rescue_after,
+        ));
+        services.push(maintenance::spawn(
+            super::stager::Stager {
+                repo: inner.repo.clone(),
+                every: inner.opts.poll_interval,
+            },
             shutdown.clone(),
-        )));
-        services.push(tokio::spawn(super::pruner::run(
-            inner.repo.clone(),
-            inner.opts.prune_after,
-            inner.opts.prune_interval,
+        ));
+        services.push(maintenance::spawn(
+            super::rescuer::Rescuer {
+                ctx: inner.ctx.clone(),
+                after: inner.opts.rescue_after,
+            },
             shutdown.clone(),
-        )));
-        services.push(tokio::spawn(super::cron::run(
+        ));
+        services.push(maintenance::spawn(
+            super::pruner::Pruner {
+                repo: inner.repo.clone(),
+                after: inner.opts.prune_after,
+                every: inner.opts.prune_interval,
+            },
+            shutdown.clone(),
+        ));
+        if let Some(cron) = super::cron::CronTicker::new(
             inner.repo.clone(),
             inner.registry.clone(),
             inner.opts.cron.clone(),
+        ) {
+            services.push(maintenance::spawn(cron, shutdown.clone()));
+        }
+        services.push(maintenance::spawn(
+            super::depth::Depth {
+                repo: inner.repo.clone(),
+                every: Duration::from_secs(5),
+            },
             shutdown.clone(),
-        )));
-        services.push(tokio::spawn(super::depth::run(
-            inner.repo.clone(),
-            Duration::from_secs(5),
-            shutdown.clone(),
-        )));
+        ));
 
         let producers: Vec<_> = inner
             .queues
@@ -342,30 +359,38 @@ impl Inner {
 }
 
 /// Every poll interval, stops running jobs that were cancelled: the fallback for a cancel
-/// NOTIFY missed while the listener was (re)connecting.
-async fn watch_cancels(inner: Arc<Inner>, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(inner.opts.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        let ids: Vec<Uuid> = lock(&inner.running).keys().copied().collect();
-        if ids.is_empty() {
-            continue;
-        }
-        let cancelled = async {
+/// NOTIFY missed while the listener was (re)connecting. Quiet: the notifier already reports
+/// the outage.
+struct CancelWatch(Arc<Inner>);
+
+impl Periodic for CancelWatch {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "cancel watch"
+    }
+
+    fn every(&self) -> Duration {
+        self.0.opts.poll_interval
+    }
+
+    fn quiet(&self) -> bool {
+        true
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            let inner = &self.0;
+            let ids: Vec<Uuid> = lock(&inner.running).keys().copied().collect();
+            if ids.is_empty() {
+                return Ok(Pass::Done);
+            }
             let mut tx = inner.repo.system_tx().await?;
             let found = storage::cancelled_among(&mut tx, &ids).await?;
             tx.commit().await?;
-            Ok::<_, DbError>(found)
-        }
-        .await;
-        match cancelled {
-            Ok(found) => found.into_iter().for_each(|id| inner.stop_running(id)),
-            Err(e) => tracing::debug!(error = %e, "checking for cancelled jobs failed"),
-        }
+            found.into_iter().for_each(|id| inner.stop_running(id));
+            Ok(Pass::Done)
+        })
     }
 }
 
@@ -511,7 +536,7 @@ async fn execute(inner: &Inner, job: &Job) -> Ack {
     let backoff = worker
         .as_ref()
         .map(|w| w.backoff(job.attempt))
-        .unwrap_or_else(|| super::backoff::exponential(job.attempt));
+        .unwrap_or_else(|| backoff::exponential(job.attempt));
     let ack = to_ack(job, result, elapsed, backoff);
     METRICS
         .jobs

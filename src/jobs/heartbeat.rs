@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use super::storage;
+use crate::maintenance::{Pass, Periodic};
 use crate::repo::{DbError, Repo};
-use crate::shutdown::Shutdown;
 
 /// One heartbeat.
 pub async fn beat(repo: &Repo, node: &str, queues: &[String]) -> Result<(), DbError> {
@@ -14,22 +16,29 @@ pub async fn beat(repo: &Repo, node: &str, queues: &[String]) -> Result<(), DbEr
     tx.commit().await
 }
 
-pub async fn run(
-    repo: Repo,
-    node: String,
-    queues: Vec<String>,
-    every: Duration,
-    shutdown: Shutdown,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = beat(&repo, &node, &queues).await {
-            tracing::warn!(error = %e, "heartbeat failed");
-        }
+/// The heartbeat duty of one node.
+pub struct Heartbeat {
+    pub repo: Repo,
+    pub node: String,
+    pub queues: Vec<String>,
+    pub every: Duration,
+}
+
+impl Periodic for Heartbeat {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "heartbeat"
+    }
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            beat(&self.repo, &self.node, &self.queues).await?;
+            Ok(Pass::Done)
+        })
     }
 }

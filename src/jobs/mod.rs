@@ -9,7 +9,6 @@
 //!   [`heartbeat`], [`rescuer`], [`stager`], [`cron`], [`pruner`], [`depth`] (queue gauges).
 //! - Workers live in `src/workers/`, one file each, registered in [`crate::workers::registry`].
 
-pub mod backoff;
 pub mod cron;
 pub mod depth;
 pub mod discard;
@@ -155,7 +154,7 @@ pub trait Worker: Send + Sync + 'static {
 
     /// Delay before retrying after failed attempt number `attempt` (1-based).
     fn backoff(&self, attempt: i32) -> Duration {
-        backoff::exponential(attempt)
+        crate::backoff::exponential(attempt)
     }
 
     /// Whether `args` fit this worker's arguments type (each worker has one serde struct,

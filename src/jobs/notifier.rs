@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::storage::{CANCEL_CHANNEL, NOTIFY_CHANNEL};
+use crate::backoff::Backoff;
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 
@@ -25,7 +26,7 @@ pub async fn run(
     on_cancel: OnCancel,
     shutdown: Shutdown,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
@@ -35,9 +36,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use futures_util::future::BoxFuture;
+
 use super::storage;
+use crate::maintenance::{Pass, Periodic};
 use crate::repo::{DbError, Repo};
-use crate::shutdown::Shutdown;
 
 /// Rows deleted per statement, so one run never holds locks for long.
 const BATCH: i64 = 10_000;
@@ -27,20 +29,33 @@ pub async fn prune_once(repo: &Repo, before: DateTime<Utc>) -> Result<usize, DbE
     }
 }
 
-pub async fn run(repo: Repo, after: Duration, every: Duration, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        let before =
-            Utc::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-        match prune_once(&repo, before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "pruned old jobs"),
-            Err(e) => tracing::warn!(error = %e, "pruning jobs failed"),
-        }
+/// The pruner duty: jobs final for longer than `after`, every `every`.
+pub struct Pruner {
+    pub repo: Repo,
+    pub after: Duration,
+    pub every: Duration,
+}
+
+impl Periodic for Pruner {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "job pruner"
+    }
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            let before = Utc::now()
+                - chrono::Duration::from_std(self.after).unwrap_or(chrono::Duration::MAX);
+            let n = prune_once(&self.repo, before).await?;
+            if n > 0 {
+                tracing::info!(jobs = n, "pruned old jobs");
+            }
+            Ok(Pass::Done)
+        })
     }
 }

@@ -7,10 +7,12 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use super::storage::{self, Rescued};
 use super::{JobContext, discard};
+use crate::maintenance::{Pass, Periodic};
 use crate::repo::{DbError, Repo};
-use crate::shutdown::Shutdown;
 
 /// Rescues once; returns the rescued jobs. Does not run `on_discarded` hooks (see
 /// [`rescue_and_end`]).
@@ -33,24 +35,34 @@ pub async fn rescue_and_end(ctx: &JobContext, after: Duration) -> Result<Vec<Res
     Ok(rescued)
 }
 
-pub async fn run(ctx: JobContext, after: Duration, shutdown: Shutdown) {
-    let every = (after / 4).max(Duration::from_millis(250));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        match rescue_and_end(&ctx, after).await {
-            Ok(jobs) if !jobs.is_empty() => {
+/// The rescuer duty: several passes per `after`, so a dead node's jobs run again within
+/// `after + after / 4`.
+pub struct Rescuer {
+    pub ctx: JobContext,
+    pub after: Duration,
+}
+
+impl Periodic for Rescuer {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "rescuer"
+    }
+
+    fn every(&self) -> Duration {
+        (self.after / 4).max(Duration::from_millis(250))
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
+            let jobs = rescue_and_end(&self.ctx, self.after).await?;
+            if !jobs.is_empty() {
                 tracing::warn!(
                     jobs = jobs.len(),
                     "rescued jobs of a node that stopped heartbeating"
                 );
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "rescuing jobs failed"),
-        }
+            Ok(Pass::Done)
+        })
     }
 }

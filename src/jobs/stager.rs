@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use super::storage;
+use crate::maintenance::{Pass, Periodic};
 use crate::repo::{DbError, Repo};
-use crate::shutdown::Shutdown;
 
 /// Most jobs staged per run.
 const BATCH: i64 = 10_000;
@@ -19,19 +21,31 @@ pub async fn stage_once(repo: &Repo) -> Result<usize, DbError> {
     Ok(n)
 }
 
-pub async fn run(repo: Repo, every: Duration, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tick.tick() => {}
-        }
-        match stage_once(&repo).await {
+/// The stager duty, every poll interval.
+pub struct Stager {
+    pub repo: Repo,
+    pub every: Duration,
+}
+
+impl Periodic for Stager {
+    type Error = DbError;
+
+    fn name(&self) -> &'static str {
+        "stager"
+    }
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
+        Box::pin(async move {
             // A full batch: more are due right now.
-            Ok(n) if n as i64 == BATCH => tick.reset_immediately(),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "staging scheduled jobs failed"),
-        }
+            Ok(if stage_once(&self.repo).await? as i64 == BATCH {
+                Pass::More
+            } else {
+                Pass::Done
+            })
+        })
     }
 }

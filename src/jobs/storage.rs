@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{
-    Array, BigInt, Bool, Double, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::JobState;
+use crate::events;
 use crate::repo::{AnyTx, Conn, DbError, SystemTx};
 use crate::schemas::schema::{job_cron_slots, job_nodes, job_queues, jobs};
 
@@ -411,9 +412,11 @@ pub struct Ack {
 }
 
 /// The statements that record finished attempts, shared by [`ack`] and [`rescue`] so a job
-/// ends the same way whoever ends it: a `task_log` row per tenant job and a `job.completed` /
-/// `job.discarded` event for it. They read the CTE `done(id, tenant_id, worker, queue, attempt,
-/// outcome, duration_ms, error)`; `$enabled` is a SQL boolean that can skip both.
+/// ends the same way whoever ends it: a `task_log` row per tenant job, and the
+/// `job.completed` / `job.discarded` event for it ([`job_event!`], recorded through
+/// [`events::record_many`], which owns the events table and the relay's wake-up). They read
+/// the CTE `done(id, tenant_id, worker, queue, attempt, outcome, duration_ms, error)`;
+/// `$enabled` is a SQL boolean that can skip both.
 macro_rules! record_attempts {
     ($enabled:literal) => {
         concat!(
@@ -423,19 +426,28 @@ macro_rules! record_attempts {
                FROM done WHERE tenant_id IS NOT NULL AND ",
             $enabled,
             "
-             ),
-             evented AS (
-               INSERT INTO events (tenant_id, topic, payload)
-               SELECT tenant_id, 'job.' || outcome,
-                      jsonb_build_object('job_id', id, 'worker', worker, 'queue', queue,
-                                         'attempt', attempt, 'error', error)
-               FROM done WHERE tenant_id IS NOT NULL AND ",
-            $enabled,
-            " AND outcome IN ('completed', 'discarded')
-               RETURNING 1
              )"
         )
     };
+}
+
+/// The event of one `done` row as an [`events::Record`] in JSON, or NULL when it has none.
+macro_rules! job_event {
+    ($enabled:literal) => {
+        concat!(
+            "CASE WHEN tenant_id IS NOT NULL AND ",
+            $enabled,
+            " AND outcome IN ('completed', 'discarded') THEN jsonb_build_object(
+               'tenant_id', tenant_id, 'topic', 'job.' || outcome,
+               'payload', jsonb_build_object('job_id', id, 'worker', worker, 'queue', queue,
+                                             'attempt', attempt, 'error', error)) END"
+        )
+    };
+}
+
+/// The events `ack` or `rescue` collected as JSON (see [`job_event!`]).
+fn job_events(events: Value) -> Result<Vec<events::Record>, DbError> {
+    serde_json::from_value(events).map_err(|e| DbError::Unavailable(format!("job events: {e}")))
 }
 
 /// What [`ack`] wrote.
@@ -459,8 +471,8 @@ pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, D
     struct Updated {
         #[diesel(sql_type = BigInt)]
         updated: i64,
-        #[diesel(sql_type = BigInt)]
-        evented: i64,
+        #[diesel(sql_type = Jsonb)]
+        events: Value,
         #[diesel(sql_type = Array<SqlUuid>)]
         discarded: Vec<Uuid>,
     }
@@ -499,7 +511,10 @@ pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, D
          ",
         record_attempts!("$8"),
         "
-         SELECT (SELECT count(*) FROM done) AS updated, (SELECT count(*) FROM evented) AS evented,
+         SELECT (SELECT count(*) FROM done) AS updated,
+                (SELECT coalesce(jsonb_agg(e), '[]') FROM (SELECT ",
+        job_event!("$8"),
+        " AS e FROM done) ev WHERE e IS NOT NULL) AS events,
                 (SELECT coalesce(array_agg(id), '{}') FROM done WHERE outcome = 'discarded') AS discarded"
     ))
     .bind::<Array<SqlUuid>, _>(&ids)
@@ -512,9 +527,7 @@ pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, D
     .bind::<Bool, _>(any_tenant)
     .get_result(conn)
     .await?;
-    if result.evented > 0 {
-        notify(conn, crate::events::NOTIFY_CHANNEL, "").await?;
-    }
+    events::record_many(conn, &job_events(result.events)?).await?;
     Ok(Acked {
         updated: result.updated as usize,
         discarded: result.discarded,
@@ -600,8 +613,8 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         queue: String,
         #[diesel(sql_type = Text)]
         outcome: JobState,
-        #[diesel(sql_type = BigInt)]
-        evented: i64,
+        #[diesel(sql_type = Nullable<Jsonb>)]
+        event: Option<Value>,
     }
     let rescued: Vec<Row> = diesel::sql_query(concat!(
         "WITH done AS (
@@ -624,7 +637,9 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
          ",
         record_attempts!("true"),
         "
-         SELECT id, queue, outcome, (SELECT count(*) FROM evented) AS evented FROM done"
+         SELECT id, queue, outcome, ",
+        job_event!("true"),
+        " AS event FROM done"
     ))
     .bind::<Double, _>(after.as_secs_f64())
     .load(conn)
@@ -643,9 +658,8 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
     for queue in queues {
         notify(conn, NOTIFY_CHANNEL, queue).await?;
     }
-    if rescued.iter().any(|r| r.evented > 0) {
-        notify(conn, crate::events::NOTIFY_CHANNEL, "").await?;
-    }
+    let events = rescued.iter().filter_map(|r| r.event.clone()).collect();
+    events::record_many(conn, &job_events(Value::Array(events))?).await?;
     Ok(rescued
         .into_iter()
         .map(|r| Rescued {

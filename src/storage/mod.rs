@@ -23,7 +23,7 @@ use uuid::Uuid;
 pub use adapter::{Adapter, ByteStream, ObjectBody, ObjectInfo};
 
 use crate::config::{StorageBackend, StorageConfig};
-use crate::health::Probe;
+use crate::health::{Probe, ProbeError};
 
 /// Longest artifact path, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
@@ -291,19 +291,19 @@ impl Probe for Storage {
         "storage"
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         Box::pin(async move {
             self.adapter.ping().await.map_err(|e| {
                 // The backend's own text names hosts, buckets and paths: logged, not shown.
                 tracing::warn!(error = %e, "storage readiness check failed");
-                match e {
+                ProbeError::Down(match e {
                     StorageError::Backend {
                         source: object_store::Error::NotFound { .. },
                         ..
-                    } => "bucket or root not found".to_owned(),
-                    StorageError::Backend { .. } => "backend did not answer".to_owned(),
-                    _ => "check failed".to_owned(),
-                }
+                    } => "bucket or root not found",
+                    StorageError::Backend { .. } => "backend did not answer",
+                    _ => "check failed",
+                })
             })
         })
     }

@@ -6,8 +6,11 @@
 
 use std::time::Duration;
 
-use super::Storage;
+use futures_util::future::BoxFuture;
+
+use super::{Storage, StorageError};
 use crate::config::StorageConfig;
+use crate::maintenance::{self, Pass, Periodic};
 use crate::shutdown::Shutdown;
 
 /// Sweeps now and every `staging_sweep_interval_secs` until shutdown (not at all when 0).
@@ -15,17 +18,39 @@ pub async fn run(storage: Storage, cfg: StorageConfig, shutdown: Shutdown) {
     if cfg.staging_sweep_interval_secs == 0 {
         return;
     }
-    let max_age = Duration::from_secs(cfg.staging_max_age_secs);
-    let every = Duration::from_secs(cfg.staging_sweep_interval_secs);
-    loop {
-        match storage.sweep_staging(max_age).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "swept abandoned staging uploads"),
-            Err(e) => tracing::warn!(error = %e, "sweeping staging uploads failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait() => return,
-        }
+    let sweeper = Sweeper {
+        storage,
+        max_age: Duration::from_secs(cfg.staging_max_age_secs),
+        every: Duration::from_secs(cfg.staging_sweep_interval_secs),
+    };
+    maintenance::run(sweeper, shutdown).await;
+}
+
+/// The sweeping duty: staging objects older than `max_age`, every `every`.
+struct Sweeper {
+    storage: Storage,
+    max_age: Duration,
+    every: Duration,
+}
+
+impl Periodic for Sweeper {
+    type Error = StorageError;
+
+    fn name(&self) -> &'static str {
+        "staging sweeper"
+    }
+
+    fn every(&self) -> Duration {
+        self.every
+    }
+
+    fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, StorageError>> {
+        Box::pin(async move {
+            let n = self.storage.sweep_staging(self.max_age).await?;
+            if n > 0 {
+                tracing::info!(removed = n, "swept abandoned staging uploads");
+            }
+            Ok(Pass::Done)
+        })
     }
 }

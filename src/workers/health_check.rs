@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use crate::events::payloads::{self, SystemHealth};
-use crate::health::{PROBE_TIMEOUT, amqp_connect, redis_ping};
+use crate::health::{PROBE_TIMEOUT, Probe, ProbeError, amqp_connect, redis_ping};
 use crate::jobs::{Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, parse_args};
 
 pub const NAME: &str = "health_check";
@@ -74,7 +74,8 @@ impl Worker for HealthCheck {
 /// Every configured dependency, measured in parallel, each bounded by one second.
 pub async fn measure(ctx: &JobContext) -> Map<String, Value> {
     let repo = ctx.repo.clone();
-    let database = timed(async move { repo.ping().await.map(|_| ()).map_err(|e| e.to_string()) });
+    // The readiness probe's fixed reason (the server's own text is logged, not stored).
+    let database = timed(async move { Probe::check(&repo).await });
     let redis = ctx.config.redis.url.clone();
     let rabbitmq = ctx.config.rabbitmq.url.clone();
     let (database, redis, rabbitmq) = tokio::join!(
@@ -103,15 +104,17 @@ pub async fn measure(ctx: &JobContext) -> Map<String, Value> {
     checks
 }
 
-async fn timed(check: impl Future<Output = Result<(), String>>) -> Value {
+async fn timed(check: impl Future<Output = Result<(), ProbeError>>) -> Value {
     let started = Instant::now();
     let outcome = match tokio::time::timeout(PROBE_TIMEOUT, check).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+        Err(_) => Err(ProbeError::Timeout),
     };
     let latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
     match outcome {
         Ok(()) => json!({"status": "ok", "latency_ms": latency_ms}),
-        Err(error) => json!({"status": "unavailable", "latency_ms": latency_ms, "error": error}),
+        Err(error) => {
+            json!({"status": "unavailable", "latency_ms": latency_ms, "error": error.to_string()})
+        }
     }
 }

@@ -559,3 +559,63 @@ async fn a_stream_ends_after_its_maximum_duration_and_resumes_where_it_left_off(
     expect_connected(&mut again).await;
     assert_eq!(n_of(&again.next_event(WAIT).await.unwrap()), 2);
 }
+
+/// `events::record_many` (the job engine's batched `job.*` events) validates every topic, keeps
+/// to the tenant door, and records the whole batch or nothing.
+#[tokio::test]
+async fn record_many_validates_every_topic_and_keeps_to_the_tenant() {
+    use vsm::events::{Record, record_many};
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let (a, _) = tenant_with_key(&repo, "many-a").await;
+    let (b, _) = tenant_with_key(&repo, "many-b").await;
+    let rec = |tenant: Uuid, topic: &str| Record {
+        tenant_id: Some(tenant),
+        topic: topic.to_owned(),
+        payload: json!({"n": 1}),
+    };
+    let count = || async {
+        use diesel::sql_types::BigInt;
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = db.owner_conn().await;
+        let n: N = diesel::sql_query("SELECT count(*) AS n FROM events")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        n.n
+    };
+
+    let mut tx = repo.tenant_tx(a).await.unwrap();
+    let refused = record_many(&mut tx, &[rec(a, "job.completed"), rec(a, "Not A Topic")]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(vsm::repo::DbError::Validation { field: "topic", .. })
+        ),
+        "{refused:?}"
+    );
+    drop(tx);
+    assert_eq!(count().await, 0);
+
+    let mut tx = repo.tenant_tx(a).await.unwrap();
+    assert!(
+        record_many(&mut tx, &[rec(b, "job.completed")])
+            .await
+            .is_err()
+    );
+    drop(tx);
+    assert_eq!(count().await, 0);
+
+    let mut tx = repo.tenant_tx(a).await.unwrap();
+    record_many(&mut tx, &[rec(a, "job.completed"), rec(a, "job.discarded")])
+        .await
+        .unwrap();
+    record_many(&mut tx, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count().await, 2);
+}

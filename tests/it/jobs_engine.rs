@@ -13,7 +13,8 @@ use jobs_support::*;
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use vsm::jobs::{Inserted, JobState, NewJob, Outcome, backoff, storage};
+use vsm::backoff;
+use vsm::jobs::{Inserted, JobState, NewJob, Outcome, storage};
 use vsm::shutdown::Shutdown;
 
 #[tokio::test]

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 /// module may use its own floor and those below.
 const FLOORS: &[&str] = &[
     "shutdown",
+    "backoff",
+    "maintenance",
     "metrics",
     "config",
     "telemetry",
@@ -26,7 +28,7 @@ const FLOORS: &[&str] = &[
 ];
 
 /// The highest floor of the platform (`storage`).
-const PLATFORM_TOP: usize = 10;
+const PLATFORM_TOP: usize = 12;
 
 fn floor(module: &str) -> Option<usize> {
     FLOORS.iter().position(|f| *f == module)

@@ -168,6 +168,44 @@ async fn ready_shows_a_short_reason_never_the_database_error_text() {
     s.shutdown.trigger();
 }
 
+/// `vsm work`'s operations listener needs only `OpsState` (readiness, pool, start time): no
+/// SSE hub, rate limiter or key cache. It serves the operations endpoints and nothing else.
+#[tokio::test]
+async fn the_ops_listener_runs_on_its_own_small_state() {
+    use vsm::edge::gateway::ops::{OpsServer, OpsState};
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let shutdown = Shutdown::new();
+    let state = OpsState {
+        readiness: Readiness::new(vec![Box::new(repo.clone())], shutdown.clone()),
+        repo,
+        started: Instant::now(),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops = OpsServer::build(listener, state, shutdown.clone()).unwrap();
+    let base = format!("http://127.0.0.1:{}", ops.port());
+    let done = tokio::spawn(ops.run());
+    for path in ["/live", "/health", "/ready", "/metrics"] {
+        let res = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("cybernetic_db_pool_max"), "{metrics}");
+    let api = reqwest::get(format!("{base}/v1/tenants")).await.unwrap();
+    assert_eq!(api.status(), 404);
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // SIGTERM against the binary (CONTRACT §1): over real HTTP, with a slow upload in flight, an SSE
 // client and an idle keep-alive connection open.

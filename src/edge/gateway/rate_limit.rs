@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::config::{RateLimitConfig, ServiceUrl};
-use crate::health::Probe;
+use crate::health::{Probe, ProbeError};
 use crate::metrics::METRICS;
 
 /// Takes `cost` tokens from every bucket in KEYS, or from none: ARGV = cost, then rate and
@@ -329,7 +329,7 @@ impl Probe for RedisProbe {
         false
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), ProbeError>> {
         Box::pin(crate::health::redis_ping_client(&self.0))
     }
 }

@@ -15,6 +15,7 @@ use utoipa_actix_web::AppExt;
 
 use super::auth::KeyCache;
 use super::drain::{self, Drain, InFlight};
+use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
 use super::{observe, openapi, router};
 use crate::config::Config;
@@ -41,6 +42,17 @@ pub struct AppState {
     pub workers: crate::jobs::Registry,
     pub shutdown: Shutdown,
     pub started: Instant,
+}
+
+impl AppState {
+    /// The part the operations endpoints (`/live`, `/health`, `/ready`, `/metrics`) use.
+    pub fn ops(&self) -> OpsState {
+        OpsState {
+            readiness: self.readiness.clone(),
+            repo: self.repo.clone(),
+            started: self.started,
+        }
+    }
 }
 
 /// Starts everything `vsm serve` runs on `listener`: the event machinery and the HTTP server.
@@ -111,6 +123,7 @@ impl Server {
         let listening = listener.try_clone()?;
         let server_cfg = state.config.server.clone();
         let json_limit = server_cfg.json_body_limit;
+        let ops = web::Data::new(state.ops());
         let data = web::Data::new(state);
         let in_flight = InFlight::default();
         let drain = web::Data::new(Drain {
@@ -125,6 +138,7 @@ impl Server {
                 .split_for_parts();
             utoipa::Modify::modify(&openapi::EventPayloads, &mut doc);
             app.app_data(data.clone())
+                .app_data(ops.clone())
                 .app_data(drain.clone())
                 .app_data(web::Data::new(doc))
                 .wrap(from_fn(observe::observe))

@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
-use crate::edge::gateway::AppState;
+use crate::edge::gateway::ops::OpsState;
 
 /// 200 while the process runs.
 #[utoipa::path(get, path = "/live", tag = "health", responses((status = 200, description = "alive")))]
@@ -16,7 +16,7 @@ pub async fn live() -> HttpResponse {
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "`{\"status\":\"ok\",\"version\",\"uptime_seconds\"}`")))]
 #[get("/health")]
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+pub async fn health(state: web::Data<OpsState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -30,7 +30,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     (status = 200, description = "ready (`ok`, or `degraded` when a non-critical dependency is down)"),
     (status = 503, description = "a critical dependency does not answer, or shutting down")))]
 #[get("/ready")]
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub async fn ready(state: web::Data<OpsState>) -> HttpResponse {
     let (ready, body) = state.readiness.report().await;
     if ready {
         HttpResponse::Ok().json(body)

@@ -2,12 +2,12 @@
 
 use actix_web::{HttpResponse, get, web};
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::error::ApiError;
+use crate::edge::gateway::ops::OpsState;
 use crate::metrics::METRICS;
 
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(state: web::Data<OpsState>) -> Result<HttpResponse, ApiError> {
     // Pool gauges are read at scrape time: they are this process's, and always current.
     let status = state.repo.pool_status();
     let in_use = status.size.saturating_sub(status.available);

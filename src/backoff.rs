@@ -1,5 +1,9 @@
-//! Retry delays: exponential with jitter, as Oban's default (`15 + 2^attempt` seconds), so a
-//! burst of failures does not retry in lockstep.
+//! Every retry delay of the process, all exponential with ±10 % jitter so a burst of failures
+//! (or nodes recovering from one outage) does not retry in lockstep:
+//! - a failed job's retry, as Oban's default (`15 + 2^attempt` seconds): [`exponential`];
+//! - engine and platform machinery retrying a dependency (writing outcomes, running hooks,
+//!   reconnecting the relay, the event consumer, the job listener): [`capped`], or a
+//!   [`Backoff`] that counts the consecutive failures itself.
 
 use std::time::Duration;
 
@@ -24,14 +28,42 @@ pub fn exponential(attempt: i32) -> Duration {
     Duration::from_secs_f64(base * factor)
 }
 
-/// The delay before retrying after the `failures`-th consecutive failure (1-based) of engine
-/// machinery (writing outcomes, running hooks): `first`, doubling, at most `cap`, with the same
-/// jitter, so nodes recovering from one outage do not retry in lockstep.
+/// The delay before retrying after the `failures`-th consecutive failure (1-based) of
+/// machinery: `first`, doubling, at most `cap`, with the same jitter.
 pub fn capped(failures: u32, first: Duration, cap: Duration) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     let base = first.saturating_mul(1 << exp).min(cap).as_secs_f64();
     let factor = 1.0 + rand::rng().random_range(-JITTER..=JITTER);
     Duration::from_secs_f64(base * factor)
+}
+
+/// [`capped`] for a retry loop: counts the consecutive failures; [`Backoff::reset`] after a
+/// success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, cap: Duration) -> Self {
+        Self {
+            first,
+            cap,
+            failures: 0,
+        }
+    }
+
+    /// Counts a failure and returns how long to wait before the next try.
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        capped(self.failures, self.first, self.cap)
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +106,23 @@ mod tests {
         assert!(within(capped(5, first, cap), 0.8));
         assert!(within(capped(7, first, cap), 2.0));
         assert!(within(capped(u32::MAX, first, cap), 2.0));
+    }
+
+    #[test]
+    fn the_stateful_backoff_counts_failures_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let around = |d: Duration, ms: f64| {
+            let d = d.as_secs_f64() * 1000.0;
+            d >= ms * (1.0 - JITTER) - 1e-6 && d <= ms * (1.0 + JITTER) + 1e-6
+        };
+        assert!(around(b.next_delay(), 100.0));
+        assert!(around(b.next_delay(), 200.0));
+        for _ in 0..20 {
+            b.next_delay();
+        }
+        assert!(around(b.next_delay(), 5000.0));
+        b.reset();
+        assert!(around(b.next_delay(), 100.0));
     }
 
     #[test]
