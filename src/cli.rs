@@ -382,7 +382,8 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
     Ok(())
 }
 
-/// The workers, refusing a configuration whose cron entries name a worker that does not exist.
+/// The workers, refusing a configuration whose cron entries name a worker that does not exist
+/// or give it args it cannot run on.
 fn worker_registry(config: &Config) -> Result<Registry, Failure> {
     let registry = workers::registry(config);
     for (i, entry) in config.jobs.cron.iter().enumerate() {
@@ -391,6 +392,13 @@ fn worker_registry(config: &Config) -> Result<Registry, Failure> {
                 "invalid configuration: key `jobs.cron[{i}].worker`: no worker named {:?} (known: {})",
                 entry.worker,
                 registry.names().join(", ")
+            )));
+        }
+        if let Err(why) = registry.check_args(&entry.worker, &entry.args) {
+            // `why` is `args[.field]: message`.
+            let (at, message) = why.split_once(": ").unwrap_or(("args", why.as_str()));
+            return Err(Failure::usage(format!(
+                "invalid configuration: key `jobs.cron[{i}].{at}`: {message}"
             )));
         }
     }

@@ -385,4 +385,21 @@ fn bad_queue_arguments_and_cron_workers_exit_2_naming_them() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("jobs.cron[0].expression"));
+
+    // Args the worker's Args type refuses: caught at start, not at the first slot.
+    std::fs::write(
+        &file,
+        "[[jobs.cron]]\nname = \"x\"\nexpression = \"0 * * * *\"\nworker = \"health_check\"\nargs = { verbose = true }\n",
+    )
+    .unwrap();
+    let out = vsm()
+        .args(["--config", file.to_str().unwrap(), "work"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jobs.cron[0].args.verbose") && err.contains("unknown field"),
+        "{err}"
+    );
 }

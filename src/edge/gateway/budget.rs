@@ -2,13 +2,15 @@
 //! the tenant's cap is 409, naming the setting. A new capped resource (webhooks, linked chats)
 //! adds a variant here and calls [`ensure_room`] in its create handler.
 
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::config::LimitsConfig;
 use crate::repo::{DbError, TenantTx};
+use crate::schemas::storage::api_key;
+use crate::schemas::vsm::policy;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Resource {
@@ -40,21 +42,13 @@ impl Resource {
         }
     }
 
-    /// Counts the tenant's rows ($1); row-level security limits it to them anyway.
-    fn count_sql(self) -> &'static str {
+    /// How many the transaction's tenant holds.
+    async fn held(self, conn: &mut TenantTx) -> Result<i64, DbError> {
         match self {
-            Resource::ApiKeys => {
-                "SELECT count(*) AS n FROM api_keys WHERE tenant_id = $1::uuid AND revoked_at IS NULL"
-            }
-            Resource::Policies => "SELECT count(*) AS n FROM policies WHERE tenant_id = $1::uuid",
+            Resource::ApiKeys => api_key::count_unrevoked(conn).await,
+            Resource::Policies => policy::count(conn).await,
         }
     }
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 /// Refuses one more `resource` for `tenant` when it already holds its cap. Call it inside the
@@ -74,12 +68,7 @@ pub async fn ensure_room(
         .execute(&mut **conn)
         .await
         .map_err(DbError::from)?;
-    let held = diesel::sql_query(resource.count_sql())
-        .bind::<Text, _>(&tenant)
-        .get_result::<Count>(&mut **conn)
-        .await
-        .map_err(DbError::from)?
-        .n;
+    let held = resource.held(conn).await?;
     if u64::try_from(held).unwrap_or(0) >= cap {
         return Err(ApiError::Conflict(format!(
             "this tenant already has {held} {} (limits.{} = {cap}); delete one first",

@@ -100,3 +100,13 @@ mod tests {
         assert_ne!(hash(&a), hash(&b));
     }
 }
+
+/// How many unrevoked keys the transaction's tenant holds (row-level security counts only its
+/// own).
+pub async fn count_unrevoked(conn: &mut TenantTx) -> Result<i64, DbError> {
+    Ok(api_keys::table
+        .filter(api_keys::revoked_at.is_null())
+        .count()
+        .get_result(&mut **conn)
+        .await?)
+}

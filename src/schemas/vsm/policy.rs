@@ -159,3 +159,8 @@ fn active_at(now: DateTime<Utc>) -> _ {
                 .or(policies::effective_until.gt(now)),
         )
 }
+
+/// How many policies the transaction's tenant holds.
+pub async fn count(conn: &mut TenantTx) -> Result<i64, DbError> {
+    Ok(policies::table.count().get_result(&mut **conn).await?)
+}
