@@ -86,6 +86,16 @@ pub async fn revoke(conn: &mut TenantTx, id: Uuid) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How many unrevoked keys the transaction's tenant holds (row-level security counts only its
+/// own).
+pub async fn count_unrevoked(conn: &mut TenantTx) -> Result<i64, DbError> {
+    Ok(api_keys::table
+        .filter(api_keys::revoked_at.is_null())
+        .count()
+        .get_result(&mut **conn)
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,14 +109,4 @@ mod tests {
         assert_eq!(hash(&a), hash(&a));
         assert_ne!(hash(&a), hash(&b));
     }
-}
-
-/// How many unrevoked keys the transaction's tenant holds (row-level security counts only its
-/// own).
-pub async fn count_unrevoked(conn: &mut TenantTx) -> Result<i64, DbError> {
-    Ok(api_keys::table
-        .filter(api_keys::revoked_at.is_null())
-        .count()
-        .get_result(&mut **conn)
-        .await?)
 }
