@@ -152,3 +152,107 @@ impl ResponseError for ApiError {
         res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    fn rendered(e: ApiError) -> (u16, serde_json::Value, actix_web::http::header::HeaderMap) {
+        let res = e.error_response();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().try_into_bytes().unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or_default(),
+            headers,
+        )
+    }
+
+    #[test]
+    fn every_error_renders_its_contract_code_and_status() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::BadRequest("b".into()), 400, "bad_request"),
+            (ApiError::Unauthorized("u".into()), 401, "unauthorized"),
+            (ApiError::Forbidden("f".into()), 403, "forbidden"),
+            (ApiError::NotFound("n".into()), 404, "not_found"),
+            (ApiError::Conflict("c".into()), 409, "conflict"),
+            (
+                ApiError::PayloadTooLarge("p".into()),
+                413,
+                "payload_too_large",
+            ),
+            (
+                ApiError::UnsupportedMediaType("m".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                ApiError::RangeNotSatisfiable { size: 20 },
+                416,
+                "range_not_satisfiable",
+            ),
+            (
+                ApiError::Validation {
+                    field: "rules.then[0]".into(),
+                    message: "bad".into(),
+                },
+                422,
+                "validation_failed",
+            ),
+            (
+                ApiError::RateLimited {
+                    message: "slow down".into(),
+                    retry_after_secs: 7,
+                },
+                429,
+                "rate_limited",
+            ),
+            (ApiError::Unavailable("down".into()), 503, "unavailable"),
+            (
+                ApiError::Internal(anyhow::anyhow!("password=hunter2 at db.internal:5432")),
+                500,
+                "internal",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let (s, body, headers) = rendered(error);
+            assert_eq!((s, body["error"]["code"].as_str()), (status, Some(code)));
+            assert!(body["error"]["message"].is_string(), "{body}");
+            match status {
+                416 => assert_eq!(headers.get("content-range").unwrap(), "bytes */20"),
+                422 => assert_eq!(body["error"]["message"], "rules.then[0]: bad"),
+                429 => assert_eq!(headers.get("retry-after").unwrap(), "7"),
+                // The cause is logged, never sent.
+                500 => assert_eq!(body["error"]["message"], "internal error"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn database_and_storage_errors_map_without_leaking_details() {
+        let field = ApiError::from(DbError::Validation {
+            field: "title",
+            message: "must be 1 to 500 characters",
+        });
+        assert_eq!(field.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(field.to_string(), "title: must be 1 to 500 characters");
+        let down = ApiError::from(DbError::Unavailable("connect to 10.0.0.5 refused".into()));
+        assert_eq!(down.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!down.to_string().contains("10.0.0.5"), "{down}");
+        assert_eq!(
+            ApiError::from(DbError::NotFound).status_code(),
+            StatusCode::NOT_FOUND
+        );
+        let big = ApiError::from(StorageError::TooLarge { limit: 10 });
+        assert_eq!(big.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = ApiError::from(StorageError::Body("client went away".into()));
+        assert_eq!(body.status_code(), StatusCode::BAD_REQUEST);
+        let key = ApiError::from(StorageError::InvalidKey("tenants/x/../y".into()));
+        assert_eq!(key.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(key.to_string(), "internal error");
+    }
+}
