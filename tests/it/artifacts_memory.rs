@@ -3,13 +3,12 @@
 
 use crate::common;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestDb, free_port, vsm};
+use common::TestDb;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -39,21 +38,17 @@ async fn a_1_gib_upload_and_download_keep_server_memory_bounded() {
         .await
         .unwrap();
     let key = key.key;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = vsm()
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("VSM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("VSM_STORAGE__BACKEND", "local")
-        .env("VSM_STORAGE__ROOT", root.path())
-        .env("VSM_SERVER__WORKERS", "2")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn vsm serve");
-    let server = common::KillOnDrop(child);
-    let pid = server.0.id();
-    common::wait_ready(&base).await;
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let server = common::ServeChild::start(
+        &db,
+        &[
+            ("VSM_STORAGE__BACKEND", "local"),
+            ("VSM_STORAGE__ROOT", &root_dir),
+            ("VSM_SERVER__WORKERS", "2"),
+        ],
+    )
+    .await;
+    let (base, pid) = (server.base.clone(), server.pid());
     let http = reqwest::Client::new();
     // Warm up the request path so one-time allocations are in the baseline.
     let res = http

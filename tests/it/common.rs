@@ -684,3 +684,32 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A `vsm serve` child process on a free port of `db`, with `env` on top (the memory tests
+/// measure its RSS from outside). Waits until it is ready; killed when the value is dropped.
+pub struct ServeChild {
+    pub process: KillOnDrop,
+    pub base: String,
+}
+
+impl ServeChild {
+    pub async fn start(db: &TestDb, env: &[(&str, &str)]) -> ServeChild {
+        let port = free_port();
+        let mut cmd = vsm();
+        cmd.arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env("VSM_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let process = KillOnDrop(cmd.spawn().expect("spawn vsm serve"));
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&base).await;
+        ServeChild { process, base }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}

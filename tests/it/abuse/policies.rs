@@ -5,12 +5,11 @@
 
 use crate::common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestDb, free_port, vsm};
+use common::TestDb;
 use serde_json::{Value, json};
 
 /// `/health` must keep answering while a hostile policy is being refused.
@@ -45,20 +44,9 @@ async fn a_1_mib_policy_of_16000_patterns_is_refused_fast_without_stalling_the_s
         .await
         .unwrap();
     let key = key.key;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     // One HTTP worker: work done on it would stall every other request.
-    let child = vsm()
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("VSM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("VSM_SERVER__WORKERS", "1")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn vsm serve");
-    let server = common::KillOnDrop(child);
-    let pid = server.0.id();
-    common::wait_ready(&base).await;
+    let server = common::ServeChild::start(&db, &[("VSM_SERVER__WORKERS", "1")]).await;
+    let (base, pid) = (server.base.clone(), server.pid());
     let http = reqwest::Client::new();
 
     let body = json!({

@@ -4,10 +4,9 @@
 
 use crate::common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{SseClient, TestDb, free_port, vsm};
+use common::{SseClient, TestDb};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,22 +70,17 @@ async fn stalled_replays_of_large_events_keep_server_memory_bounded() {
         .await
         .unwrap();
     let (tenant, key) = (tenant.id, key.key);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let base = format!("http://{addr}");
-    let child = vsm()
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("VSM_LISTEN", &addr)
-        .env("VSM_STORAGE__BACKEND", "memory")
-        .env("VSM_SERVER__WORKERS", "2")
-        .env("VSM_EVENTS__RELAY_POLL_MS", "200")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn vsm serve");
-    let server = common::KillOnDrop(child);
-    let pid = server.0.id();
-    common::wait_ready(&base).await;
+    let server = common::ServeChild::start(
+        &db,
+        &[
+            ("VSM_STORAGE__BACKEND", "memory"),
+            ("VSM_SERVER__WORKERS", "2"),
+            ("VSM_EVENTS__RELAY_POLL_MS", "200"),
+        ],
+    )
+    .await;
+    let (base, pid) = (server.base.clone(), server.pid());
+    let addr = base.trim_start_matches("http://").to_owned();
 
     // 100 states of 500 KB each, committed one by one as PUT /v1/systems/{n}/state would.
     let blob = "s".repeat(EVENT_BYTES);
