@@ -395,10 +395,9 @@ fn worker_registry(config: &Config) -> Result<Registry, Failure> {
             )));
         }
         if let Err(why) = registry.check_args(&entry.worker, &entry.args) {
-            // `why` is `args[.field]: message`.
-            let (at, message) = why.split_once(": ").unwrap_or(("args", why.as_str()));
             return Err(Failure::usage(format!(
-                "invalid configuration: key `jobs.cron[{i}].{at}`: {message}"
+                "invalid configuration: key `jobs.cron[{i}].{}`: {}",
+                why.path, why.message
             )));
         }
     }

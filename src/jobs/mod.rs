@@ -161,7 +161,7 @@ pub trait Worker: Send + Sync + 'static {
     /// parsed with [`parse_args`]). Checked wherever args come from outside the worker's own
     /// `job(..)` constructor — a policy's `enqueue` (at save and at insert), a cron entry (at
     /// start) — so a job that cannot run is refused, not inserted. Default: any args.
-    fn check_args(&self, args: &serde_json::Value) -> Result<(), String> {
+    fn check_args(&self, args: &serde_json::Value) -> Result<(), ArgsError> {
         let _ = args;
         Ok(())
     }
@@ -213,10 +213,13 @@ impl Registry {
     }
 
     /// Whether `args` fit the worker named `name` (`Err` for unknown names too).
-    pub fn check_args(&self, name: &str, args: &serde_json::Value) -> Result<(), String> {
+    pub fn check_args(&self, name: &str, args: &serde_json::Value) -> Result<(), ArgsError> {
         match self.get(name) {
             Some(w) => w.check_args(args),
-            None => Err(format!("no worker named {name:?}")),
+            None => Err(ArgsError {
+                path: "worker".to_owned(),
+                message: format!("no worker named {name:?}"),
+            }),
         }
     }
 
@@ -244,11 +247,25 @@ impl Registry {
     }
 }
 
-/// A worker's arguments from a job's `args`, or why they do not fit (`args.<field>: ...`).
-pub fn parse_args<A: serde::de::DeserializeOwned>(args: &serde_json::Value) -> Result<A, String> {
-    serde_path_to_error::deserialize(args).map_err(|e| match e.path().to_string() {
-        path if path == "." => format!("args: {}", e.inner()),
-        path => format!("args.{path}: {}", e.inner()),
+/// Why args do not fit a worker: where (`args` or `args.<field>`, so callers can prefix their
+/// own path, e.g. `rules.then[0].enqueue.`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ArgsError {
+    pub path: String,
+    pub message: String,
+}
+
+/// A worker's arguments from a job's `args`, or why they do not fit.
+pub fn parse_args<A: serde::de::DeserializeOwned>(
+    args: &serde_json::Value,
+) -> Result<A, ArgsError> {
+    serde_path_to_error::deserialize(args).map_err(|e| ArgsError {
+        path: match e.path().to_string() {
+            path if path == "." => "args".to_owned(),
+            path => format!("args.{path}"),
+        },
+        message: e.inner().to_string(),
     })
 }
 

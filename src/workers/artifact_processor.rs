@@ -88,7 +88,7 @@ impl Worker for ArtifactProcessor {
         Duration::from_secs(600)
     }
 
-    fn check_args(&self, args: &Value) -> Result<(), String> {
+    fn check_args(&self, args: &Value) -> Result<(), crate::jobs::ArgsError> {
         parse_args::<Args>(args).map(drop)
     }
 
@@ -101,7 +101,7 @@ impl Worker for ArtifactProcessor {
             };
             let args = match parse_args::<Args>(&job.args) {
                 Ok(args) => args,
-                Err(e) => return Ok(Outcome::Discard(e)),
+                Err(e) => return Ok(Outcome::Discard(e.to_string())),
             };
             let storage = self.storage(ctx)?;
             process(ctx, storage, tenant, args.artifact_id, &args.sha256).await

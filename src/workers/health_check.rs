@@ -33,7 +33,7 @@ impl Worker for HealthCheck {
         NAME
     }
 
-    fn check_args(&self, args: &Value) -> Result<(), String> {
+    fn check_args(&self, args: &Value) -> Result<(), crate::jobs::ArgsError> {
         parse_args::<Args>(args).map(drop)
     }
 

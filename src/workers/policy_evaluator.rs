@@ -129,7 +129,7 @@ impl Worker for PolicyEvaluator {
         NAME
     }
 
-    fn check_args(&self, args: &Value) -> Result<(), String> {
+    fn check_args(&self, args: &Value) -> Result<(), crate::jobs::ArgsError> {
         parse_args::<Args>(args).map(drop)
     }
 
@@ -163,7 +163,7 @@ impl Worker for PolicyEvaluator {
             };
             let args = match parse_args::<Args>(&job.args) {
                 Ok(args) => args,
-                Err(e) => return Ok(Outcome::Discard(e)),
+                Err(e) => return Ok(Outcome::Discard(e.to_string())),
             };
             let failures = evaluate(ctx, tenant, &args.event.topic, &job.args["event"]).await?;
             if failures.is_empty() {
@@ -272,22 +272,15 @@ async fn perform(
         ),
         // Checked at save too; args stored before that (or a worker's args changed since) are
         // refused here rather than inserted as a job that cannot run.
-        rules::Action::Enqueue { worker, args }
-            if ctx.registry.check_args(worker, args).is_err() =>
-        {
-            let why = ctx
-                .registry
-                .check_args(worker, args)
-                .err()
-                .unwrap_or_default();
-            Err(format!("enqueue {worker}: {why}"))
-        }
-        rules::Action::Enqueue { worker, args } => match ctx.registry.job(worker, args.clone()) {
-            Some(job) => {
-                let inserted = storage::insert(conn, &job.tenant(tenant)).await?;
-                Ok(json!({"job_id": inserted.job().id}))
-            }
-            None => Err(format!("enqueue: no worker named {worker:?}")),
+        rules::Action::Enqueue { worker, args } => match ctx.registry.check_args(worker, args) {
+            Err(why) => Err(format!("enqueue {worker}: {why}")),
+            Ok(()) => match ctx.registry.job(worker, args.clone()) {
+                Some(job) => {
+                    let inserted = storage::insert(conn, &job.tenant(tenant)).await?;
+                    Ok(json!({"job_id": inserted.job().id}))
+                }
+                None => Err(format!("enqueue: no worker named {worker:?}")),
+            },
         },
         rules::Action::Publish { topic, data } => {
             let mut payload = data.clone();

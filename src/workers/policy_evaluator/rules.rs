@@ -471,7 +471,7 @@ pub trait Enqueueable {
     /// Those names, for the error message.
     fn names(&self) -> Vec<String>;
     /// Whether `args` fit `worker`'s arguments.
-    fn check_args(&self, worker: &str, args: &Value) -> Result<(), String>;
+    fn check_args(&self, worker: &str, args: &Value) -> Result<(), crate::jobs::ArgsError>;
 }
 
 /// The tenant-scoped workers of a registry, with their own args checks.
@@ -482,7 +482,7 @@ impl Enqueueable for crate::jobs::Registry {
     fn names(&self) -> Vec<String> {
         self.tenant_names().into_iter().map(str::to_owned).collect()
     }
-    fn check_args(&self, worker: &str, args: &Value) -> Result<(), String> {
+    fn check_args(&self, worker: &str, args: &Value) -> Result<(), crate::jobs::ArgsError> {
         crate::jobs::Registry::check_args(self, worker, args)
     }
 }
@@ -495,7 +495,7 @@ impl Enqueueable for [&str] {
     fn names(&self) -> Vec<String> {
         self.iter().map(|n| (*n).to_owned()).collect()
     }
-    fn check_args(&self, _: &str, _: &Value) -> Result<(), String> {
+    fn check_args(&self, _: &str, _: &Value) -> Result<(), crate::jobs::ArgsError> {
         Ok(())
     }
 }
@@ -539,9 +539,7 @@ fn action<E: Enqueueable + ?Sized>(
             }
             let args = object_or_empty(body, "args", &path)?;
             if let Err(why) = enqueueable.check_args(&worker, &args) {
-                // `why` is `args[.field]: message` (`jobs::parse_args`): extend the path.
-                let (at, message) = why.split_once(": ").unwrap_or(("args", why.as_str()));
-                return err(&format!("{path}.{at}"), message.to_owned());
+                return err(&format!("{path}.{}", why.path), why.message);
             }
             Ok(Action::Enqueue { worker, args })
         }
