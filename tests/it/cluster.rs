@@ -64,19 +64,31 @@ impl PrivateRabbit {
         let child = Command::new("rabbitmq-server")
             .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
             .env("RABBITMQ_NODENAME", self.node())
-            .env("RABBITMQ_DIST_PORT", (self.port as u32 + 20_000).min(65_000).to_string())
+            .env(
+                "RABBITMQ_DIST_PORT",
+                (self.port as u32 + 20_000).min(65_000).to_string(),
+            )
             .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("enabled_plugins"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("rabbitmq-server on PATH");
         self.child = Some(KillOnDrop(child));
         let port = self.port;
-        eventually(Duration::from_secs(90), "private RabbitMQ up", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
+        eventually(
+            Duration::from_secs(90),
+            "private RabbitMQ up",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
     }
 

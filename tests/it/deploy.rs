@@ -71,6 +71,9 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
     );
 }
 
+/// Environment, extra arguments, and the key the error must name.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+
 #[test]
 fn config_check_exits_2_with_one_line_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +84,7 @@ fn config_check_exits_2_with_one_line_naming_the_key() {
     )
     .unwrap();
     let cron_arg = format!("--config={}", cron.display());
-    let cases: [(&[(&str, &str)], &[&str], &str); 5] = [
+    let cases: [Case; 5] = [
         (
             &[("VSM_JOBS__POLL_INTERVAL_MS", "often")],
             &[],
