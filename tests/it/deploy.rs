@@ -478,7 +478,17 @@ async fn every_dashboard_query_names_a_metric_that_serve_or_work_exports() {
         .unwrap();
     assert_eq!(res.text().await.unwrap(), "bytes");
 
-    // Queue depth gauges are sampled by a periodic duty: wait for its first pass.
+    // Queue depth gauges exist for queues holding jobs (waiting, scheduled or running) and are
+    // sampled by a periodic duty: one job scheduled for later, then wait for a pass.
+    let mut tx = repo.system_tx().await.unwrap();
+    vsm::jobs::storage::insert(
+        &mut tx,
+        &vsm::jobs::NewJob::new("health_check", serde_json::json!({}))
+            .schedule_in(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     eventually(Duration::from_secs(30), "queue depth sampled", || async {
         scrape(&format!("{ops}/metrics"))
             .await
