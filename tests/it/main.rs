@@ -10,6 +10,7 @@ mod artifacts_memory;
 mod cli;
 mod common;
 mod constraints;
+mod dashboard;
 mod events;
 mod jobs_cluster;
 mod jobs_engine;
