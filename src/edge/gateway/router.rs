@@ -8,8 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::controllers::{
-    api_keys_controller, artifacts_controller, dashboard_controller, episodes_controller, events_controller,
-    health_controller, jobs_controller, metrics_controller, policies_controller,
+    api_keys_controller, artifacts_controller, dashboard_controller, episodes_controller,
+    events_controller, health_controller, jobs_controller, metrics_controller, policies_controller,
     systems_controller, tenants_controller,
 };
 use super::error::ApiError;

@@ -99,9 +99,7 @@ impl SessionCache {
 
     /// Forgets every session of a revoked key at once on this instance.
     pub fn forget_key(&self, api_key_id: Uuid) {
-        let revoked = move |_: &[u8; 32], s: &Session| {
-            matches!(s.principal, Principal::Tenant { api_key_id: id, .. } if id == api_key_id)
-        };
+        let revoked = move |_: &[u8; 32], s: &Session| matches!(s.principal, Principal::Tenant { api_key_id: id, .. } if id == api_key_id);
         if let Err(e) = self.entries.invalidate_entries_if(revoked) {
             // Only without invalidation closures, which `default` enables; the TTL still bounds it.
             tracing::error!(error = %e, "could not forget a revoked key's sessions");
@@ -143,7 +141,10 @@ fn cookie_value(req: &HttpRequest) -> Option<&str> {
 /// session is 401; looking up a cookie that is not cached first pays a token of the client
 /// address's failed-authentication bucket (refunded when the session is live), so guessing
 /// cookies costs the database as little as guessing keys.
-pub async fn from_request(req: &HttpRequest, state: &AppState) -> Result<Option<Session>, ApiError> {
+pub async fn from_request(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<Session>, ApiError> {
     if cookie_value(req).is_none() {
         return Ok(None);
     }

@@ -161,9 +161,10 @@ pub async fn sign_in(
     }
     let admin = state.config.server.admin_token.as_ref();
     let (principal, admin_hash) = match admin {
-        Some(expected) if auth::is_admin_token(credential, expected.expose()) => {
-            (Principal::Operator, Some(session::sha256(expected.expose())))
-        }
+        Some(expected) if auth::is_admin_token(credential, expected.expose()) => (
+            Principal::Operator,
+            Some(session::sha256(expected.expose())),
+        ),
         // Anything else is a key: the same lookup (and failed-authentication bucket) and the
         // same per-key and per-tenant buckets as a Bearer request.
         _ => {
@@ -202,7 +203,10 @@ pub async fn sign_in(
     let view = SessionView::from(&Session::new(principal, csrf_token, expires_at, token_hash));
     let secure = session::is_secure(&req, &state);
     Ok(hardened(HttpResponse::Ok())
-        .insert_header((header::SET_COOKIE, cookie(&session::set_cookie(&token, ttl, secure))?))
+        .insert_header((
+            header::SET_COOKIE,
+            cookie(&session::set_cookie(&token, ttl, secure))?,
+        ))
         .json(view))
 }
 
@@ -249,7 +253,10 @@ pub async fn sign_out(
 ) -> Result<HttpResponse, ApiError> {
     let session = require(&req, &state).await?;
     session::check_csrf(&req, &session)?;
-    state.repo.close_dashboard_session(&session.token_hash).await?;
+    state
+        .repo
+        .close_dashboard_session(&session.token_hash)
+        .await?;
     state.sessions.forget(&session.token_hash);
     let secure = session::is_secure(&req, &state);
     Ok(hardened(HttpResponse::NoContent())

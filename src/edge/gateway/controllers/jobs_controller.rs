@@ -197,14 +197,20 @@ pub async fn queues(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpRe
     let (counts, paused) = match viewer {
         Viewer::Tenant(auth) => {
             let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-            let found = (jobs::counts(&mut tx).await?, jobs::paused_queues(&mut tx).await?);
+            let found = (
+                jobs::counts(&mut tx).await?,
+                jobs::paused_queues(&mut tx).await?,
+            );
             tx.commit().await?;
             found
         }
         // The operator sees every tenant's jobs (the system role reads the jobs table only).
         Viewer::Operator => {
             let mut tx = state.repo.system_tx().await?;
-            let found = (jobs::counts(&mut tx).await?, jobs::paused_queues(&mut tx).await?);
+            let found = (
+                jobs::counts(&mut tx).await?,
+                jobs::paused_queues(&mut tx).await?,
+            );
             tx.commit().await?;
             found
         }
