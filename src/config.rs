@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Complexity budget of a policy's rules (CONTRACT §4, §7).
     pub policies: PoliciesConfig,
+    /// The built-in dashboard's sign-in sessions (CONTRACT §11).
+    pub dashboard: DashboardConfig,
 }
 
 /// `[database]`
@@ -645,6 +647,33 @@ impl PoliciesConfig {
     }
 }
 
+/// `[dashboard]`: sign-in sessions of the built-in dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// How long a session lasts after sign-in, in seconds (60 to 2,592,000). Default 28800 (8 h).
+    pub session_ttl_secs: u32,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 8 * 3600,
+        }
+    }
+}
+
+impl DashboardConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(60..=30 * 24 * 3600).contains(&self.session_ttl_secs) {
+            return Err(ConfigError::Invalid(
+                "key `dashboard.session_ttl_secs`: must be 60 to 2592000 (30 days)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[analysis]`: how the episode analyzer works.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -736,6 +765,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.jobs.validate()?;
         config.policies.validate()?;
+        config.dashboard.validate()?;
         config.validate()?;
         Ok(config)
     }

@@ -353,6 +353,64 @@ impl Repo {
         Ok(row.map(|r| (r.api_key_id, r.tenant_id)))
     }
 
+    /// Opens a dashboard session under the sha256 of its cookie token: for the API key
+    /// `api_key_id` (false if it is revoked or unknown) or, with `admin_token_hash`, for the
+    /// operator. At most `keep` sessions per key (and for the operator) are kept, the newest.
+    pub async fn open_dashboard_session(
+        &self,
+        session: &NewDashboardSession<'_>,
+    ) -> Result<bool, DbError> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            opened: bool,
+        }
+        let mut conn = self.pool.get().await?;
+        let row: Row = diesel::sql_query(
+            "SELECT vsm_open_dashboard_session($1, $2, $3, $4, $5, $6) AS opened",
+        )
+        .bind::<Bytea, _>(session.token_hash)
+        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(session.api_key_id)
+        .bind::<diesel::sql_types::Nullable<Bytea>, _>(session.admin_token_hash)
+        .bind::<Text, _>(session.csrf_token)
+        .bind::<diesel::sql_types::Integer, _>(session.ttl_secs)
+        .bind::<diesel::sql_types::Integer, _>(session.keep)
+        .get_result(&mut conn)
+        .await?;
+        Ok(row.opened)
+    }
+
+    /// The live dashboard session whose cookie token hashes to `token_hash`: not expired, and
+    /// a tenant's session only while its API key is not revoked.
+    pub async fn resolve_dashboard_session(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<DashboardSessionRow>, DbError> {
+        let mut conn = self.pool.get().await?;
+        diesel::sql_query(
+            "SELECT api_key_id, tenant_id, admin_token_hash, csrf_token, expires_at \
+             FROM vsm_resolve_dashboard_session($1)",
+        )
+        .bind::<Bytea, _>(token_hash)
+        .get_result(&mut conn)
+        .await
+        .map(Some)
+        .or_else(|e| match e {
+            DieselError::NotFound => Ok(None),
+            e => Err(e.into()),
+        })
+    }
+
+    /// Ends a dashboard session (sign-out); nothing happens if there is none.
+    pub async fn close_dashboard_session(&self, token_hash: &[u8]) -> Result<(), DbError> {
+        let mut conn = self.pool.get().await?;
+        diesel::sql_query("SELECT vsm_close_dashboard_session($1)")
+            .bind::<Bytea, _>(token_hash)
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// The role pooled connections act as (after `SET ROLE database.app_role`, or the login
     /// role when that is empty) and whether row-level security applies to it.
     pub async fn effective_role(&self) -> Result<EffectiveRole, DbError> {
@@ -383,6 +441,35 @@ impl Repo {
     pub fn url(&self) -> &ServiceUrl {
         &self.url
     }
+}
+
+/// What `Repo::open_dashboard_session` stores; exactly one of `api_key_id` and
+/// `admin_token_hash` is set.
+pub struct NewDashboardSession<'a> {
+    /// sha256 of the cookie's token.
+    pub token_hash: &'a [u8],
+    pub api_key_id: Option<Uuid>,
+    /// sha256 of the admin token the operator signed in with.
+    pub admin_token_hash: Option<&'a [u8]>,
+    pub csrf_token: &'a str,
+    pub ttl_secs: i32,
+    /// Sessions kept per key (and for the operator), newest first.
+    pub keep: i32,
+}
+
+/// A live dashboard session as stored.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct DashboardSessionRow {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    pub api_key_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    pub tenant_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Bytea>)]
+    pub admin_token_hash: Option<Vec<u8>>,
+    #[diesel(sql_type = Text)]
+    pub csrf_token: String,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The role serving and working connections run as ([`Repo::effective_role`]).

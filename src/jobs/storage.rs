@@ -858,11 +858,12 @@ pub async fn depth(tx: &mut SystemTx) -> Result<Vec<(String, JobState, i64)>, Db
 }
 
 /// One page of the jobs visible in the transaction (a tenant's own, under row-level security),
-/// newest first, optionally by queue and state.
+/// newest first, optionally by queue, state and worker.
 pub async fn list(
     tx: &mut impl AnyTx,
     queue: Option<&str>,
     job_state: Option<JobState>,
+    worker: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Job>, DbError> {
@@ -877,6 +878,9 @@ pub async fn list(
     }
     if let Some(job_state) = job_state {
         query = query.filter(jobs::state.eq(job_state));
+    }
+    if let Some(worker) = worker {
+        query = query.filter(jobs::worker.eq(worker.to_owned()));
     }
     if let Some(before) = before {
         query = query.filter(jobs::id.lt(before));

@@ -3,7 +3,8 @@
 //!
 //! Per execution it appends `<job id> <attempt> <jobs of this worker running in this process,
 //! itself included>` to `<jobs.test_probe_dir>/<pid>.log`, then sleeps `args.sleep_ms`
-//! (default 0) on attempts up to `args.sleep_attempts` (default all). Each line is one
+//! (default 0) on attempts up to `args.sleep_attempts` (default all), and fails with
+//! "test_probe failed on attempt N" on attempts up to `args.fail_attempts` (default none). Each line is one
 //! `write` to a file opened with `O_APPEND`, so a `kill -9`
 //! never leaves half a line.
 
@@ -82,6 +83,14 @@ impl Worker for TestProbe {
                 .unwrap_or(i64::MAX);
             if sleep_ms > 0 && i64::from(job.attempt) <= sleep_attempts {
                 tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+            }
+            let fail_attempts = job
+                .args
+                .get("fail_attempts")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            if i64::from(job.attempt) <= fail_attempts {
+                anyhow::bail!("test_probe failed on attempt {}", job.attempt);
             }
             Ok(Outcome::Complete)
         })

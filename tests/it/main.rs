@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod common;
 mod constraints;
+mod dashboard;
 mod deploy;
 mod events;
 mod jobs_cluster;

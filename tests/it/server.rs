@@ -35,6 +35,7 @@ fn spawn(repo: Repo) -> Spawned {
         readiness: readiness.clone(),
         hub: Hub::new(10, 10),
         keys: KeyCache::default(),
+        sessions: Default::default(),
         storage: vsm::storage::Storage::new(
             std::sync::Arc::new(vsm::storage::adapters::memory::build()),
             1024,

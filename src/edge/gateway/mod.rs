@@ -14,5 +14,6 @@ pub mod pagination;
 pub mod rate_limit;
 pub mod router;
 pub mod server;
+pub mod session;
 
 pub use server::{AppState, Server, launch};

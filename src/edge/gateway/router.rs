@@ -8,8 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::controllers::{
-    api_keys_controller, artifacts_controller, episodes_controller, events_controller,
-    health_controller, jobs_controller, metrics_controller, policies_controller,
+    api_keys_controller, artifacts_controller, dashboard_controller, episodes_controller,
+    events_controller, health_controller, jobs_controller, metrics_controller, policies_controller,
     systems_controller, tenants_controller,
 };
 use super::error::ApiError;
@@ -21,6 +21,10 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     cfg.map(|cfg| {
         cfg.service(metrics_controller::metrics)
             .service(openapi::openapi_json)
+            // The dashboard's page and assets (its JSON routes are described below).
+            .service(dashboard_controller::index)
+            .service(dashboard_controller::index_slash)
+            .service(dashboard_controller::asset)
     });
     cfg.app_data(
         web::JsonConfig::default()
@@ -63,7 +67,11 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .service(artifacts_controller::list)
     .service(artifacts_controller::upload)
     .service(artifacts_controller::download)
-    .service(artifacts_controller::remove);
+    .service(artifacts_controller::remove)
+    .service(dashboard_controller::sign_in)
+    .service(dashboard_controller::current)
+    .service(dashboard_controller::sign_out)
+    .service(dashboard_controller::health);
 }
 
 /// Unknown routes answer in the contract's error format too.

@@ -17,6 +17,7 @@ use super::auth::KeyCache;
 use super::drain::{self, Drain, InFlight};
 use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
+use super::session::SessionCache;
 use super::{observe, openapi, router};
 use crate::config::Config;
 use crate::events::hub::Hub;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Recently resolved API keys.
     pub keys: KeyCache,
+    /// Recently resolved dashboard sessions.
+    pub sessions: SessionCache,
     /// The artifact storage backend.
     pub storage: Storage,
     /// Per-key request rate limit.
@@ -90,6 +93,7 @@ pub async fn launch(
         repo,
         hub: events.hub,
         keys: KeyCache::default(),
+        sessions: SessionCache::default(),
         storage,
         limiter: Arc::new(limiter),
         workers,

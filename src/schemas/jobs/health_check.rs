@@ -26,3 +26,19 @@ pub async fn insert(
         .get_result(&mut **conn)
         .await?)
 }
+
+/// The most recent measurement, if any: `(status, checks, checked_at)`.
+pub async fn latest(
+    conn: &mut SystemTx,
+) -> Result<Option<(String, serde_json::Value, DateTime<Utc>)>, DbError> {
+    Ok(health_checks::table
+        .order(health_checks::checked_at.desc())
+        .select((
+            health_checks::status,
+            health_checks::checks,
+            health_checks::checked_at,
+        ))
+        .first(&mut **conn)
+        .await
+        .optional()?)
+}

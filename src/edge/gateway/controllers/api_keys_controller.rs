@@ -88,5 +88,6 @@ pub async fn revoke(
     api_key::revoke(&mut tx, id).await?;
     tx.commit().await?;
     state.keys.forget(id);
+    state.sessions.forget_key(id);
     Ok(HttpResponse::NoContent().finish())
 }

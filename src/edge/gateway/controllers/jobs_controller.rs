@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::edge::gateway::AppState;
-use crate::edge::gateway::auth::{Admin, Authenticated};
+use crate::edge::gateway::auth::{Admin, Authenticated, Viewer};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::jobs::JobState;
@@ -24,6 +24,8 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// available, scheduled, executing, retryable, completed, discarded or cancelled.
     pub state: Option<String>,
+    /// The worker's name (`episode_analyzer`).
+    pub worker: Option<String>,
 }
 
 /// The tenant's jobs, newest first.
@@ -58,6 +60,7 @@ pub async fn index(
         &mut tx,
         filter.queue.as_deref(),
         job_state,
+        filter.worker.as_deref(),
         before,
         page.limit + 1,
     )
@@ -177,27 +180,41 @@ pub struct QueueView {
     pub concurrency: usize,
     /// Paused cluster-wide.
     pub paused: bool,
-    /// The tenant's jobs in this queue by state.
+    /// The tenant's jobs in this queue by state (the operator: every tenant's).
     pub counts: BTreeMap<String, i64>,
 }
 
-/// Queues with the tenant's job counts per state.
+/// Queues with the tenant's job counts per state (with the admin token: every tenant's jobs).
 #[utoipa::path(
-    get, path = "/v1/queues", tag = "queues", security(("api_key" = [])),
+    get, path = "/v1/queues", tag = "queues", security(("api_key" = []), ("admin_token" = [])),
     responses(
         (status = 200, body = List<QueueView>),
         (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)
     )
 )]
 #[get("/v1/queues")]
-pub async fn queues(
-    auth: Authenticated,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let counts = jobs::counts(&mut tx).await?;
-    let paused = jobs::paused_queues(&mut tx).await?;
-    tx.commit().await?;
+pub async fn queues(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (counts, paused) = match viewer {
+        Viewer::Tenant(auth) => {
+            let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
+            let found = (
+                jobs::counts(&mut tx).await?,
+                jobs::paused_queues(&mut tx).await?,
+            );
+            tx.commit().await?;
+            found
+        }
+        // The operator sees every tenant's jobs (the system role reads the jobs table only).
+        Viewer::Operator => {
+            let mut tx = state.repo.system_tx().await?;
+            let found = (
+                jobs::counts(&mut tx).await?,
+                jobs::paused_queues(&mut tx).await?,
+            );
+            tx.commit().await?;
+            found
+        }
+    };
     let mut views: BTreeMap<String, QueueView> = BTreeMap::new();
     let configured = &state.config.jobs.queues;
     let names = configured

@@ -1,6 +1,7 @@
 //! One controller per concern, as in the plan's `controllers/` directory.
 pub mod api_keys_controller;
 pub mod artifacts_controller;
+pub mod dashboard_controller;
 pub mod episodes_controller;
 pub mod events_controller;
 pub mod health_controller;
