@@ -105,8 +105,10 @@ fn budgets(sizes: &Sizes, db: &Db, base: &str, report: &mut Report) {
             let res = http
                 .post(format!("{base}/v1/episodes"))
                 .bearer_auth(&db.key)
-                .json(&json!({"title": format!("bench {i}"), "content": "x".repeat(200),
-                              "tags": ["bench", format!("t{}", i % 10)]}))
+                .json(
+                    &json!({"title": format!("bench {i}"), "content": "x".repeat(200),
+                              "tags": ["bench", format!("t{}", i % 10)]}),
+                )
                 .send()
                 .await
                 .expect("POST episode");
@@ -114,8 +116,18 @@ fn budgets(sizes: &Sizes, db: &Db, base: &str, report: &mut Report) {
         }
         let n = sizes.samples;
         let cases: [(&'static str, String, bool, [f64; 3]); 4] = [
-            ("health check", format!("{base}/health"), false, [5.0, 10.0, 20.0]),
-            ("metrics scrape", format!("{base}/metrics"), false, [20.0, 50.0, 100.0]),
+            (
+                "health check",
+                format!("{base}/health"),
+                false,
+                [5.0, 10.0, 20.0],
+            ),
+            (
+                "metrics scrape",
+                format!("{base}/metrics"),
+                false,
+                [20.0, 50.0, 100.0],
+            ),
             (
                 "DB query (simple)",
                 format!("{base}/v1/systems/3"),
@@ -142,10 +154,7 @@ fn budgets(sizes: &Sizes, db: &Db, base: &str, report: &mut Report) {
                 let _ = res.bytes().await;
                 let took = t.elapsed();
                 // 404 is the simple query's answer before a state was ever set.
-                assert!(
-                    status.is_success() || status == 404,
-                    "{what}: {status}"
-                );
+                assert!(status.is_success() || status == 404, "{what}: {status}");
                 if i >= n / 10 {
                     samples.push(took);
                 }

@@ -78,7 +78,11 @@ async fn bulk_insert(repo: &Repo, jobs: usize) -> f64 {
         .collect();
     let started = Instant::now();
     for left in (1..=jobs.div_ceil(1000)).rev() {
-        let n = if left == 1 && jobs % 1000 != 0 { jobs % 1000 } else { 1000 };
+        let n = if left == 1 && jobs % 1000 != 0 {
+            jobs % 1000
+        } else {
+            1000
+        };
         let mut tx = repo.system_tx().await.expect("tx");
         storage::insert_all(&mut tx, &batch[..n])
             .await
@@ -266,9 +270,15 @@ pub fn rescue(sizes: &Sizes, report: &mut Report) {
     let db = Db::create();
     let node = |db: &Db| {
         let mut cmd = vsm();
-        cmd.args(["work", "--queue", &format!("{QUEUE}=10"), "--metrics-listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", &db.url)
-            .env("VSM_JOBS__TEST_WORKERS", "true");
+        cmd.args([
+            "work",
+            "--queue",
+            &format!("{QUEUE}=10"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("VSM_JOBS__TEST_WORKERS", "true");
         for (k, v) in &timing {
             cmd.env(k, v);
         }
@@ -280,8 +290,11 @@ pub fn rescue(sizes: &Sizes, report: &mut Report) {
         let mut tx = repo.system_tx().await.expect("tx");
         storage::insert(
             &mut tx,
-            &NewJob::new("test_probe", json!({"sleep_ms": 600_000, "sleep_attempts": 1}))
-                .queue(QUEUE),
+            &NewJob::new(
+                "test_probe",
+                json!({"sleep_ms": 600_000, "sleep_attempts": 1}),
+            )
+            .queue(QUEUE),
         )
         .await
         .expect("insert");
@@ -291,7 +304,11 @@ pub fn rescue(sizes: &Sizes, report: &mut Report) {
     let wait = |want: &str, limit: Duration| {
         let started = Instant::now();
         while state() != want {
-            assert!(started.elapsed() < limit, "job never reached {want:?}: {}", state());
+            assert!(
+                started.elapsed() < limit,
+                "job never reached {want:?}: {}",
+                state()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -300,7 +317,10 @@ pub fn rescue(sizes: &Sizes, report: &mut Report) {
     // B is up once its heartbeat row exists.
     let started = Instant::now();
     while db.psql("SELECT count(*) FROM job_nodes") != "2" {
-        assert!(started.elapsed() < Duration::from_secs(60), "node B never heartbeated");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "node B never heartbeated"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let killed = Instant::now();
@@ -310,7 +330,14 @@ pub fn rescue(sizes: &Sizes, report: &mut Report) {
     let secs = killed.elapsed().as_secs_f64();
     report.rows.push(Row {
         what: "rescue after kill -9 of a worker",
-        vsm: format!("{secs:.1} s{}", if sizes.tiny { " (tiny: 1 s heartbeat)" } else { "" }),
+        vsm: format!(
+            "{secs:.1} s{}",
+            if sizes.tiny {
+                " (tiny: 1 s heartbeat)"
+            } else {
+                ""
+            }
+        ),
         reference: "Oban Lifeline 60 min; Graphile 4 h (their defaults)".into(),
         ratio: None,
         goal: "<= 15 s",

@@ -32,8 +32,7 @@ const SECTIONS: [Section; 5] = [
 fn main() {
     // `cargo bench` passes `--bench`; anything else that is not a section name is ignored.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let sizes = if args.iter().any(|a| a == "--tiny") || std::env::var_os("BENCH_TINY").is_some()
-    {
+    let sizes = if args.iter().any(|a| a == "--tiny") || std::env::var_os("BENCH_TINY").is_some() {
         Sizes::tiny()
     } else {
         Sizes::full()
@@ -56,10 +55,18 @@ fn main() {
     }
     report.print();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    let file = dir.join(if sizes.tiny { "all-tiny.json" } else { "all.json" });
+    let file = dir.join(if sizes.tiny {
+        "all-tiny.json"
+    } else {
+        "all.json"
+    });
     let mut json = report.json(&sizes);
     json["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     std::fs::create_dir_all(&dir).expect("target/bench");
     std::fs::write(&file, serde_json::to_vec_pretty(&json).expect("json")).expect("write json");
-    println!("\nwritten to {} in {:.0}s", file.display(), started.elapsed().as_secs_f64());
+    println!(
+        "\nwritten to {} in {:.0}s",
+        file.display(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -96,7 +96,11 @@ async fn fanout(clients: usize) -> Fanout {
             (clients + 10).to_string(),
         )],
     );
-    let port: u16 = base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     let key = Arc::new(db.key.clone());
     let tenant = db.tenant;
     let pid = server.0.id();
@@ -129,8 +133,7 @@ async fn fanout(clients: usize) -> Fanout {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_kib(pid);
     let connected = connect.len();
-    let kib_per_stream =
-        (rss_after.saturating_sub(rss_before)) as f64 / connected.max(1) as f64;
+    let kib_per_stream = (rss_after.saturating_sub(rss_before)) as f64 / connected.max(1) as f64;
 
     let cfg = vsm::config::DatabaseConfig {
         url: vsm::config::ServiceUrl::parse(&db.url).expect("url"),
@@ -203,8 +206,14 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let all = f.connected == clients;
     report.rows.push(Row {
         what: "SSE steady 20 events/s, one `vsm serve`",
-        vsm: format!("p99 {:.1} ms, {:.1} KiB/stream", f.steady.p99, f.kib_per_stream),
-        reference: format!("{} of {clients} clients connected, {} failed", f.connected, f.failed),
+        vsm: format!(
+            "p99 {:.1} ms, {:.1} KiB/stream",
+            f.steady.p99, f.kib_per_stream
+        ),
+        reference: format!(
+            "{} of {clients} clients connected, {} failed",
+            f.connected, f.failed
+        ),
         ratio: None,
         goal: "p99 <= 20 ms, <= 12 KiB/stream",
         met: all && f.steady.p99 <= 20.0 && f.kib_per_stream <= 12.0,

@@ -42,7 +42,12 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
                 .send()
                 .await
                 .expect("PUT");
-            assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+            assert_eq!(
+                res.status(),
+                201,
+                "{}",
+                res.text().await.unwrap_or_default()
+            );
             let _ = res.bytes().await;
             if i >= warm_up {
                 samples.push(t.elapsed());
