@@ -384,10 +384,11 @@ pub struct JobsConfig {
     /// Milliseconds between polls of a queue when no NOTIFY arrives (the fallback wake-up;
     /// also how often scheduled and retryable jobs are staged). Default 1000.
     pub poll_interval_ms: u64,
-    /// Seconds between this node's heartbeats. Default 5.
+    /// Seconds between this node's heartbeats. Default 2.
     pub heartbeat_interval_secs: u64,
     /// A node whose heartbeat is older than this many seconds is dead: its executing jobs are
-    /// handed to other nodes. 1 to 60, greater than `heartbeat_interval_secs`. Default 30.
+    /// handed to other nodes. 1 to 60, greater than `heartbeat_interval_secs`. Default 10 (five
+    /// missed beats), so a `kill -9` is rescued within about 12.5 s.
     pub rescue_after_secs: u64,
     /// Completed, cancelled and discarded jobs are deleted this many days after they ended.
     /// Default 7.
@@ -417,8 +418,8 @@ impl Default for JobsConfig {
             .collect(),
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 4001)),
             poll_interval_ms: 1000,
-            heartbeat_interval_secs: 5,
-            rescue_after_secs: 30,
+            heartbeat_interval_secs: 2,
+            rescue_after_secs: 10,
             prune_after_days: 7,
             prune_interval_secs: 60,
             cron: vec![CronEntry {

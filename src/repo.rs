@@ -304,29 +304,71 @@ impl Repo {
     /// The narrow door: opens a transaction whose tenant context is `tenant`. Row-level security
     /// limits every statement on it to that tenant's rows. [`TenantTx::commit`] commits;
     /// dropping it without committing (an early `?`, a cancelled request) rolls back.
+    ///
+    /// `BEGIN` and `set_config('app.current_tenant', $1, true)` go out pipelined on the one
+    /// connection, so opening the door costs one round trip, not two; the tenant is still a
+    /// bound parameter and transaction-local (CONTRACT §3).
     pub async fn tenant_tx(&self, tenant: Uuid) -> Result<TenantTx, DbError> {
-        let mut tx = self.begin().await?;
-        diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
-            .bind::<Text, _>(tenant.to_string())
-            .execute(&mut *tx)
-            .await?;
-        Ok(TenantTx { tx, tenant })
+        let conn = self.pool.get().await?;
+        // Until the transaction is known to be open (or rolled back), a cancelled caller must
+        // not hand this connection back to the pool: it may be inside a transaction with the
+        // tenant set. The guard detaches it from the pool instead, which closes it.
+        let mut pending = Unsettled(Some(conn));
+        let tenant_text = tenant.to_string();
+        let (began, context) = {
+            let shared: &AsyncPgConnection = pending.conn();
+            let (mut begin_on, mut context_on) = (shared, shared);
+            let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
+            let context = diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
+                .bind::<Text, _>(&tenant_text)
+                .execute(&mut context_on);
+            // Both are polled in order, so BEGIN is written first; both run to the end before
+            // either result is looked at, so nothing of this pipeline is still in flight below.
+            futures_util::join!(begin, context)
+        };
+        let conn = pending.conn_mut();
+        match (began, context) {
+            (Ok(()), Ok(_)) => {
+                // The transaction manager did not see the BEGIN: record it, so commit,
+                // rollback and the pool's broken-connection check know the depth.
+                <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
+                    .transaction_state()?
+                    .change_transaction_depth(diesel::connection::TransactionDepthChange::IncreaseDepth)?;
+                Ok(TenantTx {
+                    tx: Tx {
+                        conn: pending.settle(),
+                    },
+                    tenant,
+                })
+            }
+            (began, context) => {
+                // One of the two failed: end whatever BEGIN opened before the connection goes
+                // back; if even that fails, the guard closes the connection.
+                diesel_async::SimpleAsyncConnection::batch_execute(conn, "ROLLBACK").await?;
+                pending.settle();
+                Err(began
+                    .err()
+                    .or(context.err())
+                    .map(DbError::from)
+                    .unwrap_or_else(|| {
+                        DbError::Unavailable("opening a tenant transaction failed".into())
+                    }))
+            }
+        }
     }
 
     /// A transaction for cross-tenant machinery (event relay, job engine): it runs as the system
     /// role, which sees the infrastructure tables granted to it and no tenant data table.
     pub async fn system_tx(&self) -> Result<SystemTx, DbError> {
-        let mut tx = self.begin().await?;
-        // Identifiers cannot be bound parameters; quote it as PostgreSQL's quote_ident would.
-        let sql = format!("SET LOCAL ROLE {}", quote_ident(&self.system_role));
-        diesel::sql_query(sql).execute(&mut *tx).await?;
-        Ok(SystemTx { tx })
-    }
-
-    async fn begin(&self) -> Result<Tx, DbError> {
         let mut conn = self.pool.get().await?;
-        AnsiTransactionManager::begin_transaction(&mut *conn).await?;
-        Ok(Tx { conn: Some(conn) })
+        // One simple-query message, one round trip: the role is configuration, not tenant
+        // input, and identifiers cannot be bound parameters anyway; it is quoted as
+        // PostgreSQL's quote_ident would.
+        let sql = format!("BEGIN; SET LOCAL ROLE {}", quote_ident(&self.system_role));
+        AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await?;
+        Ok(SystemTx {
+            tx: Tx { conn: Some(conn) },
+        })
     }
 
     /// Resolves an API key's sha256 to `(api_key_id, tenant_id)`; `None` if unknown or revoked.
@@ -603,6 +645,42 @@ struct Tx {
 }
 
 type PooledConn = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
+
+/// A pooled connection whose transaction state is not settled yet (a pipelined BEGIN may or
+/// may not have run). Dropped unsettled — its future was cancelled — it is detached from the
+/// pool and closed, so PostgreSQL ends whatever it had open and no tenant context can reach
+/// the connection's next user.
+struct Unsettled(Option<PooledConn>);
+
+impl Unsettled {
+    fn conn(&self) -> &AsyncPgConnection {
+        // Invariant: `Some` until `settle`, which consumes the value.
+        self.0
+            .as_deref()
+            .expect("unsettled connection already settled")
+    }
+
+    fn conn_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0
+            .as_deref_mut()
+            .expect("unsettled connection already settled")
+    }
+
+    /// The state is known again: the connection may go back to the pool as usual.
+    fn settle(mut self) -> Option<PooledConn> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(diesel_async::pooled_connection::deadpool::Object::take(
+                conn,
+            ));
+        }
+    }
+}
 
 impl Tx {
     async fn commit(mut self) -> Result<(), DbError> {

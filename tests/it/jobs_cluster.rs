@@ -403,3 +403,37 @@ fn bad_queue_arguments_and_cron_workers_exit_2_naming_them() {
         "{err}"
     );
 }
+
+/// A node that is alive but slow — its jobs run several rescue windows long — keeps
+/// heartbeating, so another node's rescuer never takes its jobs: each runs exactly once.
+#[tokio::test]
+async fn jobs_of_a_slow_but_alive_worker_are_not_run_twice() {
+    const HELD: usize = 3;
+    let db = TestDb::migrated().await;
+    let probes = tempfile::tempdir().unwrap();
+    let mut a = start_worker(&db, probes.path(), &format!("probe={HELD}"), 2);
+    wait_ready(&mut a).await;
+    // B rescues every half second (rescue_after 2 s) while A's jobs run 8 s each.
+    let mut b = start_worker(&db, probes.path(), "other=1", 2);
+    wait_ready(&mut b).await;
+    insert_probes(&db, HELD, "probe", json!({"sleep_ms": 8_000})).await;
+    let mut owner = db.owner_conn().await;
+    wait_for_count(
+        &mut owner,
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
+        HELD as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &mut owner,
+            "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND attempt = 1 AND errors = '[]'"
+        )
+        .await,
+        HELD as i64,
+        "a slow job was rescued"
+    );
+    let lines = probe_lines(probes.path());
+    assert_eq!(lines.values().map(Vec::len).sum::<usize>(), HELD);
+}

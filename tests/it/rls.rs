@@ -488,3 +488,86 @@ async fn a_tenant_tx_carries_its_tenant_context_and_a_system_tx_none() {
     assert_eq!(set.tenant, None);
     sys.rollback().await.unwrap();
 }
+
+#[derive(diesel::QueryableByName)]
+struct Backend {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    tenant: Option<String>,
+}
+
+/// Which backend a transaction runs on, and its tenant context.
+async fn backend(conn: &mut AsyncPgConnection) -> Backend {
+    diesel::sql_query(
+        "SELECT pg_backend_pid() AS pid,
+                nullif(current_setting('app.current_tenant', true), '') AS tenant",
+    )
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+/// The tenant door pipelines BEGIN and set_config: a transaction that then fails and is rolled
+/// back (explicitly or by drop) hands its pooled connection back without the tenant context.
+#[tokio::test]
+async fn a_pipelined_tenant_tx_rolled_back_on_error_leaves_no_tenant_context() {
+    let w = world().await;
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    for explicit in [true, false] {
+        let mut tx = repo.tenant_tx(w.a).await.unwrap();
+        let first = backend(&mut tx).await;
+        assert_eq!(first.tenant, Some(w.a.to_string()));
+        let failed = diesel::sql_query("SELECT 1 / 0").execute(&mut *tx).await;
+        assert!(failed.is_err());
+        if explicit {
+            tx.rollback().await.unwrap();
+        } else {
+            drop(tx);
+        }
+        // Pool of one: the same backend serves the next transaction, without a context.
+        let mut sys = repo.system_tx().await.unwrap();
+        let next = backend(&mut sys).await;
+        assert_eq!(next.pid, first.pid, "the pooled connection was reused");
+        assert_eq!(next.tenant, None);
+        sys.commit().await.unwrap();
+        let mut tx = repo.tenant_tx(w.b).await.unwrap();
+        assert_eq!(backend(&mut tx).await.tenant, Some(w.b.to_string()));
+        let visible = count(&mut tx, "SELECT count(*) AS n FROM episodes WHERE tenant_id <> current_setting('app.current_tenant')::uuid")
+            .await
+            .unwrap();
+        assert_eq!(visible, 0);
+        tx.commit().await.unwrap();
+    }
+}
+
+/// A caller cancelled while the door's pipeline is in flight (a client that went away) must
+/// never leave a connection in the pool inside a transaction or with a tenant set: each
+/// cancellation point is tried by giving the door a little more time on every round.
+#[tokio::test]
+async fn a_tenant_tx_cancelled_mid_pipeline_leaves_no_tenant_context() {
+    let w = world().await;
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    for micros in (0..2_000).step_by(25) {
+        let opened = tokio::time::timeout(
+            std::time::Duration::from_micros(micros),
+            repo.tenant_tx(w.a),
+        )
+        .await;
+        if let Ok(tx) = opened {
+            tx.unwrap().commit().await.unwrap();
+        }
+        let mut sys = repo.system_tx().await.unwrap();
+        let next = backend(&mut sys).await;
+        assert_eq!(next.tenant, None, "after a cancel at {micros} us");
+        sys.commit().await.unwrap();
+    }
+}

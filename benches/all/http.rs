@@ -1,0 +1,169 @@
+//! HTTP throughput (wrk -t2 -c64): a bare actix-web handler next to `vsm serve`'s `GET /health`
+//! (the whole middleware stack, no I/O), and an authenticated `GET /v1/systems` (key lookup,
+//! rate limit, a tenant transaction) next to pgbench running the same statements as one
+//! transaction and a single SELECT. Then the plan's §8 request budgets, one request at a time.
+
+use std::time::Instant;
+
+use actix_web::{App, HttpResponse, HttpServer, get};
+use serde_json::json;
+
+use crate::support::{Budget, Db, Latency, Report, Row, Sizes, free_port, pgbench, serve, wrk};
+
+#[get("/health")]
+async fn bare_health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok", "version": "0.1.0", "uptime_seconds": 1}))
+}
+
+fn start_bare(workers: usize) -> String {
+    let port = free_port();
+    std::thread::spawn(move || {
+        let rt = actix_web::rt::System::new();
+        rt.block_on(async move {
+            HttpServer::new(|| App::new().service(bare_health))
+                .workers(workers)
+                .bind(("127.0.0.1", port))
+                .expect("bind")
+                .run()
+                .await
+                .expect("bare server");
+        });
+    });
+    let url = format!("http://127.0.0.1:{port}/health");
+    crate::support::wait_ready(&url);
+    url
+}
+
+/// The statements `GET /v1/systems` runs, for pgbench.
+fn systems_select() -> &'static str {
+    "SELECT DISTINCT ON (system) * FROM system_states ORDER BY system, version DESC;"
+}
+
+pub fn run(sizes: &Sizes, report: &mut Report) {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let bare_url = start_bare(workers);
+    let db = Db::create();
+    let (_server, base) = serve("all", &db, &[]);
+    let secs = sizes.wrk_secs;
+    let auth = format!("Authorization: Bearer {}", db.key);
+
+    let bare = wrk(&bare_url, None, secs);
+    let health = wrk(&format!("{base}/health"), None, secs);
+    let rps_ratio = health.rps / bare.rps;
+    report.rows.push(Row {
+        what: "GET /health (wrk -t2 -c64)",
+        vsm: format!("{:.0} req/s, p99 {:.2} ms", health.rps, health.p99_ms),
+        reference: format!(
+            "bare actix-web handler {:.0} req/s, p99 {:.2} ms",
+            bare.rps, bare.p99_ms
+        ),
+        ratio: Some(rps_ratio),
+        goal: ">= 0.95x rps, p99 <= 1.2x",
+        met: rps_ratio >= 0.95 && health.p99_ms <= 1.2 * bare.p99_ms,
+        data: json!({"vsm": {"rps": health.rps, "p99_ms": health.p99_ms},
+                     "bare_actix": {"rps": bare.rps, "p99_ms": bare.p99_ms}}),
+    });
+
+    let systems = wrk(&format!("{base}/v1/systems"), Some(&auth), secs);
+    let pg_args = ["-c", "64", "-j", "2", "-T", &secs.to_string()];
+    let tx_script = format!(
+        "BEGIN;\nSELECT set_config('app.current_tenant', '{}', true);\n{}\nCOMMIT;\n",
+        db.tenant,
+        systems_select()
+    );
+    let pg_tx = pgbench(&db.url, &tx_script, &pg_args, Some("vsm_app"));
+    let pg_select = pgbench(&db.url, systems_select(), &pg_args, Some("vsm_app"));
+    let ratio = systems.rps / pg_tx;
+    report.rows.push(Row {
+        what: "authenticated GET /v1/systems (wrk -t2 -c64)",
+        vsm: format!("{:.0} req/s, p99 {:.2} ms", systems.rps, systems.p99_ms),
+        reference: format!(
+            "pgbench same 4-statement tx {pg_tx:.0} tps; one SELECT {pg_select:.0} tps"
+        ),
+        ratio: Some(ratio),
+        goal: ">= 1.0x pgbench tx, p99 <= 10 ms",
+        met: ratio >= 1.0 && systems.p99_ms <= 10.0,
+        data: json!({"vsm": {"rps": systems.rps, "p99_ms": systems.p99_ms},
+                     "pgbench_tx_tps": pg_tx, "pgbench_select_tps": pg_select}),
+    });
+
+    budgets(sizes, &db, &base, report);
+}
+
+/// One request at a time, so each sample is the operation's own latency.
+fn budgets(sizes: &Sizes, db: &Db, base: &str, report: &mut Report) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        // Something for the list to find: episodes with a tag to filter on.
+        for i in 0..100 {
+            let res = http
+                .post(format!("{base}/v1/episodes"))
+                .bearer_auth(&db.key)
+                .json(
+                    &json!({"title": format!("bench {i}"), "content": "x".repeat(200),
+                              "tags": ["bench", format!("t{}", i % 10)]}),
+                )
+                .send()
+                .await
+                .expect("POST episode");
+            assert!(res.status().is_success(), "episode: {}", res.status());
+        }
+        let n = sizes.samples;
+        let cases: [(&'static str, String, bool, [f64; 3]); 4] = [
+            (
+                "health check",
+                format!("{base}/health"),
+                false,
+                [5.0, 10.0, 20.0],
+            ),
+            (
+                "metrics scrape",
+                format!("{base}/metrics"),
+                false,
+                [20.0, 50.0, 100.0],
+            ),
+            (
+                "DB query (simple)",
+                format!("{base}/v1/systems/3"),
+                true,
+                [5.0, 20.0, 50.0],
+            ),
+            (
+                "DB query (complex)",
+                format!("{base}/v1/episodes?status=pending&tag=bench&limit=100"),
+                true,
+                [20.0, 100.0, 200.0],
+            ),
+        ];
+        for (what, url, authed, budget) in cases {
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n + n / 10 {
+                let mut req = http.get(&url);
+                if authed {
+                    req = req.bearer_auth(&db.key);
+                }
+                let t = Instant::now();
+                let res = req.send().await.expect("GET");
+                let status = res.status();
+                let _ = res.bytes().await;
+                let took = t.elapsed();
+                // 404 is the simple query's answer before a state was ever set.
+                assert!(status.is_success() || status == 404, "{what}: {status}");
+                if i >= n / 10 {
+                    samples.push(took);
+                }
+            }
+            report.budgets.push(Budget {
+                what,
+                latency: Latency::of(samples),
+                budget,
+            });
+        }
+    });
+}

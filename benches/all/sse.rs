@@ -1,0 +1,237 @@
+//! SSE fan-out: N concurrent SSE clients on one `vsm serve` (in-process fan-out), measuring
+//! connect latency (the §8 SSE connect budget), the server's memory per open stream, and
+//! publish-to-deliver latency for a burst of 100 events and for a steady 20 events/s.
+//! "Publish" is the commit of the event's transaction; "deliver" is the moment a client has
+//! read its frame. Needs an fd limit above the client count (the server and this process
+//! each hold one fd per stream).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::support::{Budget, Db, Latency, Report, Row, Sizes, serve};
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn micros() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn latency(samples: Vec<u64>) -> Latency {
+    Latency::of(samples.into_iter().map(Duration::from_micros).collect())
+}
+
+/// One raw SSE client: connect, wait for `connected`, then report each event's latency.
+async fn client(
+    port: u16,
+    key: Arc<String>,
+    connected: mpsc::UnboundedSender<u64>,
+    latencies: mpsc::UnboundedSender<u64>,
+) -> std::io::Result<()> {
+    let began = micros();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /v1/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut lines = BufReader::new(stream).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line == "event: connected" {
+            let _ = connected.send(micros() - began);
+        } else if line.starts_with("data: ") {
+            // The payload's keys are sorted: `{"bench":true,"t":123}`.
+            if let Some(at) = line.find("\"t\":") {
+                let digits = &line[at + 4..];
+                let end = digits
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(digits.len());
+                if let Ok(t) = digits[..end].parse::<u64>() {
+                    let _ = latencies.send(micros().saturating_sub(t));
+                }
+            }
+        } else if line.starts_with("event: disconnected") {
+            break;
+        }
+    }
+    Ok(())
+}
+
+struct Fanout {
+    connected: usize,
+    failed: usize,
+    connect: Latency,
+    kib_per_stream: f64,
+    burst: Latency,
+    steady: Latency,
+}
+
+async fn fanout(clients: usize) -> Fanout {
+    let db = Db::create();
+    let (server, base) = serve(
+        "serve",
+        &db,
+        &[(
+            "VSM_EVENTS__MAX_CONNECTIONS_PER_TENANT",
+            (clients + 10).to_string(),
+        )],
+    );
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let key = Arc::new(db.key.clone());
+    let tenant = db.tenant;
+    let pid = server.0.id();
+    let rss_before = rss_kib(pid);
+
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel();
+    let failed = Arc::new(AtomicUsize::new(0));
+    for i in 0..clients {
+        let (key, conn_tx, lat_tx, failed) =
+            (key.clone(), conn_tx.clone(), lat_tx.clone(), failed.clone());
+        tokio::spawn(async move {
+            if client(port, key, conn_tx, lat_tx).await.is_err() {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Ramp up at ~10,000 connections/s.
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    drop((conn_tx, lat_tx));
+    let mut connect = Vec::with_capacity(clients);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connect.len() + failed.load(Ordering::Relaxed) < clients && Instant::now() < deadline {
+        if let Ok(Some(us)) = tokio::time::timeout(Duration::from_secs(1), conn_rx.recv()).await {
+            connect.push(us);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib(pid);
+    let connected = connect.len();
+    let kib_per_stream = (rss_after.saturating_sub(rss_before)) as f64 / connected.max(1) as f64;
+
+    let cfg = vsm::config::DatabaseConfig {
+        url: vsm::config::ServiceUrl::parse(&db.url).expect("url"),
+        ..Default::default()
+    };
+    let repo = vsm::repo::Repo::connect(&cfg).await.expect("repo");
+    let record = |repo: vsm::repo::Repo| async move {
+        let mut tx = repo.tenant_tx(tenant).await.expect("tx");
+        // Stamp as late as possible before the commit that publishes it.
+        vsm::events::record(
+            &mut tx,
+            tenant,
+            "system.state",
+            &json!({"t": micros(), "bench": true}),
+        )
+        .await
+        .expect("record");
+        tx.commit().await.expect("commit");
+    };
+
+    // Burst: 100 events committed back to back.
+    for _ in 0..100 {
+        record(repo.clone()).await;
+    }
+    let burst = collect(&mut lat_rx, 100 * connected).await;
+
+    // Steady: 20 events/s for 5 s.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..100 {
+        tick.tick().await;
+        record(repo.clone()).await;
+    }
+    let steady = collect(&mut lat_rx, 100 * connected).await;
+    drop(server);
+    Fanout {
+        connected,
+        failed: failed.load(Ordering::Relaxed),
+        connect: latency(connect),
+        kib_per_stream,
+        burst: latency(burst),
+        steady: latency(steady),
+    }
+}
+
+async fn collect(rx: &mut mpsc::UnboundedReceiver<u64>, expected: usize) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(expected);
+    while samples.len() < expected {
+        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Some(us)) => samples.push(us),
+            _ => {
+                println!(
+                    "  (only {} of {expected} deliveries arrived)",
+                    samples.len()
+                );
+                break;
+            }
+        }
+    }
+    samples
+}
+
+pub fn run(sizes: &Sizes, report: &mut Report) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    micros();
+    let clients = sizes.sse_clients;
+    let f = rt.block_on(fanout(clients));
+    let all = f.connected == clients;
+    report.rows.push(Row {
+        what: "SSE steady 20 events/s, one `vsm serve`",
+        vsm: format!(
+            "p99 {:.1} ms, {:.1} KiB/stream",
+            f.steady.p99, f.kib_per_stream
+        ),
+        reference: format!(
+            "{} of {clients} clients connected, {} failed",
+            f.connected, f.failed
+        ),
+        ratio: None,
+        goal: "p99 <= 20 ms, <= 12 KiB/stream",
+        met: all && f.steady.p99 <= 20.0 && f.kib_per_stream <= 12.0,
+        data: json!({"clients": clients, "connected": f.connected, "failed": f.failed,
+                     "kib_per_stream": f.kib_per_stream, "steady": f.steady.json()}),
+    });
+    report.rows.push(Row {
+        what: "SSE burst of 100 events",
+        vsm: format!("p99 {:.1} ms", f.burst.p99),
+        reference: format!("{clients} clients"),
+        ratio: None,
+        goal: "p99 <= 100 ms",
+        met: all && f.burst.p99 <= 100.0,
+        data: json!({"clients": clients, "burst": f.burst.json()}),
+    });
+    report.budgets.push(Budget {
+        what: "SSE connect",
+        latency: f.connect,
+        budget: [50.0, 100.0, 200.0],
+    });
+}
