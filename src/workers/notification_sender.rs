@@ -533,7 +533,7 @@ impl NotificationSender {
                 error,
                 retry_after,
             } => {
-                let not_before = retry_after.map(|d| crate::jobs::after(d));
+                let not_before = retry_after.map(crate::jobs::after);
                 let backoff = crate::jobs::after(self.backoff_base(job.attempt));
                 change.not_before = Some(not_before);
                 change.last_error = Some(Some(error.clone()));

@@ -19,8 +19,10 @@ use crate::fake_telegram::{FakeTelegram, Reply, TOKEN};
 use crate::jobs_support::options;
 
 fn config(db: &TestDb, fake: &str) -> Config {
-    let mut c = Config::default();
-    c.database = db.config();
+    let mut c = Config {
+        database: db.config(),
+        ..Config::default()
+    };
     c.telegram.bot_token = Some(Secret::new(TOKEN));
     c.telegram.api_base = ServiceUrl::parse(fake).unwrap();
     c.telegram.per_chat_interval_ms = 50;
@@ -515,4 +517,27 @@ async fn vsm_telegram_set_webhook_and_info_talk_to_the_bot_api() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&dead), "{err}");
     assert!(!err.contains("TEST-token"), "{err}");
+}
+
+#[tokio::test]
+async fn a_hung_bot_api_times_out_and_is_retried() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let fake = FakeTelegram::start().await;
+    fake.reply_for(88, vec![Reply::Hang]);
+    let (t, _) = tenant::create(&repo, "acme", None).await.unwrap();
+    let id = send(&repo, t.id, 88, "slow").await;
+    engine(&repo, config(&db, &fake.base()))
+        .drain("notifications")
+        .await
+        .unwrap();
+    let row = load(&repo, t.id, id).await;
+    assert_eq!(row.state, DeliveryState::Pending);
+    let log = attempts(&repo, t.id, id).await;
+    assert_eq!(log[0].result, AttemptResult::Retry);
+    assert!(
+        log[0].error.as_deref().unwrap().contains("timed out"),
+        "{log:?}"
+    );
+    assert!(!log[0].error.as_deref().unwrap().contains("TEST-token"));
 }

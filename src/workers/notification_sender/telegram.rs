@@ -83,7 +83,7 @@ impl TelegramChannel {
                 }
             }
             let started = Instant::now();
-            let result = api.send_message(chat_id, &parts[sent]).await;
+            let result = api.send_message(chat_id, parts[sent]).await;
             let took = started.elapsed();
             latency = Some(latency.unwrap_or_default() + took);
             match result {
