@@ -23,6 +23,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::Storage;
 use crate::telemetry;
 use crate::workers;
+use crate::workers::notification_sender::telegram::{BotApi, CallError};
 
 #[derive(Debug, Parser)]
 #[command(name = "vsm", version, about = "Viable System Model platform")]
@@ -47,9 +48,27 @@ pub enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Register or inspect the bot's webhook (Bot API at telegram.api_base).
+    #[command(subcommand)]
+    Telegram(TelegramCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TelegramCommand {
+    /// Register URL as the bot's webhook (setWebhook with telegram.webhook_secret as its
+    /// secret_token and the update kinds vsm handles).
+    SetWebhook {
+        /// Public URL of `POST /telegram/webhook`.
+        url: String,
+        /// Drop the updates Telegram queued while no webhook was set.
+        #[arg(long)]
+        drop_pending_updates: bool,
+    },
+    /// Print getWebhookInfo as JSON.
+    Info,
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +251,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Tenant(TenantCommand::Create { slug, name }) => {
                 create_tenant(&config, &slug, name.as_deref()).await
             }
+            Command::Telegram(command) => telegram_cmd(&config, command).await,
             // Answered above, before any runtime or logging starts.
             Command::Config(ConfigCommand::Check) => Ok(()),
         }
@@ -299,6 +319,66 @@ async fn create_tenant(config: &Config, slug: &str, name: Option<&str>) -> Resul
         "{}",
         json!({"tenant_id": tenant.id, "slug": tenant.slug, "api_key": key.key})
     );
+    Ok(())
+}
+
+/// The update kinds `setWebhook` asks for: those `POST /telegram/webhook` handles (CONTRACT §9).
+pub const ALLOWED_UPDATES: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "callback_query",
+    "my_chat_member",
+];
+
+/// `vsm telegram set-webhook|info`: exit 2 when Telegram is not configured, 1 naming the Bot
+/// API server (never the token) when it cannot be reached or refuses.
+async fn telegram_cmd(config: &Config, command: TelegramCommand) -> Result<(), Failure> {
+    let api = BotApi::from_config(&config.telegram).ok_or_else(|| {
+        Failure::usage(
+            "Telegram is not configured: key `telegram.bot_token` (TELEGRAM_BOT_TOKEN) is not set",
+        )
+    })?;
+    let failed = |method: &str, e: CallError| match e {
+        CallError::Temporary { error, .. } => Failure::runtime(format!(
+            "cannot reach the Telegram Bot API at {}: {method}: {error}",
+            api.base()
+        )),
+        e => Failure::runtime(format!(
+            "the Telegram Bot API at {} refused {method}: {e}",
+            api.base()
+        )),
+    };
+    let result = match command {
+        TelegramCommand::SetWebhook {
+            url,
+            drop_pending_updates,
+        } => {
+            let url = url::Url::parse(&url)
+                .map_err(|e| Failure::usage(format!("invalid webhook URL {url:?}: {e}")))?;
+            let secret = config.telegram.webhook_secret.as_ref().ok_or_else(|| {
+                Failure::usage(
+                    "Telegram is not configured: key `telegram.webhook_secret` \
+                     (TELEGRAM_WEBHOOK_SECRET) is not set, so the webhook could not be verified",
+                )
+            })?;
+            let body = json!({
+                "url": url.as_str(),
+                "secret_token": secret.expose(),
+                "allowed_updates": ALLOWED_UPDATES,
+                "drop_pending_updates": drop_pending_updates,
+            });
+            api.call("setWebhook", &body)
+                .await
+                .map_err(|e| failed("setWebhook", e))?;
+            json!({"ok": true, "url": url.as_str(), "allowed_updates": ALLOWED_UPDATES})
+        }
+        TelegramCommand::Info => api
+            .call("getWebhookInfo", &json!({}))
+            .await
+            .map_err(|e| failed("getWebhookInfo", e))?,
+    };
+    println!("{result}");
     Ok(())
 }
 

@@ -9,8 +9,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::controllers::{
     api_keys_controller, artifacts_controller, dashboard_controller, episodes_controller,
-    events_controller, health_controller, jobs_controller, metrics_controller, policies_controller,
-    systems_controller, tenants_controller,
+    events_controller, health_controller, jobs_controller, metrics_controller,
+    notifications_controller, policies_controller, systems_controller, tenants_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -71,7 +71,10 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .service(dashboard_controller::sign_in)
     .service(dashboard_controller::current)
     .service(dashboard_controller::sign_out)
-    .service(dashboard_controller::health);
+    .service(dashboard_controller::health)
+    .service(notifications_controller::index)
+    .service(notifications_controller::show)
+    .service(notifications_controller::retry);
 }
 
 /// Unknown routes answer in the contract's error format too.
