@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Complexity budget of a policy's rules (CONTRACT §4, §7).
     pub policies: PoliciesConfig,
+    /// Outbound notifications (`notification_sender`, CONTRACT §7).
+    pub notifications: NotificationsConfig,
 }
 
 /// `[database]`
@@ -645,6 +647,56 @@ impl PoliciesConfig {
     }
 }
 
+/// `[notifications]`: how `notification_sender` delivers (CONTRACT §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Deliver webhooks to loopback, private, link-local and metadata addresses too. Default
+    /// false: such targets are refused before any connection (SSRF).
+    pub allow_private_targets: bool,
+    /// Seconds one webhook delivery may take, connection to last byte. Default 15.
+    pub webhook_timeout_secs: u64,
+    /// Seconds a rotated-out webhook secret keeps signing beside the new one. Default 86400.
+    pub secret_overlap_secs: u64,
+    /// Days an endpoint may fail every delivery before it is disabled. Default 5.
+    pub webhook_disable_after_days: u64,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            webhook_timeout_secs: 15,
+            secret_overlap_secs: 86_400,
+            webhook_disable_after_days: 5,
+        }
+    }
+}
+
+impl NotificationsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| {
+            Err(ConfigError::Invalid(format!(
+                "key `notifications.{key}`: {why}"
+            )))
+        };
+        if !(1..=300).contains(&self.webhook_timeout_secs) {
+            return invalid("webhook_timeout_secs", "must be 1 to 300");
+        }
+        if self.secret_overlap_secs > 30 * 86_400 {
+            return invalid("secret_overlap_secs", "must be at most 30 days (2592000)");
+        }
+        if self.webhook_disable_after_days == 0 {
+            return invalid("webhook_disable_after_days", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_secs(self.webhook_timeout_secs)
+    }
+}
+
 /// `[analysis]`: how the episode analyzer works.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -736,6 +788,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.jobs.validate()?;
         config.policies.validate()?;
+        config.notifications.validate()?;
         config.validate()?;
         Ok(config)
     }

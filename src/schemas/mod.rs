@@ -22,6 +22,11 @@ pub mod storage {
     pub mod tenant;
 }
 
+/// A tenant's outbound webhook endpoints.
+pub mod webhooks {
+    pub mod endpoint;
+}
+
 /// Background task history and health measurements.
 pub mod jobs {
     pub mod health_check;

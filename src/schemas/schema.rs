@@ -205,3 +205,30 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_cron_slots,
     health_checks,
 );
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        url -> Text,
+        topics -> Array<Text>,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        disabled_at -> Nullable<Timestamptz>,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_expires_at -> Nullable<Timestamptz>,
+        failing_since -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_event_deliveries (endpoint_id, event_seq) {
+        endpoint_id -> Uuid,
+        event_seq -> Int8,
+        tenant_id -> Uuid,
+        inserted_at -> Timestamptz,
+    }
+}

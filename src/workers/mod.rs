@@ -6,6 +6,7 @@
 pub mod artifact_processor;
 pub mod episode_analyzer;
 pub mod health_check;
+pub mod notification_sender;
 pub mod policy_evaluator;
 pub mod test_noop;
 pub mod test_probe;

@@ -18,6 +18,7 @@
 
 pub mod compiled;
 pub mod rules;
+pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;

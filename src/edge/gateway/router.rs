@@ -10,7 +10,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::controllers::{
     api_keys_controller, artifacts_controller, episodes_controller, events_controller,
     health_controller, jobs_controller, metrics_controller, policies_controller,
-    systems_controller, tenants_controller,
+    systems_controller, tenants_controller, webhooks_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -63,7 +63,13 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .service(artifacts_controller::list)
     .service(artifacts_controller::upload)
     .service(artifacts_controller::download)
-    .service(artifacts_controller::remove);
+    .service(artifacts_controller::remove)
+    .service(webhooks_controller::create)
+    .service(webhooks_controller::index)
+    .service(webhooks_controller::show)
+    .service(webhooks_controller::update)
+    .service(webhooks_controller::destroy)
+    .service(webhooks_controller::rotate_secret);
 }
 
 /// Unknown routes answer in the contract's error format too.

@@ -9,3 +9,4 @@ pub mod metrics_controller;
 pub mod policies_controller;
 pub mod systems_controller;
 pub mod tenants_controller;
+pub mod webhooks_controller;
