@@ -296,3 +296,20 @@ pub async fn claim_event(
         .await?;
     Ok(n > 0)
 }
+
+/// How long a claim is kept: the relay repeats a batch only until it is marked published
+/// (seconds, or the length of an outage), and events themselves are kept a day.
+const CLAIM_RETENTION_HOURS: i64 = 48;
+
+/// Drops the current tenant's claims older than the retention, so the table stays the size of
+/// two days of deliveries.
+pub async fn prune_claims(conn: &mut TenantTx) -> Result<usize, DbError> {
+    Ok(diesel::delete(
+        webhook_event_deliveries::table.filter(
+            webhook_event_deliveries::inserted_at
+                .lt(Utc::now() - chrono::Duration::hours(CLAIM_RETENTION_HOURS)),
+        ),
+    )
+    .execute(&mut **conn)
+    .await?)
+}

@@ -58,7 +58,6 @@ mod tests {
             "http://user:pw@example.com/",
             "http://user@example.com/",
             "https://example.com/#frag",
-            "http:///x",
             "http://10.0.0.1/",
             "http://169.254.169.254/latest/meta-data",
             "http://[::1]/",
