@@ -33,6 +33,12 @@ pub mod jobs {
     pub mod task_log;
 }
 
+/// Telegram chats linked to tenants, and the dedupe of inbound updates.
+pub mod telegram {
+    pub mod chat;
+    pub mod update;
+}
+
 /// Checks that a JSON value can be stored in a `jsonb` column and read back: PostgreSQL refuses
 /// the NUL character in strings and keys, and writes numbers as exact decimals, so a float near
 /// the f64 limit comes back as a 300-digit integer that JSON parsers reject. Callers map the

@@ -187,6 +187,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    telegram_chats (chat_id) {
+        chat_id -> Int8,
+        tenant_id -> Uuid,
+        label -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    telegram_updates (update_id) {
+        update_id -> Int8,
+        received_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(jobs -> tenants (tenant_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -204,6 +221,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_nodes,
     job_cron_slots,
     health_checks,
+    telegram_chats,
+    telegram_updates,
 );
 
 diesel::table! {
