@@ -20,7 +20,10 @@ use crate::jobs::Registry;
 /// Every feature that consumes the event flow (CONTRACT §6), in the order they see a batch.
 /// Notifications, Telegram and the dashboard plug in here the same way.
 pub fn subscribers() -> Subscribers {
-    let all: Vec<Arc<dyn Subscriber>> = vec![Arc::new(policy_evaluator::PolicyEvaluator)];
+    let all: Vec<Arc<dyn Subscriber>> = vec![
+        Arc::new(policy_evaluator::PolicyEvaluator),
+        Arc::new(notification_sender::webhook_events::WebhookEvents),
+    ];
     all.into()
 }
 
@@ -31,6 +34,7 @@ pub fn registry(config: &Config) -> Registry {
     r.register(policy_evaluator::PolicyEvaluator);
     r.register(health_check::HealthCheck);
     r.register(artifact_processor::ArtifactProcessor::default());
+    r.register(notification_sender::NotificationSender::new(config));
     if config.jobs.test_workers {
         r.register(test_noop::TestNoop);
         r.register(test_probe::TestProbe::new(
