@@ -50,7 +50,7 @@ pub struct Config {
     pub policies: PoliciesConfig,
     /// The built-in dashboard's sign-in sessions (CONTRACT §11).
     pub dashboard: DashboardConfig,
-    /// Outgoing notifications (`notification_sender`).
+    /// Outbound notifications (`notification_sender`, CONTRACT §7).
     pub notifications: NotificationsConfig,
 }
 
@@ -420,23 +420,6 @@ impl TelegramConfig {
     }
 }
 
-/// `[notifications]`: the `notification_sender` worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotificationsConfig {
-    /// Seconds added to every retry delay, which is `retry_base_secs + 2^attempt` s ± 10 %
-    /// (17 attempts span about a day and a half). Default 15, as for other jobs.
-    pub retry_base_secs: u64,
-}
-
-impl Default for NotificationsConfig {
-    fn default() -> Self {
-        Self {
-            retry_base_secs: 15,
-        }
-    }
-}
-
 /// `[jobs]`: the job engine of `vsm work` and `vsm all` (CONTRACT §7).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -731,6 +714,36 @@ impl Default for DashboardConfig {
     }
 }
 
+/// `[notifications]`: how `notification_sender` delivers (CONTRACT §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Seconds added to every retry delay, which is `retry_base_secs + 2^attempt` s ± 10 %
+    /// (17 attempts span about a day and a half). Default 15, as for other jobs.
+    pub retry_base_secs: u64,
+    /// Deliver webhooks to loopback, private, link-local and metadata addresses too. Default
+    /// false: such targets are refused before any connection (SSRF).
+    pub allow_private_targets: bool,
+    /// Seconds one webhook delivery may take, connection to last byte. Default 15.
+    pub webhook_timeout_secs: u64,
+    /// Seconds a rotated-out webhook secret keeps signing beside the new one. Default 86400.
+    pub secret_overlap_secs: u64,
+    /// Days an endpoint may fail every delivery before it is disabled. Default 5.
+    pub webhook_disable_after_days: u64,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            retry_base_secs: 15,
+            allow_private_targets: false,
+            webhook_timeout_secs: 15,
+            secret_overlap_secs: 86_400,
+            webhook_disable_after_days: 5,
+        }
+    }
+}
+
 impl DashboardConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(60..=30 * 24 * 3600).contains(&self.session_ttl_secs) {
@@ -739,6 +752,30 @@ impl DashboardConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl NotificationsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| {
+            Err(ConfigError::Invalid(format!(
+                "key `notifications.{key}`: {why}"
+            )))
+        };
+        if !(1..=300).contains(&self.webhook_timeout_secs) {
+            return invalid("webhook_timeout_secs", "must be 1 to 300");
+        }
+        if self.secret_overlap_secs > 30 * 86_400 {
+            return invalid("secret_overlap_secs", "must be at most 30 days (2592000)");
+        }
+        if self.webhook_disable_after_days == 0 {
+            return invalid("webhook_disable_after_days", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_secs(self.webhook_timeout_secs)
     }
 }
 
@@ -834,6 +871,7 @@ impl Config {
         config.jobs.validate()?;
         config.policies.validate()?;
         config.dashboard.validate()?;
+        config.notifications.validate()?;
         config.telegram.validate()?;
         config.validate()?;
         Ok(config)

@@ -149,7 +149,12 @@ const UNIQUES: &[(&str, &str)] = &[
         "artifacts_tenant_path_key",
         "an artifact with this path already exists",
     ),
+    ("telegram_chats_pkey", TELEGRAM_CHAT_TAKEN),
 ];
+
+/// What linking a chat that another tenant already linked says: the same whether the clash is
+/// found by the check before the insert or by the primary key in a race, and it names nobody.
+pub const TELEGRAM_CHAT_TAKEN: &str = "this chat is linked to another tenant";
 
 impl From<DieselError> for DbError {
     fn from(e: DieselError) -> Self {

@@ -22,10 +22,21 @@ pub mod storage {
     pub mod tenant;
 }
 
+/// A tenant's outbound webhook endpoints.
+pub mod webhooks {
+    pub mod endpoint;
+}
+
 /// Background task history and health measurements.
 pub mod jobs {
     pub mod health_check;
     pub mod task_log;
+}
+
+/// Telegram chats linked to tenants, and the dedupe of inbound updates.
+pub mod telegram {
+    pub mod chat;
+    pub mod update;
 }
 
 /// Outgoing messages: the delivery log and its attempts.

@@ -188,6 +188,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    telegram_chats (chat_id) {
+        chat_id -> Int8,
+        tenant_id -> Uuid,
+        label -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     notifications (id) {
         id -> Uuid,
         tenant_id -> Nullable<Uuid>,
@@ -203,6 +213,13 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         sent_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    telegram_updates (update_id) {
+        update_id -> Int8,
+        received_at -> Timestamptz,
     }
 }
 
@@ -241,4 +258,33 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_nodes,
     job_cron_slots,
     health_checks,
+    telegram_chats,
+    telegram_updates,
 );
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        url -> Text,
+        topics -> Array<Text>,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        disabled_at -> Nullable<Timestamptz>,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_expires_at -> Nullable<Timestamptz>,
+        failing_since -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_event_deliveries (endpoint_id, event_seq) {
+        endpoint_id -> Uuid,
+        event_seq -> Int8,
+        tenant_id -> Uuid,
+        inserted_at -> Timestamptz,
+    }
+}

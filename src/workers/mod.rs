@@ -20,7 +20,10 @@ use crate::jobs::Registry;
 /// Every feature that consumes the event flow (CONTRACT §6), in the order they see a batch.
 /// Notifications, Telegram and the dashboard plug in here the same way.
 pub fn subscribers() -> Subscribers {
-    let all: Vec<Arc<dyn Subscriber>> = vec![Arc::new(policy_evaluator::PolicyEvaluator)];
+    let all: Vec<Arc<dyn Subscriber>> = vec![
+        Arc::new(policy_evaluator::PolicyEvaluator),
+        Arc::new(notification_sender::webhook_events::WebhookEvents),
+    ];
     all.into()
 }
 

@@ -22,7 +22,12 @@
 //! repeat that one request: delivery is at least once). Recipients appear masked in logs and
 //! events.
 
+pub mod endpoint_url;
+pub mod signature;
+pub mod target_guard;
 pub mod telegram;
+pub mod webhook;
+pub mod webhook_events;
 
 use std::time::Duration;
 
@@ -61,12 +66,20 @@ pub const ATTEMPTS_SHOWN: i32 = 50;
 pub enum Message {
     /// A Telegram `sendMessage` (split into several when longer than Telegram allows).
     Telegram { chat_id: i64, text: String },
+    /// A Standard Webhooks POST of `{"type": topic, "timestamp", "data": payload}` to one of
+    /// the tenant's endpoints.
+    Webhook {
+        endpoint_id: Uuid,
+        topic: String,
+        payload: Value,
+    },
 }
 
 impl Message {
     pub fn channel(&self) -> ChannelKind {
         match self {
             Message::Telegram { .. } => ChannelKind::Telegram,
+            Message::Webhook { .. } => ChannelKind::Webhook,
         }
     }
 
@@ -74,6 +87,7 @@ impl Message {
     pub fn recipient(&self) -> String {
         match self {
             Message::Telegram { chat_id, .. } => chat_id.to_string(),
+            Message::Webhook { endpoint_id, .. } => endpoint_id.to_string(),
         }
     }
 
@@ -101,6 +115,9 @@ impl Message {
                 }
                 Ok(())
             }
+            // Payloads are events' payloads or a rendered template (capped), both already
+            // stored as jsonb once.
+            Message::Webhook { .. } => Ok(()),
         }
     }
 }
@@ -281,6 +298,7 @@ pub trait Channel: Send + Sync {
 /// The worker, with one channel per [`ChannelKind`].
 pub struct NotificationSender {
     telegram: telegram::TelegramChannel,
+    webhook: webhook::WebhookChannel,
     retry_base: Duration,
 }
 
@@ -294,6 +312,7 @@ impl NotificationSender {
     pub fn new(config: &crate::config::Config) -> Self {
         Self {
             telegram: telegram::TelegramChannel::new(&config.telegram, config.redis.url.as_ref()),
+            webhook: webhook::WebhookChannel::new(&config.notifications),
             retry_base: Duration::from_secs(config.notifications.retry_base_secs),
         }
     }
@@ -301,6 +320,7 @@ impl NotificationSender {
     fn channel(&self, message: &Message) -> &dyn Channel {
         match message {
             Message::Telegram { .. } => &self.telegram,
+            Message::Webhook { .. } => &self.webhook,
         }
     }
 

@@ -4,9 +4,10 @@
 //!
 //! All of one evaluation's effects (enqueued jobs, published events, system states, the
 //! `policy.triggered` events) commit in one tenant transaction, so a retried evaluation never
-//! acts twice. A `notify` action cannot be carried out until a notification channel exists: it
-//! is recorded as failed in the `policy.triggered` event and the job ends `discarded` with the
-//! reason in its errors, rather than pretending to succeed.
+//! acts twice. A `notify` action renders its template against the event and enqueues the
+//! notification (`notification_sender`) in that transaction too; its `to` must be one of the
+//! tenant's own recipients — an enabled webhook endpoint's id, or a Telegram chat linked to
+//! the tenant — or the action fails, is recorded, and nothing is sent.
 //!
 //! Events reach this worker through [`enqueue_for_events`], for the event relay to call with
 //! each batch it publishes (before marking it published, so a crash repeats the call and the
@@ -18,6 +19,7 @@
 
 pub mod compiled;
 pub mod rules;
+pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -33,7 +35,9 @@ use crate::jobs::{
     Job, JobContext, JobResult, NewJob, Outcome, Worker, job_for, parse_args, storage,
 };
 use crate::repo::{DbError, Repo, TenantTx};
+use crate::schemas::telegram::chat as telegram_chat;
 use crate::schemas::vsm::{policy, system_state};
+use crate::schemas::webhooks::endpoint as webhook_endpoint;
 
 pub use compiled::RuleCache;
 pub use rules::{RuleError, Rules, validate};
@@ -218,7 +222,7 @@ pub async fn evaluate_with(
         }
         let mut results = Vec::with_capacity(rules.actions.len());
         for action in &rules.actions {
-            let result = perform(ctx, &mut tx, tenant, action, depth).await?;
+            let result = perform(ctx, &mut tx, tenant, action, &doc, depth).await?;
             if let Err(e) = &result {
                 failures.push(format!("policy {name:?}: {e}"));
             }
@@ -258,13 +262,15 @@ async fn perform(
     conn: &mut TenantTx,
     tenant: Uuid,
     action: &rules::Action,
+    doc: &Value,
     depth: i64,
 ) -> Result<Result<Value, String>, DbError> {
     Ok(match action {
-        rules::Action::Notify { channel, to, .. } => Err(format!(
-            "notify via {channel} to {} failed: no notification channel is available",
-            mask(to)
-        )),
+        rules::Action::Notify {
+            channel,
+            to,
+            template,
+        } => notify(conn, tenant, channel, to, &template.render(doc), doc).await?,
         // Validation already refuses a system worker; this check holds even for rules that
         // were stored before it did, or for a worker whose scope changed since.
         rules::Action::Enqueue { worker, .. } if !ctx.registry.is_tenant_scoped(worker) => Err(
@@ -306,6 +312,83 @@ async fn perform(
         }
     })
 }
+
+/// A `notify` action: resolves `to` among the tenant's own recipients and enqueues the
+/// rendered message. A recipient that is not the tenant's is a failed action, never a send.
+async fn notify(
+    conn: &mut TenantTx,
+    tenant: Uuid,
+    channel: &str,
+    to: &str,
+    text: &str,
+    doc: &Value,
+) -> Result<Result<Value, String>, DbError> {
+    use crate::workers::notification_sender::{self as sender, Message};
+    let not_ours = || {
+        Ok(Err(format!(
+            "notify via {channel}: {} is not one of this tenant's recipients",
+            mask(to)
+        )))
+    };
+    let message = match channel {
+        "webhook" => {
+            let Ok(id) = to.parse::<Uuid>() else {
+                return not_ours();
+            };
+            match webhook_endpoint::find(conn, id).await {
+                Ok(e) if e.enabled => Message::Webhook {
+                    endpoint_id: id,
+                    topic: NOTIFY_TOPIC.to_owned(),
+                    payload: json!({
+                        "text": text,
+                        "event": {"id": doc["event_id"], "topic": doc["topic"]},
+                    }),
+                },
+                Ok(_) => {
+                    return Ok(Err(format!(
+                        "notify via webhook: endpoint {} is disabled",
+                        mask(to)
+                    )));
+                }
+                Err(DbError::NotFound) => return not_ours(),
+                Err(e) => return Err(e),
+            }
+        }
+        "telegram" => {
+            let Ok(chat_id) = to.parse::<i64>() else {
+                return not_ours();
+            };
+            match telegram_chat::find(conn, chat_id).await {
+                Ok(_) => Message::Telegram {
+                    chat_id,
+                    text: text.to_owned(),
+                },
+                Err(DbError::NotFound) => return not_ours(),
+                Err(e) => return Err(e),
+            }
+        }
+        other => return Ok(Err(format!("notify: no channel named {other:?}"))),
+    };
+    if text.is_empty() {
+        return Ok(Err(format!(
+            "notify via {channel}: the template rendered to nothing"
+        )));
+    }
+    match sender::enqueue(conn, tenant, message).await {
+        Ok(id) => Ok(Ok(
+            json!({"notification_id": id, "channel": channel, "to": mask(to)}),
+        )),
+        // Refused before any statement ran (e.g. a NUL in the rendered text): the action
+        // fails, the evaluation's transaction is intact.
+        Err(DbError::Validation { field, message }) => {
+            Ok(Err(format!("notify via {channel}: {field} {message}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The Standard Webhooks `type` of what a policy's `notify` sends to a webhook.
+pub const NOTIFY_TOPIC: &str = "policy.notify";
 
 /// Recipients never appear whole in logs or events: the first two characters and the length.
 fn mask(to: &str) -> String {

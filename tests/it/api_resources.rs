@@ -3,62 +3,12 @@
 use crate::common;
 
 use common::{Instance, TestDb, instance_config};
-use reqwest::Client;
 use serde_json::{Value, json};
 
-const ADMIN: &str = "admin-secret-token";
-
-struct Api {
-    base: String,
-    http: Client,
-}
-
-impl Api {
-    async fn tenant(&self, slug: &str) -> String {
-        let v: Value = self
-            .http
-            .post(format!("{}/v1/tenants", self.base))
-            .bearer_auth(ADMIN)
-            .json(&json!({"slug": slug}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["api_key"].as_str().unwrap().to_owned()
-    }
-
-    async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        let req = match method {
-            "GET" => self.http.get(url),
-            "POST" => self.http.post(url),
-            "PUT" => self.http.put(url),
-            "DELETE" => self.http.delete(url),
-            _ => unreachable!(),
-        };
-        let req = req.bearer_auth(key);
-        let req = match body {
-            Some(b) => req.json(&b),
-            None => req,
-        };
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
+use common::{ADMIN, Api};
 
 async fn api(db: &TestDb) -> (Instance, Api) {
-    let mut config = instance_config(db, None);
-    config.server.admin_token = Some(vsm::config::Secret::new(ADMIN));
-    let a = Instance::start(config).await;
-    let api = Api {
-        base: a.base.clone(),
-        http: Client::new(),
-    };
-    (a, api)
+    Api::start(instance_config(db, None)).await
 }
 
 async fn count(db: &TestDb, sql: &str) -> i64 {

@@ -274,6 +274,67 @@ impl Drop for Instance {
     }
 }
 
+/// The admin token [`Api::start`] configures.
+pub const ADMIN: &str = "admin-secret-token";
+
+/// A gateway instance's `/v1`, called with a tenant's key: status and JSON body.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    /// Starts an instance of `config` with the [`ADMIN`] token.
+    pub async fn start(mut config: vsm::config::Config) -> (Instance, Api) {
+        config.server.admin_token = Some(vsm::config::Secret::new(ADMIN));
+        let a = Instance::start(config).await;
+        let api = Api {
+            base: a.base.clone(),
+            http: reqwest::Client::new(),
+        };
+        (a, api)
+    }
+
+    /// Creates a tenant; returns its API key.
+    pub async fn tenant(&self, slug: &str) -> String {
+        let v: serde_json::Value = self
+            .http
+            .post(format!("{}/v1/tenants", self.base))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"slug": slug}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["api_key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let req = self.http.request(method, url).bearer_auth(key);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
 /// A configuration for `db`, with a private RabbitMQ exchange when `rabbitmq` is given (tests
 /// run in parallel and must not see each other's events).
 pub fn instance_config(db: &TestDb, rabbitmq: Option<(&str, &str)>) -> vsm::config::Config {

@@ -25,4 +25,6 @@ mod notifications;
 mod rls;
 mod server;
 mod storage;
+mod webhook_delivery;
+mod webhooks;
 mod workers;

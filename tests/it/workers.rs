@@ -429,7 +429,8 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
     // The evaluation, then the test_noop job it enqueued.
     assert_eq!(e.drain("default").await.unwrap(), 2);
     let mut owner = db.owner_conn().await;
-    // The notify action cannot succeed: the job is discarded with the reason, recipient masked.
+    // The notify action names a chat not linked to the tenant: it fails, recorded with the
+    // reason and the recipient masked, and nothing is sent.
     let job: vsm::jobs::Job = {
         use diesel::prelude::*;
         use vsm::schemas::schema::jobs;
@@ -445,7 +446,9 @@ async fn the_policy_evaluator_performs_each_action_of_triggered_policies() {
     assert_eq!(job.state, JobState::Discarded);
     let error = job.errors[0]["error"].as_str().unwrap();
     assert!(
-        error.contains("page") && error.contains("no notification channel"),
+        error.contains("page")
+            && error.contains("not one of this tenant's recipients")
+            && !error.contains("123456789"),
         "{error}"
     );
     assert!(!error.contains("123456789"), "recipient leaked: {error}");

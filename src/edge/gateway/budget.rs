@@ -11,12 +11,14 @@ use crate::config::LimitsConfig;
 use crate::repo::{DbError, TenantTx};
 use crate::schemas::storage::api_key;
 use crate::schemas::vsm::policy;
+use crate::schemas::webhooks::endpoint;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Resource {
     /// Unrevoked API keys.
     ApiKeys,
     Policies,
+    Webhooks,
 }
 
 impl Resource {
@@ -25,6 +27,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => "max_api_keys_per_tenant",
             Resource::Policies => "max_policies_per_tenant",
+            Resource::Webhooks => "max_webhooks_per_tenant",
         }
     }
 
@@ -32,6 +35,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => "API keys",
             Resource::Policies => "policies",
+            Resource::Webhooks => "webhooks",
         }
     }
 
@@ -39,6 +43,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => limits.max_api_keys_per_tenant,
             Resource::Policies => limits.max_policies_per_tenant,
+            Resource::Webhooks => limits.max_webhooks_per_tenant,
         }
     }
 
@@ -47,6 +52,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => api_key::count_unrevoked(conn).await,
             Resource::Policies => policy::count(conn).await,
+            Resource::Webhooks => endpoint::count(conn).await,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::controllers::{
     api_keys_controller, artifacts_controller, dashboard_controller, episodes_controller,
     events_controller, health_controller, jobs_controller, metrics_controller,
     notifications_controller, policies_controller, systems_controller, tenants_controller,
+    webhooks_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -72,6 +73,12 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .service(dashboard_controller::current)
     .service(dashboard_controller::sign_out)
     .service(dashboard_controller::health)
+    .service(webhooks_controller::create)
+    .service(webhooks_controller::index)
+    .service(webhooks_controller::show)
+    .service(webhooks_controller::update)
+    .service(webhooks_controller::destroy)
+    .service(webhooks_controller::rotate_secret)
     .service(notifications_controller::index)
     .service(notifications_controller::show)
     .service(notifications_controller::retry);

@@ -151,7 +151,16 @@ impl Channel for TelegramChannel {
         delivery: Delivery<'a>,
     ) -> BoxFuture<'a, Report> {
         Box::pin(async move {
-            let Message::Telegram { chat_id, text } = delivery.message;
+            let Message::Telegram { chat_id, text } = delivery.message else {
+                return Report {
+                    verdict: Verdict::Failed {
+                        status: None,
+                        error: "not a Telegram message".to_owned(),
+                    },
+                    latency: None,
+                    progress: None,
+                };
+            };
             let Some(api) = &self.api else {
                 // Not configured yet: kept and retried, so setting the token later sends it.
                 return Report {

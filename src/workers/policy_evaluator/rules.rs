@@ -26,8 +26,13 @@
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::template::{self, Template};
 pub use crate::config::PoliciesConfig;
 use crate::events::topic::{Filter, Filters};
+
+/// Most bytes of all `notify` templates of one policy together (each is at most
+/// [`template::MAX_TEMPLATE_BYTES`]): a policy's messages cost bounded work per evaluation.
+pub const MAX_TEMPLATES_BYTES: usize = 4 * template::MAX_TEMPLATE_BYTES;
 
 /// Most topics in `when.topics`.
 const MAX_TOPICS: usize = 100;
@@ -119,7 +124,7 @@ pub enum Action {
     Notify {
         channel: String,
         to: String,
-        template: String,
+        template: Template,
     },
     Enqueue {
         worker: String,
@@ -144,6 +149,7 @@ struct Budget<'a> {
     conditions: usize,
     patterns: usize,
     pattern_bytes: usize,
+    template_bytes: usize,
 }
 
 impl Budget<'_> {
@@ -181,6 +187,18 @@ impl Budget<'_> {
                     "matches patterns exceed {} bytes in one policy (policies.max_pattern_bytes)",
                     self.limits.max_pattern_bytes
                 ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Counted after the template parsed (parsing is linear and capped per template).
+    fn template(&mut self, bytes: usize, path: &str) -> Result<(), RuleError> {
+        self.template_bytes += bytes;
+        if self.template_bytes > MAX_TEMPLATES_BYTES {
+            return err(
+                path,
+                format!("notify templates exceed {MAX_TEMPLATES_BYTES} bytes in one policy"),
             );
         }
         Ok(())
@@ -233,6 +251,7 @@ pub fn validate<E: Enqueueable + ?Sized>(
         conditions: 0,
         patterns: 0,
         pattern_bytes: 0,
+        template_bytes: 0,
     };
     let condition = match obj.get("if") {
         Some(c) => Some(condition(c, "rules.if", 1, &mut budget)?),
@@ -242,7 +261,7 @@ pub fn validate<E: Enqueueable + ?Sized>(
         Some(Value::Array(list)) if !list.is_empty() && list.len() <= limits.max_actions => list
             .iter()
             .enumerate()
-            .map(|(i, a)| action(a, &format!("rules.then[{i}]"), enqueueable))
+            .map(|(i, a)| action(a, &format!("rules.then[{i}]"), enqueueable, &mut budget))
             .collect::<Result<Vec<_>, _>>()?,
         Some(Value::Array(_)) => {
             return err(
@@ -504,6 +523,7 @@ fn action<E: Enqueueable + ?Sized>(
     v: &Value,
     path: &str,
     enqueueable: &E,
+    budget: &mut Budget<'_>,
 ) -> Result<Action, RuleError> {
     let obj = object(v, path)?;
     let (kind, body) = single(obj, path, &["notify", "enqueue", "publish", "set_state"])?;
@@ -519,10 +539,15 @@ fn action<E: Enqueueable + ?Sized>(
                     format!("must be one of: {}", CHANNELS.join(", ")),
                 );
             }
+            let to = nonempty_string(body, "to", &path)?;
+            let template_path = format!("{path}.template");
+            let source = nonempty_string(body, "template", &path)?;
+            let template = Template::parse(&source).or_else(|e| err(&template_path, e.0))?;
+            budget.template(source.len(), &template_path)?;
             Ok(Action::Notify {
                 channel,
-                to: nonempty_string(body, "to", &path)?,
-                template: nonempty_string(body, "template", &path)?,
+                to,
+                template,
             })
         }
         "enqueue" => {

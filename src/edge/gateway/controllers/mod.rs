@@ -11,3 +11,4 @@ pub mod notifications_controller;
 pub mod policies_controller;
 pub mod systems_controller;
 pub mod tenants_controller;
+pub mod webhooks_controller;

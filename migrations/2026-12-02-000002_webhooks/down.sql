@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS webhook_event_deliveries;
+DROP TABLE IF EXISTS webhook_endpoints;
