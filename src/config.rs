@@ -359,13 +359,75 @@ impl Default for LimitsConfig {
 }
 
 /// `[telegram]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelegramConfig {
     /// `TELEGRAM_BOT_TOKEN`.
     pub bot_token: Option<Secret>,
     /// `TELEGRAM_WEBHOOK_SECRET`: expected `X-Telegram-Bot-Api-Secret-Token`.
     pub webhook_secret: Option<Secret>,
+    /// The bot's username without `@`: a command addressed `/cmd@other_bot` is ignored. Unset,
+    /// every `/cmd@name` is taken as addressed to this bot. Default unset.
+    pub bot_username: Option<String>,
+    /// Commands one chat may run per minute, sustained (across instances through Redis); over
+    /// it a command is acknowledged and dropped, with at most one "slow down" reply per
+    /// minute. 0 disables the limit. Default 20.
+    pub commands_per_minute: f64,
+    /// Commands one chat may send at once before the per-minute rate applies. Default 5.
+    pub command_burst: f64,
+    /// Hours a seen `update_id` is remembered (Telegram retries an update for up to 24 h).
+    /// At least 24. Default 48.
+    pub update_retention_hours: u64,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            bot_token: None,
+            webhook_secret: None,
+            bot_username: None,
+            commands_per_minute: 20.0,
+            command_burst: 5.0,
+            update_retention_hours: 48,
+        }
+    }
+}
+
+impl TelegramConfig {
+    /// The webhook is served only when both the bot token and the webhook secret are set.
+    pub fn webhook_enabled(&self) -> bool {
+        let set = |s: &Option<Secret>| s.as_ref().is_some_and(|s| !s.expose().is_empty());
+        set(&self.bot_token) && set(&self.webhook_secret)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| {
+            Err(ConfigError::Invalid(format!("key `telegram.{key}`: {why}")))
+        };
+        if let Some(name) = &self.bot_username
+            && (name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return invalid(
+                "bot_username",
+                "1 to 64 letters, digits or underscores, without the @",
+            );
+        }
+        if !(self.commands_per_minute.is_finite() && self.commands_per_minute >= 0.0) {
+            return invalid("commands_per_minute", "must be 0 or more");
+        }
+        if !(self.command_burst.is_finite() && self.command_burst >= 1.0) {
+            return invalid("command_burst", "must be at least 1");
+        }
+        if self.update_retention_hours < 24 {
+            return invalid(
+                "update_retention_hours",
+                "must be at least 24 (Telegram retries an update for 24 h)",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[jobs]`: the job engine of `vsm work` and `vsm all` (CONTRACT §7).
@@ -736,6 +798,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.jobs.validate()?;
         config.policies.validate()?;
+        config.telegram.validate()?;
         config.validate()?;
         Ok(config)
     }

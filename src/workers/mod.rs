@@ -6,7 +6,9 @@
 pub mod artifact_processor;
 pub mod episode_analyzer;
 pub mod health_check;
+pub mod notification_sender;
 pub mod policy_evaluator;
+pub mod telegram_command;
 pub mod test_noop;
 pub mod test_probe;
 
@@ -30,6 +32,7 @@ pub fn registry(config: &Config) -> Registry {
     r.register(policy_evaluator::PolicyEvaluator);
     r.register(health_check::HealthCheck);
     r.register(artifact_processor::ArtifactProcessor::default());
+    r.register(telegram_command::TelegramCommand);
     if config.jobs.test_workers {
         r.register(test_noop::TestNoop);
         r.register(test_probe::TestProbe::new(

@@ -20,4 +20,5 @@ mod migrate;
 mod rls;
 mod server;
 mod storage;
+mod telegram;
 mod workers;

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use crate::config::LimitsConfig;
 use crate::repo::{DbError, TenantTx};
 use crate::schemas::storage::api_key;
+use crate::schemas::telegram::chat;
 use crate::schemas::vsm::policy;
 
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +18,8 @@ pub enum Resource {
     /// Unrevoked API keys.
     ApiKeys,
     Policies,
+    /// Linked Telegram chats.
+    TelegramChats,
 }
 
 impl Resource {
@@ -25,6 +28,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => "max_api_keys_per_tenant",
             Resource::Policies => "max_policies_per_tenant",
+            Resource::TelegramChats => "max_telegram_chats_per_tenant",
         }
     }
 
@@ -32,6 +36,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => "API keys",
             Resource::Policies => "policies",
+            Resource::TelegramChats => "linked Telegram chats",
         }
     }
 
@@ -39,6 +44,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => limits.max_api_keys_per_tenant,
             Resource::Policies => limits.max_policies_per_tenant,
+            Resource::TelegramChats => limits.max_telegram_chats_per_tenant,
         }
     }
 
@@ -47,6 +53,7 @@ impl Resource {
         match self {
             Resource::ApiKeys => api_key::count_unrevoked(conn).await,
             Resource::Policies => policy::count(conn).await,
+            Resource::TelegramChats => chat::count(conn).await,
         }
     }
 }

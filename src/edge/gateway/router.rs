@@ -10,7 +10,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::controllers::{
     api_keys_controller, artifacts_controller, episodes_controller, events_controller,
     health_controller, jobs_controller, metrics_controller, policies_controller,
-    systems_controller, tenants_controller,
+    systems_controller, telegram_controller, tenants_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -63,7 +63,11 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .service(artifacts_controller::list)
     .service(artifacts_controller::upload)
     .service(artifacts_controller::download)
-    .service(artifacts_controller::remove);
+    .service(artifacts_controller::remove)
+    .service(telegram_controller::webhook)
+    .service(telegram_controller::link)
+    .service(telegram_controller::unlink)
+    .service(telegram_controller::index);
 }
 
 /// Unknown routes answer in the contract's error format too.

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use crate::repo::{DbError, SystemTx};
+use crate::repo::{AnyTx, DbError, SystemTx};
 use crate::schemas::schema::health_checks;
 
 /// Stores one measurement (`status` "ok" or "degraded", `checks` per dependency) and returns
@@ -25,4 +25,16 @@ pub async fn insert(
         .returning(health_checks::checked_at)
         .get_result(&mut **conn)
         .await?)
+}
+
+/// `(status, checked_at)` of the latest measurement, if any (readable by tenants too: the
+/// table holds no tenant data, and the bot's `/status` shows it).
+pub async fn latest(conn: &mut impl AnyTx) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
+    let conn: &mut crate::repo::Conn = conn;
+    Ok(health_checks::table
+        .order(health_checks::checked_at.desc())
+        .select((health_checks::status, health_checks::checked_at))
+        .first(conn)
+        .await
+        .optional()?)
 }

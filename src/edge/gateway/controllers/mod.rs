@@ -8,4 +8,5 @@ pub mod jobs_controller;
 pub mod metrics_controller;
 pub mod policies_controller;
 pub mod systems_controller;
+pub mod telegram_controller;
 pub mod tenants_controller;
