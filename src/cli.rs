@@ -47,6 +47,17 @@ pub enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration as every role would (layers, keys, values, log
+    /// filter, cron entries against their workers) without connecting to anything; print the
+    /// effective configuration as TOML with secrets redacted. Exit 0 when valid, 2 otherwise.
+    Check,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +211,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     {
         config.jobs.metrics_listen = addr;
     }
+    if let Command::Config(ConfigCommand::Check) = &cli.command {
+        return check_config(&config);
+    }
     telemetry::init(&config.log).map_err(Failure::usage)?;
     tracing::debug!(?config, "configuration loaded");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -218,8 +232,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Tenant(TenantCommand::Create { slug, name }) => {
                 create_tenant(&config, &slug, name.as_deref()).await
             }
+            // Answered above, before any runtime or logging starts.
+            Command::Config(ConfigCommand::Check) => Ok(()),
         }
     })
+}
+
+/// `vsm config check`: every start-up check that needs no connection, then the effective
+/// configuration on standard output. Compose's environment is checked with it in CI, so a
+/// renamed key fails there rather than in a crashing container.
+fn check_config(config: &Config) -> Result<(), Failure> {
+    telemetry::check_filter(&config.log).map_err(Failure::usage)?;
+    worker_registry(config)?;
+    let rendered = config.to_redacted_toml().map_err(Failure::runtime)?;
+    print!("{rendered}");
+    Ok(())
 }
 
 async fn migrate_up(config: &Config) -> Result<(), Failure> {

@@ -803,6 +803,22 @@ impl Config {
         Ok(config)
     }
 
+    /// The effective configuration as TOML, in the layout of `config/default.toml`, with every
+    /// [`Secret`] and every password inside a [`ServiceUrl`] shown as `[redacted]`
+    /// (`vsm config check`).
+    pub fn to_redacted_toml(&self) -> Result<String, String> {
+        /// Clears the flag however serialisation ends (also on a panic).
+        struct Redacting;
+        impl Drop for Redacting {
+            fn drop(&mut self) {
+                REDACTING.set(false);
+            }
+        }
+        REDACTING.set(true);
+        let _redacting = Redacting;
+        toml::to_string_pretty(self).map_err(|e| format!("cannot render the configuration: {e}"))
+    }
+
     /// Rules that span keys, checked once the layers are merged.
     fn validate(&self) -> Result<(), ConfigError> {
         let s3 = &self.storage.s3;
@@ -919,6 +935,15 @@ fn describe(error: figment::Error) -> String {
         .join("; ")
 }
 
+/// What a secret shows as wherever it is printed.
+const REDACTED: &str = "[redacted]";
+
+thread_local! {
+    /// Set while [`Config::to_redacted_toml`] serialises on this thread: secrets then
+    /// serialise as [`REDACTED`]. (Serialising for the configuration layers needs them whole.)
+    static REDACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A secret string: deserialised from config, never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -942,13 +967,19 @@ impl fmt::Debug for Secret {
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        // The layering serialises the defaults and needs the real value; only
+        // `Config::to_redacted_toml` asks for the redacted form.
+        if REDACTING.get() {
+            s.serialize_str(REDACTED)
+        } else {
+            s.serialize_str(&self.0)
+        }
     }
 }
 
@@ -1024,7 +1055,7 @@ impl fmt::Display for ServiceUrl {
         let mut shown = self.0.clone();
         if shown.password().is_some() {
             // set_password only fails for URLs that cannot have one, which then had none.
-            let _ = shown.set_password(Some("[redacted]"));
+            let _ = shown.set_password(Some(REDACTED));
         }
         f.write_str(shown.as_str())
     }
@@ -1038,7 +1069,11 @@ impl fmt::Debug for ServiceUrl {
 
 impl Serialize for ServiceUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.as_str())
+        if REDACTING.get() {
+            s.serialize_str(&self.to_string())
+        } else {
+            s.serialize_str(self.0.as_str())
+        }
     }
 }
 

@@ -7,8 +7,7 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber. A filter that does not parse is a configuration error.
 pub fn init(cfg: &LogConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&cfg.filter)
-        .map_err(|e| format!("invalid configuration: key `log.filter`: {e}"))?;
+    let filter = parse_filter(cfg)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -19,4 +18,14 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
     // Already installed (tests start several servers in one process): keep the first.
     let _ = result;
     Ok(())
+}
+
+/// Whether `log.filter` parses, without installing anything (`vsm config check`).
+pub fn check_filter(cfg: &LogConfig) -> Result<(), String> {
+    parse_filter(cfg).map(drop)
+}
+
+fn parse_filter(cfg: &LogConfig) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(&cfg.filter)
+        .map_err(|e| format!("invalid configuration: key `log.filter`: {e}"))
 }

@@ -5,17 +5,35 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::storage;
+use super::{JobState, storage};
 use crate::maintenance::{Pass, Periodic};
 use crate::metrics::METRICS;
 use crate::repo::{DbError, Repo};
 
-/// Samples once and sets the gauges.
-pub async fn sample(repo: &Repo) -> Result<(), DbError> {
+/// The states the gauges count: a job in any other state is done.
+const WAITING_OR_RUNNING: [JobState; 4] = [
+    JobState::Available,
+    JobState::Scheduled,
+    JobState::Retryable,
+    JobState::Executing,
+];
+
+/// Samples once and sets the gauges. `queues` (this node's) always have all four series, at 0
+/// when empty, so a dashboard shows an idle queue as 0 rather than as missing data; another
+/// queue's series exist while it holds jobs.
+pub async fn sample(repo: &Repo, queues: &[String]) -> Result<(), DbError> {
     let mut tx = repo.system_tx().await?;
     let rows = storage::depth(&mut tx).await?;
     tx.commit().await?;
     METRICS.job_queue_depth.reset();
+    for queue in queues {
+        for state in WAITING_OR_RUNNING {
+            METRICS
+                .job_queue_depth
+                .with_label_values(&[queue.as_str(), state.as_str()])
+                .set(0);
+        }
+    }
     for (queue, state, n) in rows {
         METRICS
             .job_queue_depth
@@ -29,6 +47,8 @@ pub async fn sample(repo: &Repo) -> Result<(), DbError> {
 pub struct Depth {
     pub repo: Repo,
     pub every: Duration,
+    /// This node's queues (see [`sample`]).
+    pub queues: Vec<String>,
 }
 
 impl Periodic for Depth {
@@ -48,7 +68,7 @@ impl Periodic for Depth {
 
     fn run_once(&mut self) -> BoxFuture<'_, Result<Pass, DbError>> {
         Box::pin(async move {
-            sample(&self.repo).await?;
+            sample(&self.repo, &self.queues).await?;
             Ok(Pass::Done)
         })
     }

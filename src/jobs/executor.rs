@@ -233,6 +233,7 @@ impl Engine {
             super::depth::Depth {
                 repo: inner.repo.clone(),
                 every: Duration::from_secs(5),
+                queues: inner.queues.keys().cloned().collect(),
             },
             shutdown.clone(),
         ));
