@@ -48,6 +48,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Complexity budget of a policy's rules (CONTRACT §4, §7).
     pub policies: PoliciesConfig,
+    /// Outgoing notifications (`notification_sender`).
+    pub notifications: NotificationsConfig,
 }
 
 /// `[database]`
@@ -378,6 +380,18 @@ pub struct TelegramConfig {
     /// Hours a seen `update_id` is remembered (Telegram retries an update for up to 24 h).
     /// At least 24. Default 48.
     pub update_retention_hours: u64,
+    /// Bot API server: requests go to `{api_base}/bot{token}/{method}`. Default
+    /// `https://api.telegram.org`.
+    pub api_base: ServiceUrl,
+    /// Least milliseconds between two messages to one chat, across all instances. Default 1000
+    /// (Telegram: about one message per second per chat).
+    pub per_chat_interval_ms: u64,
+    /// Most messages per minute to one group (a negative chat id). Default 20.
+    pub per_group_per_minute: u32,
+    /// Most messages per second from the bot, across all instances. Default 30.
+    pub per_bot_per_second: u32,
+    /// Seconds one Bot API request may take. Default 15.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for TelegramConfig {
@@ -389,6 +403,11 @@ impl Default for TelegramConfig {
             commands_per_minute: 20.0,
             command_burst: 5.0,
             update_retention_hours: 48,
+            api_base: ServiceUrl::parse_default("https://api.telegram.org"),
+            per_chat_interval_ms: 1000,
+            per_group_per_minute: 20,
+            per_bot_per_second: 30,
+            request_timeout_secs: 15,
         }
     }
 }
@@ -400,10 +419,23 @@ impl TelegramConfig {
         set(&self.bot_token) && set(&self.webhook_secret)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what serde cannot: the limits are positive, the bot name and the command rate.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, why: &str| {
             Err(ConfigError::Invalid(format!("key `telegram.{key}`: {why}")))
         };
+        if self.per_chat_interval_ms == 0 {
+            return invalid("per_chat_interval_ms", "must be at least 1");
+        }
+        if self.per_group_per_minute == 0 {
+            return invalid("per_group_per_minute", "must be at least 1");
+        }
+        if self.per_bot_per_second == 0 {
+            return invalid("per_bot_per_second", "must be at least 1");
+        }
+        if self.request_timeout_secs == 0 {
+            return invalid("request_timeout_secs", "must be at least 1");
+        }
         if let Some(name) = &self.bot_username
             && (name.is_empty()
                 || name.len() > 64
@@ -427,6 +459,23 @@ impl TelegramConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// `[notifications]`: the `notification_sender` worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Seconds added to every retry delay, which is `retry_base_secs + 2^attempt` s ± 10 %
+    /// (17 attempts span about a day and a half). Default 15, as for other jobs.
+    pub retry_base_secs: u64,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            retry_base_secs: 15,
+        }
     }
 }
 

@@ -46,6 +46,11 @@ impl TopicCounter {
     }
 }
 
+/// The `channel` label of the notification metrics: every channel `notification_sender` has.
+pub const NOTIFICATION_CHANNELS: &[&str] = &["telegram", "webhook"];
+/// The `result` label of `cybernetic_notifications_total`.
+pub const NOTIFICATION_RESULTS: &[&str] = &["sent", "retry", "failed", "throttled"];
+
 pub struct Metrics {
     pub registry: Registry,
     /// `cybernetic_requests_total{method,path,status}`
@@ -74,6 +79,11 @@ pub struct Metrics {
     /// `cybernetic_http_requests_in_flight`: requests received whose response is not yet sent
     /// (what a draining server waits for).
     pub http_in_flight: IntGauge,
+    /// `cybernetic_notifications_total{channel,result}`: delivery attempts by channel and result
+    /// (labels from [`NOTIFICATION_CHANNELS`] and [`NOTIFICATION_RESULTS`] only).
+    pub notifications: IntCounterVec,
+    /// `cybernetic_notification_delivery_seconds{channel}`: time one delivery request took.
+    pub notification_delivery: HistogramVec,
     /// `cybernetic_events_recorded_total{topic}`: committed events the relay sequenced.
     pub events_recorded: TopicCounter,
     /// `cybernetic_events_published_total{topic}`: events confirmed published (broker or in-process).
@@ -282,6 +292,30 @@ impl Metrics {
             &["backend", "direction"],
         )
         .expect("valid metric");
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "cybernetic_notifications_total",
+                "Notification delivery attempts, by channel and result",
+            ),
+            &["channel", "result"],
+        )
+        .expect("valid metric");
+        let notification_delivery = HistogramVec::new(
+            HistogramOpts::new(
+                "cybernetic_notification_delivery_seconds",
+                "Time one notification delivery request took",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["channel"],
+        )
+        .expect("valid metric");
+        // Every series exists from the start, so dashboards show 0 before the first send.
+        for channel in NOTIFICATION_CHANNELS {
+            for result in NOTIFICATION_RESULTS {
+                notifications.with_label_values(&[channel, result]);
+            }
+            notification_delivery.with_label_values(&[channel]);
+        }
         let rate_limiter_errors = prometheus::IntCounter::new(
             "cybernetic_rate_limiter_errors_total",
             "Rate-limit checks that failed open because Redis could not be reached",
@@ -335,6 +369,8 @@ impl Metrics {
             Box::new(storage_bytes.clone()),
             Box::new(rate_limiter_errors.clone()),
             Box::new(telegram_updates.clone()),
+            Box::new(notifications.clone()),
+            Box::new(notification_delivery.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -365,6 +401,8 @@ impl Metrics {
             storage_bytes,
             rate_limiter_errors,
             telegram_updates,
+            notifications,
+            notification_delivery,
         }
     }
 

@@ -34,6 +34,11 @@ pub mod telegram {
     pub mod update;
 }
 
+/// Outgoing messages: the delivery log and its attempts.
+pub mod notify {
+    pub mod notification;
+}
+
 /// Checks that a JSON value can be stored in a `jsonb` column and read back: PostgreSQL refuses
 /// the NUL character in strings and keys, and writes numbers as exact decimals, so a float near
 /// the f64 limit comes back as a 300-digit integer that JSON parsers reject. Callers map the

@@ -204,7 +204,42 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    notifications (id) {
+        id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        channel -> Text,
+        recipient -> Text,
+        message -> Jsonb,
+        state -> Text,
+        attempts -> Int4,
+        progress -> Jsonb,
+        job_id -> Nullable<Uuid>,
+        not_before -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    notification_attempts (id) {
+        id -> Uuid,
+        notification_id -> Uuid,
+        tenant_id -> Nullable<Uuid>,
+        attempt -> Int4,
+        result -> Text,
+        status_code -> Nullable<Int4>,
+        latency_ms -> Int8,
+        error -> Nullable<Text>,
+        next_retry_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(jobs -> tenants (tenant_id));
+diesel::joinable!(notification_attempts -> notifications (notification_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
@@ -214,6 +249,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     policies,
     artifacts,
     task_log,
+    notifications,
+    notification_attempts,
     events,
     event_retention,
     jobs,

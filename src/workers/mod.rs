@@ -33,6 +33,7 @@ pub fn registry(config: &Config) -> Registry {
     r.register(health_check::HealthCheck);
     r.register(artifact_processor::ArtifactProcessor::default());
     r.register(telegram_command::TelegramCommand);
+    r.register(notification_sender::NotificationSender::new(config));
     if config.jobs.test_workers {
         r.register(test_noop::TestNoop);
         r.register(test_probe::TestProbe::new(

@@ -6,6 +6,7 @@ pub mod events_controller;
 pub mod health_controller;
 pub mod jobs_controller;
 pub mod metrics_controller;
+pub mod notifications_controller;
 pub mod policies_controller;
 pub mod systems_controller;
 pub mod telegram_controller;
