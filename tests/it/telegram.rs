@@ -756,3 +756,74 @@ async fn commands_answer_from_the_tenants_real_data() {
         "Unknown command /frobnicate. Send /help for the list."
     );
 }
+
+#[tokio::test]
+async fn an_update_becomes_a_reply_at_the_bot_api_and_an_unlinked_chat_gets_one_refusal_line() {
+    use crate::fake_telegram::FakeTelegram;
+    let fake = FakeTelegram::start().await;
+    let db = TestDb::migrated().await;
+    let mut config = telegram_config(&db);
+    config.telegram.bot_token = Some(vsm::config::Secret::new(crate::fake_telegram::TOKEN));
+    config.telegram.api_base = vsm::config::ServiceUrl::parse(&fake.base()).unwrap();
+    let a = Instance::start(config.clone()).await;
+    let api = Bot::new(&a.base);
+    let key = api.tenant("acme").await;
+    assert_eq!(
+        api.call("PUT", "/v1/telegram/chats/42", &key, None).await.0,
+        201
+    );
+    api.call(
+        "PUT",
+        "/v1/systems/2/state",
+        &key,
+        Some(json!({"state": {"sync": "ok"}})),
+    )
+    .await;
+    let engine = vsm::jobs::Engine::new(
+        a.repo.clone(),
+        std::sync::Arc::new(config.clone()),
+        vsm::workers::registry(&config),
+        crate::jobs_support::options(&[("notifications", 5)]),
+    );
+    tokio::spawn(engine.run(a.shutdown.clone()));
+
+    assert_eq!(
+        api.send(&message(1, 42, &format!("/status@{BOT}"))).await.1["result"],
+        "processed"
+    );
+    assert_eq!(
+        api.send(&message(2, 99, "/episodes")).await.1["result"],
+        "processed"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "both replies reach the Bot API",
+        || async { fake.delivered().len() >= 2 },
+    )
+    .await;
+    let calls = fake.delivered();
+    let to_linked = calls.iter().find(|c| c.chat() == 42).unwrap();
+    assert!(
+        to_linked
+            .text()
+            .contains(r#"S2 Coordination v1: {"sync":"ok"}"#),
+        "{}",
+        to_linked.text()
+    );
+    let refusals: Vec<_> = calls.iter().filter(|c| c.chat() == 99).collect();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(
+        refusals[0].text(),
+        vsm::workers::telegram_command::commands::NOT_LINKED
+    );
+    assert_eq!(refusals[0].text().lines().count(), 1);
+    // The linked chat's command is a tenant event.
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) AS n FROM events WHERE topic = 'telegram.command'"
+        )
+        .await,
+        1
+    );
+}
