@@ -370,6 +370,18 @@ pub struct TelegramConfig {
     pub bot_token: Option<Secret>,
     /// `TELEGRAM_WEBHOOK_SECRET`: expected `X-Telegram-Bot-Api-Secret-Token`.
     pub webhook_secret: Option<Secret>,
+    /// The bot's username without `@`: a command addressed `/cmd@other_bot` is ignored. Unset,
+    /// every `/cmd@name` is taken as addressed to this bot. Default unset.
+    pub bot_username: Option<String>,
+    /// Commands one chat may run per minute, sustained (across instances through Redis); over
+    /// it a command is acknowledged and dropped, with at most one "slow down" reply per
+    /// minute. 0 disables the limit. Default 20.
+    pub commands_per_minute: f64,
+    /// Commands one chat may send at once before the per-minute rate applies. Default 5.
+    pub command_burst: f64,
+    /// Hours a seen `update_id` is remembered (Telegram retries an update for up to 24 h).
+    /// At least 24. Default 48.
+    pub update_retention_hours: u64,
     /// Bot API server: requests go to `{api_base}/bot{token}/{method}`. Default
     /// `https://api.telegram.org`.
     pub api_base: ServiceUrl,
@@ -389,6 +401,10 @@ impl Default for TelegramConfig {
         Self {
             bot_token: None,
             webhook_secret: None,
+            bot_username: None,
+            commands_per_minute: 20.0,
+            command_burst: 5.0,
+            update_retention_hours: 48,
             api_base: ServiceUrl::parse_default("https://api.telegram.org"),
             per_chat_interval_ms: 1000,
             per_group_per_minute: 20,
@@ -399,7 +415,13 @@ impl Default for TelegramConfig {
 }
 
 impl TelegramConfig {
-    /// Checks what serde cannot: the limits are positive.
+    /// The webhook is served only when both the bot token and the webhook secret are set.
+    pub fn webhook_enabled(&self) -> bool {
+        let set = |s: &Option<Secret>| s.as_ref().is_some_and(|s| !s.expose().is_empty());
+        set(&self.bot_token) && set(&self.webhook_secret)
+    }
+
+    /// Checks what serde cannot: the limits are positive, the bot name and the command rate.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, why: &str| {
             Err(ConfigError::Invalid(format!("key `telegram.{key}`: {why}")))
@@ -415,6 +437,28 @@ impl TelegramConfig {
         }
         if self.request_timeout_secs == 0 {
             return invalid("request_timeout_secs", "must be at least 1");
+        }
+        if let Some(name) = &self.bot_username
+            && (name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return invalid(
+                "bot_username",
+                "1 to 64 letters, digits or underscores, without the @",
+            );
+        }
+        if !(self.commands_per_minute.is_finite() && self.commands_per_minute >= 0.0) {
+            return invalid("commands_per_minute", "must be 0 or more");
+        }
+        if !(self.command_burst.is_finite() && self.command_burst >= 1.0) {
+            return invalid("command_burst", "must be at least 1");
+        }
+        if self.update_retention_hours < 24 {
+            return invalid(
+                "update_retention_hours",
+                "must be at least 24 (Telegram retries an update for 24 h)",
+            );
         }
         Ok(())
     }

@@ -103,7 +103,53 @@ pub struct Metrics {
     pub storage_bytes: IntCounterVec,
     /// `cybernetic_rate_limiter_errors_total`: limiter calls that failed open (Redis trouble).
     pub rate_limiter_errors: prometheus::IntCounter,
+    /// `cybernetic_telegram_updates_total{kind,result}`: webhook updates by Bot API update kind
+    /// ([`TELEGRAM_UPDATE_KINDS`]) and what became of them ([`TELEGRAM_UPDATE_RESULTS`]).
+    pub telegram_updates: IntCounterVec,
 }
+
+/// The Bot API's update kinds (the optional field an `Update` carries besides `update_id`).
+/// An update with none of them counts as `other`, so a sender cannot add series.
+pub const TELEGRAM_UPDATE_KINDS: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+    "other",
+];
+
+/// What the webhook did with an update: `processed` (a command job was queued), `duplicate`
+/// (its `update_id` was seen before), `ignored` (not a command, or one for another bot),
+/// `rate_limited` (its chat is over the command rate), `unauthorized` (wrong secret) and
+/// `bad_request` (not an Update). The last two are counted as kind `other`: their body is not
+/// trusted enough to be classified.
+pub const TELEGRAM_UPDATE_RESULTS: &[&str] = &[
+    "processed",
+    "duplicate",
+    "ignored",
+    "rate_limited",
+    "unauthorized",
+    "bad_request",
+];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -275,6 +321,19 @@ impl Metrics {
             "Rate-limit checks that failed open because Redis could not be reached",
         )
         .expect("valid metric");
+        let telegram_updates = IntCounterVec::new(
+            Opts::new(
+                "cybernetic_telegram_updates_total",
+                "Telegram webhook updates, by update kind and result",
+            ),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
+        for kind in TELEGRAM_UPDATE_KINDS {
+            for result in TELEGRAM_UPDATE_RESULTS {
+                telegram_updates.with_label_values(&[kind, result]);
+            }
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_build_info",
@@ -309,6 +368,7 @@ impl Metrics {
             Box::new(storage_duration.clone()),
             Box::new(storage_bytes.clone()),
             Box::new(rate_limiter_errors.clone()),
+            Box::new(telegram_updates.clone()),
             Box::new(notifications.clone()),
             Box::new(notification_delivery.clone()),
             Box::new(build_info),
@@ -340,6 +400,7 @@ impl Metrics {
             storage_duration,
             storage_bytes,
             rate_limiter_errors,
+            telegram_updates,
             notifications,
             notification_delivery,
         }

@@ -122,6 +122,11 @@ const CHECKS: &[(&str, &str, &str)] = &[
     ),
     ("task_log_attempt_positive", "attempt", "must be at least 1"),
     (
+        "telegram_chats_label_length",
+        "label",
+        "must be 1 to 200 characters",
+    ),
+    (
         "task_log_duration_nonnegative",
         "duration_ms",
         "must be 0 or more",

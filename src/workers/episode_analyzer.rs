@@ -11,6 +11,7 @@
 //! already complete does nothing, so a rescued or retried job is harmless.
 
 pub mod builtin;
+pub mod intake;
 pub mod llm;
 
 use std::time::Duration;

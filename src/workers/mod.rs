@@ -8,6 +8,7 @@ pub mod episode_analyzer;
 pub mod health_check;
 pub mod notification_sender;
 pub mod policy_evaluator;
+pub mod telegram_command;
 pub mod test_noop;
 pub mod test_probe;
 
@@ -34,6 +35,7 @@ pub fn registry(config: &Config) -> Registry {
     r.register(policy_evaluator::PolicyEvaluator);
     r.register(health_check::HealthCheck);
     r.register(artifact_processor::ArtifactProcessor::default());
+    r.register(telegram_command::TelegramCommand);
     r.register(notification_sender::NotificationSender::new(config));
     if config.jobs.test_workers {
         r.register(test_noop::TestNoop);

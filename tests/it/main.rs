@@ -25,6 +25,7 @@ mod notifications;
 mod rls;
 mod server;
 mod storage;
+mod telegram;
 mod webhook_delivery;
 mod webhooks;
 mod workers;

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use crate::config::LimitsConfig;
 use crate::repo::{DbError, TenantTx};
 use crate::schemas::storage::api_key;
+use crate::schemas::telegram::chat;
 use crate::schemas::vsm::policy;
 use crate::schemas::webhooks::endpoint;
 
@@ -19,6 +20,8 @@ pub enum Resource {
     ApiKeys,
     Policies,
     Webhooks,
+    /// Linked Telegram chats.
+    TelegramChats,
 }
 
 impl Resource {
@@ -28,6 +31,7 @@ impl Resource {
             Resource::ApiKeys => "max_api_keys_per_tenant",
             Resource::Policies => "max_policies_per_tenant",
             Resource::Webhooks => "max_webhooks_per_tenant",
+            Resource::TelegramChats => "max_telegram_chats_per_tenant",
         }
     }
 
@@ -36,6 +40,7 @@ impl Resource {
             Resource::ApiKeys => "API keys",
             Resource::Policies => "policies",
             Resource::Webhooks => "webhooks",
+            Resource::TelegramChats => "linked Telegram chats",
         }
     }
 
@@ -44,6 +49,7 @@ impl Resource {
             Resource::ApiKeys => limits.max_api_keys_per_tenant,
             Resource::Policies => limits.max_policies_per_tenant,
             Resource::Webhooks => limits.max_webhooks_per_tenant,
+            Resource::TelegramChats => limits.max_telegram_chats_per_tenant,
         }
     }
 
@@ -53,6 +59,7 @@ impl Resource {
             Resource::ApiKeys => api_key::count_unrevoked(conn).await,
             Resource::Policies => policy::count(conn).await,
             Resource::Webhooks => endpoint::count(conn).await,
+            Resource::TelegramChats => chat::count(conn).await,
         }
     }
 }

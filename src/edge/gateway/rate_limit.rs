@@ -75,6 +75,8 @@ pub enum Scope {
     ApiKey,
     Tenant,
     Address,
+    /// A Telegram chat's commands.
+    Chat,
 }
 
 impl Scope {
@@ -84,6 +86,7 @@ impl Scope {
             Scope::ApiKey => "API key",
             Scope::Tenant => "tenant",
             Scope::Address => "client address (too many unknown API keys)",
+            Scope::Chat => "Telegram chat",
         }
     }
 }
@@ -188,6 +191,27 @@ impl RateLimiter {
     /// The lookup found a valid key: gives its token back, so only failures drain the bucket.
     pub async fn refund_lookup(&self, address: &str) {
         self.take(&self.address_draw(address), -1.0).await;
+    }
+
+    /// One bot command from Telegram chat `chat`: a token from the chat's bucket, refilled at
+    /// `per_minute` and holding `burst` (0 per minute: no limit).
+    pub async fn check_chat(&self, chat: i64, per_minute: f64, burst: f64) -> Decision {
+        let draws: Vec<Draw> = Limit::new(per_minute / 60.0, burst)
+            .map(|limit| (format!("vsm:ratelimit:tgchat:{chat}"), limit, Scope::Chat))
+            .into_iter()
+            .collect();
+        self.take(&draws, 1.0).await
+    }
+
+    /// Whether chat `chat` may be told to slow down now: one token per `window`, so a chat
+    /// flooding commands gets at most one such reply per window, on every instance together.
+    pub async fn check_slow_down(&self, chat: i64, window: Duration) -> Decision {
+        let rate = 1.0 / window.as_secs_f64().max(1.0);
+        let draws: Vec<Draw> = Limit::new(rate, 1.0)
+            .map(|limit| (format!("vsm:ratelimit:tgslow:{chat}"), limit, Scope::Chat))
+            .into_iter()
+            .collect();
+        self.take(&draws, 1.0).await
     }
 
     fn address_draw(&self, address: &str) -> Vec<Draw> {

@@ -10,8 +10,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::controllers::{
     api_keys_controller, artifacts_controller, dashboard_controller, episodes_controller,
     events_controller, health_controller, jobs_controller, metrics_controller,
-    notifications_controller, policies_controller, systems_controller, tenants_controller,
-    webhooks_controller,
+    notifications_controller, policies_controller, systems_controller, telegram_controller,
+    tenants_controller, webhooks_controller,
 };
 use super::error::ApiError;
 use super::openapi;
@@ -79,6 +79,10 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .service(webhooks_controller::update)
     .service(webhooks_controller::destroy)
     .service(webhooks_controller::rotate_secret)
+    .service(telegram_controller::webhook)
+    .service(telegram_controller::link)
+    .service(telegram_controller::unlink)
+    .service(telegram_controller::index)
     .service(notifications_controller::index)
     .service(notifications_controller::show)
     .service(notifications_controller::retry);

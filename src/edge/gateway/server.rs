@@ -6,7 +6,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -86,6 +86,16 @@ pub async fn launch(
         config.storage.clone(),
         shutdown.clone(),
     ));
+    if config.telegram.webhook_enabled() {
+        crate::maintenance::spawn(
+            crate::workers::telegram_command::update_pruner::UpdatePruner {
+                repo: repo.clone(),
+                retention: Duration::from_secs(config.telegram.update_retention_hours * 3600),
+                every: Duration::from_secs(3600),
+            },
+            shutdown.clone(),
+        );
+    }
     let workers = crate::workers::registry(&config);
     let state = AppState {
         readiness: Readiness::new(probes, shutdown.clone()),

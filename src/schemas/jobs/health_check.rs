@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use crate::repo::{DbError, SystemTx};
+use crate::repo::{AnyTx, DbError, SystemTx};
 use crate::schemas::schema::health_checks;
 
 /// Stores one measurement (`status` "ok" or "degraded", `checks` per dependency) and returns
@@ -27,10 +27,12 @@ pub async fn insert(
         .await?)
 }
 
-/// The most recent measurement, if any: `(status, checks, checked_at)`.
+/// The most recent measurement, if any: `(status, checks, checked_at)` (readable by tenants
+/// too: the table holds no tenant data; the dashboard and the bot's `/status` show it).
 pub async fn latest(
-    conn: &mut SystemTx,
+    conn: &mut impl AnyTx,
 ) -> Result<Option<(String, serde_json::Value, DateTime<Utc>)>, DbError> {
+    let conn: &mut crate::repo::Conn = conn;
     Ok(health_checks::table
         .order(health_checks::checked_at.desc())
         .select((
@@ -38,7 +40,7 @@ pub async fn latest(
             health_checks::checks,
             health_checks::checked_at,
         ))
-        .first(&mut **conn)
+        .first(conn)
         .await
         .optional()?)
 }

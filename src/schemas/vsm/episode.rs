@@ -95,6 +95,16 @@ pub async fn list(
     Ok(query.load(&mut **conn).await?)
 }
 
+/// The tenant's `limit` newest episodes, newest first.
+pub async fn latest(conn: &mut TenantTx, limit: i64) -> Result<Vec<Episode>, DbError> {
+    Ok(episodes::table
+        .select(Episode::as_select())
+        .order(episodes::id.desc())
+        .limit(limit)
+        .load(&mut **conn)
+        .await?)
+}
+
 /// Sets the episode's status (e.g. `analyzing` while its analysis runs).
 pub async fn set_status(
     conn: &mut TenantTx,

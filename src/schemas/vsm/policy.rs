@@ -160,6 +160,22 @@ fn active_at(now: DateTime<Utc>) -> _ {
         )
 }
 
+/// `(name, priority)` of at most `limit` of the tenant's active policies in their window at
+/// `now`, highest priority first (what the bot's `/policies` lists).
+pub async fn active_names(
+    conn: &mut TenantTx,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, i32)>, DbError> {
+    Ok(policies::table
+        .filter(active_at(now))
+        .order((policies::priority.desc(), policies::name.asc()))
+        .select((policies::name, policies::priority))
+        .limit(limit)
+        .load(&mut **conn)
+        .await?)
+}
+
 /// How many policies the transaction's tenant holds.
 pub async fn count(conn: &mut TenantTx) -> Result<i64, DbError> {
     Ok(policies::table.count().get_result(&mut **conn).await?)

@@ -1,5 +1,6 @@
 //! Episodes (CONTRACT §4): creating one commits the episode, its analysis job and its
-//! `episode.created` event together; lists filter by status and tag with keyset pages.
+//! `episode.created` event together (`episode_analyzer::intake`, shared with the bot's
+//! `/report`); lists filter by status and tag with keyset pages.
 
 use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
@@ -10,13 +11,8 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
-use crate::events::payloads::{self, EpisodeCreated};
-use crate::jobs::storage as jobs;
-use crate::schemas::vsm::episode::{self, Episode, EpisodeStatus, NewEpisode};
-use crate::workers::episode_analyzer;
-
-const MAX_TAGS: usize = 50;
-const MAX_TAG_LEN: usize = 100;
+use crate::schemas::vsm::episode::{self, Episode, EpisodeStatus};
+use crate::workers::episode_analyzer::intake::{self, EpisodeInput, IntakeError};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,37 +58,18 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let tags = body.tags.unwrap_or_default();
-    if tags.len() > MAX_TAGS {
-        return Err(invalid("tags", "at most 50 tags"));
-    }
-    if let Some(i) = tags
-        .iter()
-        .position(|t| t.is_empty() || t.len() > MAX_TAG_LEN)
-    {
-        return Err(invalid(&format!("tags[{i}]"), "must be 1 to 100 bytes"));
-    }
-    let new = NewEpisode {
-        id: Uuid::now_v7(),
-        tenant_id: auth.tenant_id,
+    let input = EpisodeInput {
         title: body.title,
         content: body.content,
         source: body.source,
         kind: body.kind,
-        tags,
+        tags: body.tags.unwrap_or_default(),
     };
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let created = episode::insert(&mut tx, &new).await?;
-    jobs::insert(&mut tx, &episode_analyzer::job(auth.tenant_id, created.id)).await?;
-    let event = EpisodeCreated {
-        id: created.id,
-        title: created.title.clone(),
-        source: created.source.clone(),
-        kind: created.kind.clone(),
-        tags: created.tags.clone(),
-        created_at: created.created_at,
-    };
-    payloads::emit(&mut tx, auth.tenant_id, &event).await?;
+    let created = intake::submit(&mut tx, input).await.map_err(|e| match e {
+        IntakeError::Invalid { field, message } => invalid(&field, message),
+        IntakeError::Db(e) => e.into(),
+    })?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(created))
 }

@@ -10,5 +10,6 @@ pub mod metrics_controller;
 pub mod notifications_controller;
 pub mod policies_controller;
 pub mod systems_controller;
+pub mod telegram_controller;
 pub mod tenants_controller;
 pub mod webhooks_controller;
