@@ -480,8 +480,8 @@ pub struct JobsConfig {
     pub poll_interval_ms: u64,
     /// Seconds between this node's heartbeats. Default 2.
     pub heartbeat_interval_secs: u64,
-    /// A node whose heartbeat is older than this many seconds is dead: its executing jobs are
-    /// handed to other nodes. 1 to 60, greater than `heartbeat_interval_secs`. Default 10 (five
+    /// A node whose heartbeat is older than this many seconds, and whose heartbeat session no
+    /// longer holds its liveness lock, is dead: its executing jobs are handed to other nodes. 1 to 60, greater than `heartbeat_interval_secs`. Default 10 (five
     /// missed beats), so a `kill -9` is rescued within about 12.5 s.
     pub rescue_after_secs: u64,
     /// Completed, cancelled and discarded jobs are deleted this many days after they ended.

@@ -52,6 +52,19 @@ pub fn spawn<P: Periodic>(duty: P, shutdown: Shutdown) -> JoinHandle<()> {
 /// relay prunes only while it leads).
 pub struct Scoped(JoinHandle<()>);
 
+impl Scoped {
+    /// Any task, stopped when the guard is dropped.
+    pub fn new(task: JoinHandle<()>) -> Self {
+        Self(task)
+    }
+
+    /// Stops the task and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
 impl Drop for Scoped {
     fn drop(&mut self) {
         self.0.abort();

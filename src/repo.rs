@@ -381,6 +381,29 @@ impl Repo {
         })
     }
 
+    /// A connection of its own, outside the pool, acting as the system role for its whole
+    /// session, with the given session settings (`application_name`, timeouts). For machinery
+    /// whose liveness must not depend on the pool having a free connection: the job heartbeat.
+    pub async fn dedicated_system_conn(
+        &self,
+        settings: &[(&str, String)],
+    ) -> Result<SystemConn, DbError> {
+        let mut conn = establish(self.url.expose(), Duration::from_secs(5))
+            .await
+            .map_err(|e| DbError::Unavailable(e.message))?;
+        conn.set_instrumentation(crate::metrics::QueryTimer::default());
+        let sql = format!("SET ROLE {}", quote_ident(&self.system_role));
+        diesel::sql_query(sql).execute(&mut conn).await?;
+        for (name, value) in settings {
+            diesel::sql_query("SELECT set_config($1, $2, false)")
+                .bind::<diesel::sql_types::Text, _>(*name)
+                .bind::<diesel::sql_types::Text, _>(value)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(SystemConn { conn })
+    }
+
     /// Resolves an API key's sha256 to `(api_key_id, tenant_id)`; `None` if unknown or revoked.
     /// Runs through a SECURITY DEFINER function because no tenant is known yet.
     pub async fn resolve_api_key(&self, key_hash: &[u8]) -> Result<Option<(Uuid, Uuid)>, DbError> {
@@ -611,6 +634,26 @@ impl SystemTx {
 
     pub async fn rollback(self) -> Result<(), DbError> {
         self.tx.rollback().await
+    }
+}
+
+/// A dedicated connection as the system role, from [`Repo::dedicated_system_conn`] only.
+/// Statements on it commit one by one; dropping it closes the session (and releases its
+/// session-level advisory locks).
+pub struct SystemConn {
+    conn: Conn,
+}
+
+impl std::ops::Deref for SystemConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for SystemConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
     }
 }
 

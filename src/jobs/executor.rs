@@ -191,14 +191,16 @@ impl Engine {
             CancelWatch(inner.clone()),
             shutdown.clone(),
         ));
-        services.push(maintenance::spawn(
+        // Not stopped by the shutdown: the node is alive while it drains (see heartbeat.rs).
+        let heartbeat = maintenance::Scoped::new(tokio::spawn(
             super::heartbeat::Heartbeat {
                 repo: inner.repo.clone(),
                 node: inner.opts.node.clone(),
                 queues: queue_names,
                 every: inner.opts.heartbeat_interval,
-            },
-            shutdown.clone(),
+                rescue_after: inner.opts.rescue_after,
+            }
+            .run(),
         ));
         services.push(maintenance::spawn(
             super::stager::Stager {
@@ -284,13 +286,15 @@ impl Engine {
         };
         let _ = acker.await;
         if unwritten > 0 {
-            // The heartbeat has stopped with the shutdown: if the hand-back below fails too,
-            // the node's row goes stale and any node's rescuer runs these jobs again.
+            // The heartbeat stops below: if the hand-back fails too, the node's row goes stale,
+            // its lock is free, and any node's rescuer runs these jobs again.
             tracing::error!(
                 jobs = unwritten,
                 "stopping with outcomes the database did not take; the jobs will run again"
             );
         }
+        // Stop beating first, so no beat re-adds the row hand_back_and_leave removes.
+        heartbeat.stop().await;
         match hand_back_and_leave(&inner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "handed unfinished jobs back"),

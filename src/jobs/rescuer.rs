@@ -1,5 +1,6 @@
 //! Rescuer (Oban's Lifeline, but within a minute instead of an hour): jobs left `executing` by
-//! a node whose heartbeat is older than `jobs.rescue_after_secs` become available again (or
+//! a dead node — its heartbeat older than `jobs.rescue_after_secs` **and** its liveness lock
+//! free (see `heartbeat.rs`: a busy node whose session lives is never dead) — become available again (or
 //! discarded if that was their last attempt), with an error recording the rescue. It runs on
 //! every node, several times per `rescue_after`, so a dead node's jobs run elsewhere within
 //! `rescue_after + rescue_after / 4` of its last heartbeat. A job it discards gets its worker's

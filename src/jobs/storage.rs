@@ -565,9 +565,70 @@ pub async fn stage(tx: &mut SystemTx, limit: i64) -> Result<usize, DbError> {
     Ok(staged.iter().map(|s| s.n as usize).sum())
 }
 
-/// Records that `node` is alive and which queues it runs.
-pub async fn heartbeat(tx: &mut SystemTx, node: &str, queues: &[String]) -> Result<(), DbError> {
-    let conn: &mut Conn = tx;
+/// The advisory-lock key of a node (an SQL expression over the node id `$e`): a 64-bit hash,
+/// so two node ids sharing a key is a 2^-64 chance per pair, and the namespace keeps it apart
+/// from the other advisory locks' keys.
+macro_rules! node_lock_key {
+    ($e:literal) => {
+        concat!("hashtextextended('vsm.job_node:' || ", $e, ", 0)")
+    };
+}
+
+/// The advisory locks held in this database right now, as the bigint keys they were taken
+/// with (`pg_locks` splits a bigint key into classid, objid; objsubid 1 marks that form).
+macro_rules! held_locks {
+    () => {
+        "held AS (
+           SELECT (l.classid::int8 << 32) | l.objid::int8 AS key FROM pg_locks l
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    };
+}
+
+/// Takes `node`'s liveness lock for this session, if no other session holds it: while the
+/// session lives the rescuer leaves the node's jobs alone, however stale its heartbeat row.
+/// `false` when another session holds it (a previous session of this node the server has not
+/// closed yet, or a second process wrongly given the same node id).
+pub async fn try_hold_node_lock(conn: &mut Conn, node: &str) -> Result<bool, DbError> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    let row: Row = diesel::sql_query(concat!(
+        "SELECT pg_try_advisory_lock(",
+        node_lock_key!("$1"),
+        ") AS locked"
+    ))
+    .bind::<Text, _>(node)
+    .get_result(conn)
+    .await?;
+    Ok(row.locked)
+}
+
+/// Whether some session holds `node`'s liveness lock (what the rescuer looks at).
+pub async fn node_lock_held(conn: &mut Conn, node: &str) -> Result<bool, DbError> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        held: bool,
+    }
+    let row: Row = diesel::sql_query(concat!(
+        "WITH ",
+        held_locks!(),
+        " SELECT EXISTS (SELECT 1 FROM held WHERE key = ",
+        node_lock_key!("$1"),
+        ") AS held"
+    ))
+    .bind::<Text, _>(node)
+    .get_result(conn)
+    .await?;
+    Ok(row.held)
+}
+
+/// Records that `node` is alive and which queues it runs (on a system transaction, or the
+/// heartbeat's own system connection).
+pub async fn heartbeat(conn: &mut Conn, node: &str, queues: &[String]) -> Result<(), DbError> {
     diesel::insert_into(job_nodes::table)
         .values((job_nodes::id.eq(node), job_nodes::queues.eq(queues)))
         .on_conflict(job_nodes::id)
@@ -599,7 +660,8 @@ pub struct Rescued {
     pub discarded: bool,
 }
 
-/// Hands executing jobs of nodes silent for longer than `after` to other nodes: `available`
+/// Hands executing jobs of dead nodes — silent for longer than `after` **and** not holding
+/// their liveness lock ([`try_hold_node_lock`]) — to other nodes: `available`
 /// again (the attempt they used stays used; an error says why), or `discarded` when that was
 /// their last attempt. Each rescued attempt is recorded like an acknowledged one (task log,
 /// `job.discarded` event), through the same statements. Forgets those nodes.
@@ -617,7 +679,10 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         event: Option<Value>,
     }
     let rescued: Vec<Row> = diesel::sql_query(concat!(
-        "WITH done AS (
+        "WITH ",
+        held_locks!(),
+        ",
+         done AS (
            UPDATE jobs j SET
              state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
              discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
@@ -628,6 +693,9 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
            WHERE j.state = 'executing' AND NOT EXISTS (
              SELECT 1 FROM job_nodes n
              WHERE n.id = j.attempted_by AND n.heartbeat_at > now() - make_interval(secs => $1))
+           AND NOT EXISTS (SELECT 1 FROM held WHERE held.key = ",
+        node_lock_key!("j.attempted_by"),
+        ")
            RETURNING j.id, j.tenant_id, j.worker, j.queue, j.attempt,
              CASE WHEN j.state = 'discarded' THEN 'discarded' ELSE 'retryable' END AS outcome,
              greatest(0, extract(epoch FROM now() - coalesce(j.attempted_at, now())) * 1000)::int8
@@ -644,9 +712,14 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
     .bind::<Double, _>(after.as_secs_f64())
     .load(conn)
     .await?;
-    diesel::sql_query(
-        "DELETE FROM job_nodes WHERE heartbeat_at <= now() - make_interval(secs => $1)",
-    )
+    diesel::sql_query(concat!(
+        "WITH ",
+        held_locks!(),
+        " DELETE FROM job_nodes n WHERE n.heartbeat_at <= now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM held WHERE held.key = ",
+        node_lock_key!("n.id"),
+        ")"
+    ))
     .bind::<Double, _>(after.as_secs_f64())
     .execute(conn)
     .await?;

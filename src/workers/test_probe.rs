@@ -3,7 +3,8 @@
 //!
 //! Per execution it appends `<job id> <attempt> <jobs of this worker running in this process,
 //! itself included>` to `<jobs.test_probe_dir>/<pid>.log`, then sleeps `args.sleep_ms`
-//! (default 0) on attempts up to `args.sleep_attempts` (default all), and fails with
+//! (default 0) on attempts up to `args.sleep_attempts` (default all) — holding a pooled
+//! connection meanwhile if `args.hold_connection` is true —, and fails with
 //! "test_probe failed on attempt N" on attempts up to `args.fail_attempts` (default none). Each line is one
 //! `write` to a file opened with `O_APPEND`, so a `kill -9`
 //! never leaves half a line.
@@ -66,7 +67,7 @@ impl Worker for TestProbe {
         Scope::Tenant
     }
 
-    fn perform<'a>(&'a self, _ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {
+    fn perform<'a>(&'a self, ctx: &'a JobContext, job: &'a Job) -> BoxFuture<'a, JobResult> {
         Box::pin(async move {
             let running = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
             let _running = Running;
@@ -82,7 +83,17 @@ impl Worker for TestProbe {
                 .and_then(|v| v.as_i64())
                 .unwrap_or(i64::MAX);
             if sleep_ms > 0 && i64::from(job.attempt) <= sleep_attempts {
+                // `hold_connection`: sleep holding a pooled connection, as a slow query would.
+                let held =
+                    if job.args.get("hold_connection") == Some(&serde_json::Value::Bool(true)) {
+                        Some(ctx.repo.system_tx().await?)
+                    } else {
+                        None
+                    };
                 tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+                if let Some(tx) = held {
+                    tx.rollback().await?;
+                }
             }
             let fail_attempts = job
                 .args

@@ -30,8 +30,20 @@ impl Drop for Worker {
 
 /// A `vsm work` on `queue`; a node silent for `rescue_after` seconds counts as dead.
 fn start_worker(db: &TestDb, probe_dir: &Path, queue: &str, rescue_after: u64) -> Worker {
+    start_worker_with(db, probe_dir, queue, rescue_after, &[])
+}
+
+/// [`start_worker`] with more environment.
+fn start_worker_with(
+    db: &TestDb,
+    probe_dir: &Path,
+    queue: &str,
+    rescue_after: u64,
+    env: &[(&str, &str)],
+) -> Worker {
     let port = free_port();
     let child = vsm()
+        .envs(env.iter().copied())
         .args([
             "work",
             "--queue",
@@ -438,4 +450,150 @@ async fn jobs_of_a_slow_but_alive_worker_are_not_run_twice() {
     );
     let lines = probe_lines(probes.path());
     assert_eq!(lines.values().map(Vec::len).sum::<usize>(), HELD);
+}
+
+/// Jobs holding every connection of their node's pool for four rescue windows: the heartbeat
+/// has its own connection, so the node stays alive and no job runs twice.
+#[tokio::test]
+async fn jobs_holding_every_pooled_connection_of_their_node_are_not_run_twice() {
+    const HELD: usize = 3;
+    let db = TestDb::migrated().await;
+    let probes = tempfile::tempdir().unwrap();
+    let mut a = start_worker_with(
+        &db,
+        probes.path(),
+        &format!("probe={HELD}"),
+        2,
+        &[("VSM_DATABASE__POOL_SIZE", "3")],
+    );
+    wait_ready(&mut a).await;
+    let mut b = start_worker(&db, probes.path(), "other=1", 2);
+    wait_ready(&mut b).await;
+    insert_probes(
+        &db,
+        HELD,
+        "probe",
+        json!({"sleep_ms": 8_000, "hold_connection": true}),
+    )
+    .await;
+    let mut owner = db.owner_conn().await;
+    // A's whole pool is taken by its jobs (each sleeps in an open transaction).
+    wait_for_count(
+        &mut owner,
+        "SELECT count(*) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'idle in transaction'",
+        HELD as i64,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_for_count(
+        &mut owner,
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
+        HELD as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &mut owner,
+            "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND attempt = 1 AND errors = '[]'"
+        )
+        .await,
+        HELD as i64,
+        "a job of the busy node was rescued"
+    );
+    let lines = probe_lines(probes.path());
+    assert_eq!(lines.values().map(Vec::len).sum::<usize>(), HELD);
+}
+
+/// The backend holding `node`'s liveness lock, if any.
+async fn lock_holder(owner: &mut diesel_async::AsyncPgConnection, node: &str) -> i64 {
+    count(
+        owner,
+        &format!(
+            "SELECT coalesce(max(pid), 0)::int8 AS n FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ((classid::int8 << 32) | objid::int8)
+                 = hashtextextended('vsm.job_node:' || '{}', 0)",
+            node.replace('\'', "''")
+        ),
+    )
+    .await
+}
+
+/// The heartbeat connection of a live node is cut twice while its job runs for more than
+/// two rescue windows: it reconnects, takes its lock again, and the job runs once.
+#[tokio::test]
+async fn a_worker_whose_heartbeat_connection_drops_reconnects_and_keeps_its_jobs() {
+    let db = TestDb::migrated().await;
+    let probes = tempfile::tempdir().unwrap();
+    let mut a = start_worker(&db, probes.path(), "probe=1", 6);
+    wait_ready(&mut a).await;
+    let mut b = start_worker(&db, probes.path(), "other=1", 6);
+    wait_ready(&mut b).await;
+    insert_probes(&db, 1, "probe", json!({"sleep_ms": 16_000})).await;
+    let mut owner = db.owner_conn().await;
+    crate::common::eventually(Duration::from_secs(20), "A started the job", || async {
+        probe_lines(probes.path())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == 1
+    })
+    .await;
+    let node: String = {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            attempted_by: String,
+        }
+        let row: Row = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query("SELECT attempted_by FROM jobs WHERE worker = 'test_probe'"),
+            &mut owner,
+        )
+        .await
+        .unwrap();
+        row.attempted_by
+    };
+    for _ in 0..2 {
+        crate::common::eventually(Duration::from_secs(10), "A holds its lock", || async {
+            lock_holder(&mut db.owner_conn().await, &node).await != 0
+        })
+        .await;
+        let holder = lock_holder(&mut owner, &node).await;
+        count(
+            &mut owner,
+            &format!("SELECT count(*) AS n FROM (SELECT pg_terminate_backend({holder})) t"),
+        )
+        .await;
+        crate::common::eventually(Duration::from_secs(10), "A retook its lock", || async {
+            let now = lock_holder(&mut db.owner_conn().await, &node).await;
+            now != 0 && now != holder
+        })
+        .await;
+    }
+    wait_for_count(
+        &mut owner,
+        "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &mut owner,
+            "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND attempt = 1 AND errors = '[]'"
+        )
+        .await,
+        1,
+        "the live node's job was rescued"
+    );
+    assert_eq!(
+        probe_lines(probes.path())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>(),
+        1
+    );
 }

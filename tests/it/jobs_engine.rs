@@ -823,3 +823,78 @@ async fn jobs_of_a_node_that_stopped_heartbeating_are_rescued() {
         0
     );
 }
+
+/// The liveness lock overrides a stale heartbeat: a node whose session holds its lock keeps its
+/// jobs however old its row; once that session ends, its jobs are rescued. "busy" and "slow"
+/// hash to a negative and a positive lock key, the two halves `pg_locks` splits a key into.
+#[tokio::test]
+async fn a_node_holding_its_liveness_lock_keeps_its_jobs_however_stale_its_heartbeat() {
+    let db = TestDb::migrated().await;
+    let repo = db.repo().await;
+    let mut owner = db.owner_conn().await;
+    for node in ["busy", "slow"] {
+        let job = insert(&repo, NewJob::new("w", json!({})).queue(node))
+            .await
+            .id;
+        let mut tx = repo.system_tx().await.unwrap();
+        storage::heartbeat(&mut tx, node, &[node.into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            storage::fetch(&mut tx, node, 10, node).await.unwrap().len(),
+            1
+        );
+        tx.commit().await.unwrap();
+
+        let mut session = repo.dedicated_system_conn(&[]).await.unwrap();
+        assert!(
+            storage::try_hold_node_lock(&mut session, node)
+                .await
+                .unwrap()
+        );
+        let mut other = repo.dedicated_system_conn(&[]).await.unwrap();
+        assert!(
+            !storage::try_hold_node_lock(&mut other, node).await.unwrap(),
+            "two sessions held one node's lock"
+        );
+        assert!(storage::node_lock_held(&mut owner, node).await.unwrap());
+        diesel_async::RunQueryDsl::execute(
+            diesel::sql_query("UPDATE job_nodes SET heartbeat_at = now() - interval '31 seconds'"),
+            &mut owner,
+        )
+        .await
+        .unwrap();
+        assert!(
+            vsm::jobs::rescuer::rescue_once(&repo, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{node}: rescued while its lock was held"
+        );
+        assert_eq!(get(&mut owner, job).await.state, JobState::Executing);
+        assert_eq!(
+            count(&mut owner, "SELECT count(*) AS n FROM job_nodes").await,
+            1,
+            "{node}: forgotten while its lock was held"
+        );
+
+        // The session ends (the process died): the lock is free, the stale node is dead.
+        drop(session);
+        common::eventually(Duration::from_secs(10), "the lock is released", || async {
+            !storage::node_lock_held(&mut db.owner_conn().await, node)
+                .await
+                .unwrap()
+        })
+        .await;
+        let rescued = vsm::jobs::rescuer::rescue_once(&repo, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(rescued.iter().map(|r| r.id).collect::<Vec<_>>(), [job]);
+        assert_eq!(get(&mut owner, job).await.state, JobState::Available);
+        assert_eq!(
+            count(&mut owner, "SELECT count(*) AS n FROM job_nodes").await,
+            0
+        );
+        drop(other);
+    }
+}
