@@ -3,7 +3,8 @@
 //!
 //!     cargo bench --bench all                 # full sizes, a few minutes
 //!     cargo bench --bench all -- --tiny       # seconds: what `.ci/run` runs so it cannot rot
-//!     cargo bench --bench all -- jobs sse     # only these sections (http, jobs, sse, upload, rescue)
+//!     cargo bench --bench all -- jobs sse     # only these sections (http, jobs, rescue, sse, upload,
+//!                                             # notifications)
 //!
 //! Needs PostgreSQL (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432`), `psql`,
 //! `pgbench`, `wrk`, `curl`, and `node`/`npm` for Graphile Worker (installed by `npm ci` into
@@ -11,6 +12,7 @@
 
 mod http;
 mod jobs;
+mod notifications;
 mod sse;
 mod support;
 mod upload;
@@ -21,12 +23,13 @@ use support::{Report, Sizes};
 
 type Section = (&'static str, fn(&Sizes, &mut Report));
 
-const SECTIONS: [Section; 5] = [
+const SECTIONS: [Section; 6] = [
     ("http", http::run),
     ("jobs", jobs::run),
     ("rescue", jobs::rescue),
     ("sse", sse::run),
     ("upload", upload::run),
+    ("notifications", notifications::run),
 ];
 
 fn main() {

@@ -16,6 +16,10 @@ pub struct Sizes {
     pub sse_clients: usize,
     pub uploads: usize,
     pub samples: usize,
+    /// `/status` updates answered one at a time (notifications section).
+    pub telegram_updates: usize,
+    /// Webhook deliveries, and Telegram messages, per throughput run.
+    pub deliveries: usize,
 }
 
 impl Sizes {
@@ -27,6 +31,8 @@ impl Sizes {
             sse_clients: 10_000,
             uploads: 300,
             samples: 2_000,
+            telegram_updates: 500,
+            deliveries: 5_000,
         }
     }
 
@@ -38,6 +44,8 @@ impl Sizes {
             sse_clients: 50,
             uploads: 10,
             samples: 50,
+            telegram_updates: 20,
+            deliveries: 100,
         }
     }
 }

@@ -149,7 +149,9 @@ async fn two_workers_run_ten_thousand_jobs_exactly_once_within_their_limits() {
         &mut owner,
         "SELECT count(*) AS n FROM jobs WHERE worker = 'test_probe' AND state = 'completed'",
         JOBS as i64,
-        Duration::from_secs(60),
+        // What this test proves is exactly-once within the limits, not speed (benches/ measure
+        // that): the bound only has to end a stuck run, on a machine running the whole suite.
+        Duration::from_secs(240),
     )
     .await;
     eprintln!(

@@ -239,6 +239,9 @@ fn chrono_ms(n: i64) -> chrono::Duration {
 /// A Redis client that connects (and reconnects) in the background; the limiter works
 /// in-process meanwhile.
 fn connect(url: &ServiceUrl) -> Option<(Client, Script, Script)> {
+    // Outside a runtime (`vsm config check` builds the registry only to validate it) there
+    // is nothing to send and no task to connect with.
+    tokio::runtime::Handle::try_current().ok()?;
     let config = match RedisConfig::from_url(url.expose()) {
         Ok(c) => c,
         Err(e) => {
