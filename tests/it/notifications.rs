@@ -365,7 +365,7 @@ async fn two_engines_sharing_redis_keep_the_per_chat_and_bot_limits() {
                 warm_chat += 1;
                 let (chat, repo) = (warm_chat, &repo);
                 async move {
-                    send(&repo, t.id, chat, "warm-up").await;
+                    send(repo, t.id, chat, "warm-up").await;
                     e.drain("notifications").await.unwrap();
                     reserved_in_redis(bot, chat)
                 }
