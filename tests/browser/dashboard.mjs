@@ -1,12 +1,15 @@
 // Drives the dashboard of a running `vsm all` in headless Chromium (tests/it/dashboard.rs starts
 // it). Environment: VSM_URL, KEY_A (the tenant whose page is checked), SECRET_B (a value only
-// tenant B's data holds), ADMIN_TOKEN, SHOTS (screenshot directory), CHROMIUM (binary).
+// tenant B's data holds), ADMIN_TOKEN, SHOTS (screenshot directory), CHROMIUM (binary),
+// NOTIFICATION_ID / _ERROR / _CHAT (tenant A's failed Telegram notification: its id, the error
+// the fake Bot API gave, the chat; sent when retried).
 // Prints one JSON line of measurements; any failed expectation exits non-zero with a message.
 import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const { VSM_URL, KEY_A, SECRET_B, ADMIN_TOKEN, SHOTS } = process.env;
+const { NOTIFICATION_ID, NOTIFICATION_ERROR, NOTIFICATION_CHAT } = process.env;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 mkdirSync(SHOTS, { recursive: true });
 
@@ -82,9 +85,21 @@ try {
   await page.click("a[data-view=queues]");
   await page.waitForSelector("#queues tbody tr[data-queue=default]");
   await shot("05-queues");
+
+  step("failed notification, retry");
   await page.click("a[data-view=notifications]");
-  await page.waitForSelector("#notifications p, #notifications table");
-  await shot("06-notifications");
+  const note = page.locator(`#notifications tbody tr[data-notification="${NOTIFICATION_ID}"]`);
+  await note.locator("td.state-failed").waitFor();
+  const shown = await note.textContent();
+  for (const expected of [NOTIFICATION_ERROR, "403", String(NOTIFICATION_CHAT)]) {
+    if (!shown.includes(expected)) throw new Error(`the failed notification does not show ${expected}: ${shown}`);
+  }
+  await shot("06-notifications-failed");
+  await note.getByRole("button", { name: `Retry notification ${NOTIFICATION_ID}` }).click();
+  // Sent again (the notification.sent event refreshes the view), and no Retry once sent.
+  await note.locator("td.state-sent").waitFor();
+  if (await note.getByRole("button").count()) throw new Error("a sent notification offers Retry");
+  await shot("06-notifications-retried");
   await page.click("a[data-view=events]");
   await page.waitForSelector("#events li:has-text('system.state')");
   await shot("07-events");

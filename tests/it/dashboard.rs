@@ -479,12 +479,22 @@ async fn the_dashboard_works_in_a_real_browser() {
     let db = TestDb::migrated().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    // Refuses the first message to this chat (as when a user blocked the bot), then delivers.
+    let telegram = crate::fake_telegram::FakeTelegram::start().await;
+    let chat = 31_337i64;
+    let refusal = "Forbidden: bot was blocked by the user";
+    telegram.reply_for(
+        chat,
+        vec![crate::fake_telegram::Reply::Status(403, refusal)],
+    );
     let _all = KillOnDrop(
         vsm()
             .args(["all", "--listen", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", db.url())
             .env("VSM_ADMIN_TOKEN", ADMIN)
             .env("VSM_JOBS__TEST_WORKERS", "true")
+            .env("TELEGRAM_BOT_TOKEN", crate::fake_telegram::TOKEN)
+            .env("VSM_TELEGRAM__API_BASE", telegram.base())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn vsm all"),
@@ -541,6 +551,49 @@ async fn the_dashboard_works_in_a_real_browser() {
     )
     .await;
 
+    // A notification of tenant A that the Bot API refuses for good.
+    let tenant_a = {
+        use diesel::prelude::*;
+        use vsm::schemas::schema::tenants;
+        diesel_async::RunQueryDsl::get_result::<uuid::Uuid>(
+            tenants::table
+                .filter(tenants::slug.eq("browser-a"))
+                .select(tenants::id),
+            &mut owner,
+        )
+        .await
+        .unwrap()
+    };
+    let repo = db.repo().await;
+    let mut tx = repo.tenant_tx(tenant_a).await.unwrap();
+    let notification = vsm::workers::notification_sender::enqueue(
+        &mut tx,
+        tenant_a,
+        vsm::workers::notification_sender::Message::Telegram {
+            chat_id: chat,
+            text: "dashboard check".into(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    eventually(Duration::from_secs(20), "the notification failed", || {
+        let (http, base, key) = (http.clone(), base.clone(), key_a.clone());
+        async move {
+            let v: Value = http
+                .get(format!("{base}/v1/notifications/{notification}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["state"] == "failed"
+        }
+    })
+    .await;
+
     let shots = repo_root().join("target/dashboard-screenshots");
     // Only this run's pictures (a failed run leaves `failure.png`).
     let _ = std::fs::remove_dir_all(&shots);
@@ -551,6 +604,9 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("SECRET_B", secret_b)
         .env("ADMIN_TOKEN", ADMIN)
         .env("SHOTS", &shots)
+        .env("NOTIFICATION_ID", notification.to_string())
+        .env("NOTIFICATION_ERROR", refusal)
+        .env("NOTIFICATION_CHAT", chat.to_string())
         .output()
         .await
         .expect("run node");
@@ -561,10 +617,21 @@ async fn the_dashboard_works_in_a_real_browser() {
         "browser test failed:\n{stderr}\n{stdout}"
     );
     println!("dashboard measurements: {stdout}");
+    // The Retry button sent it again: the Bot API got it twice, the second time delivered.
+    let sends: Vec<_> = telegram
+        .calls()
+        .into_iter()
+        .filter(|c| c.chat() == chat)
+        .collect();
+    assert_eq!(sends.len(), 2);
+    assert!(!sends[0].ok && sends[1].ok);
+    assert_eq!(sends[1].text(), "dashboard check");
     for view in [
         "01-sign-in",
         "02-systems",
         "03-jobs-failed",
+        "06-notifications-failed",
+        "06-notifications-retried",
         "08-health",
         "11-operator-queues",
     ] {

@@ -22,6 +22,7 @@ mod jobs_support;
 mod layers;
 mod migrate;
 mod notifications;
+mod policy_notify;
 mod rls;
 mod server;
 mod storage;

@@ -384,6 +384,8 @@ async fn a_chat_over_its_command_rate_is_acknowledged_and_dropped() {
         "{results:?}"
     );
     assert_eq!(command_jobs(&db).await, 2);
+    // Four dropped commands within the window: the chat is told to slow down once.
+    assert_eq!(slow_down_replies(&db, 42).await, 1);
     // Another chat has its own bucket.
     assert_eq!(
         bot.send(&message(7, 43, "/status")).await.1["result"],
@@ -395,6 +397,29 @@ async fn a_chat_over_its_command_rate_is_acknowledged_and_dropped() {
         "duplicate"
     );
     assert!(metric(&a.base, "message", "rate_limited").await >= 4.0);
+    // More dropped commands within the same window queue no second reply; the other chat
+    // (never over its rate) was never told.
+    for id in 8..=10 {
+        assert_eq!(
+            bot.send(&message(id, 42, "/status")).await.1["result"],
+            "rate_limited"
+        );
+    }
+    assert_eq!(slow_down_replies(&db, 42).await, 1);
+    assert_eq!(slow_down_replies(&db, 43).await, 0);
+}
+
+/// "Slow down" replies queued for chat `chat` (tenant-less rows of the delivery log).
+async fn slow_down_replies(db: &TestDb, chat: i64) -> i64 {
+    let text = vsm::workers::telegram_command::commands::SLOW_DOWN.replace('\'', "''");
+    scalar(
+        db,
+        &format!(
+            "SELECT count(*) AS n FROM notifications WHERE channel = 'telegram' \
+             AND recipient = '{chat}' AND message->>'text' = '{text}'"
+        ),
+    )
+    .await
 }
 
 #[tokio::test]

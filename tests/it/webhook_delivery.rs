@@ -172,16 +172,19 @@ pub fn verify(secret: &str, r: &Received) -> Result<Value, String> {
 pub async fn platform(db: &TestDb, strict: bool) -> (Instance, Api, vsm::shutdown::Shutdown) {
     let mut config = instance_config(db, None);
     config.notifications.allow_private_targets = !strict;
+    platform_with(config, &[("notifications", 5), ("default", 2)]).await
+}
+
+/// A gateway on `config` and a job engine on `queues`, webhook retries seconds apart.
+pub async fn platform_with(
+    mut config: vsm::config::Config,
+    queues: &[(&str, usize)],
+) -> (Instance, Api, vsm::shutdown::Shutdown) {
     config.notifications.retry_base_secs = 0;
     config.notifications.webhook_timeout_secs = 2;
     let repo = vsm::repo::Repo::connect(&config.database).await.unwrap();
     let registry = vsm::workers::registry(&config);
-    let engine = vsm::jobs::Engine::new(
-        repo,
-        Arc::new(config.clone()),
-        registry,
-        options(&[("notifications", 5), ("default", 2)]),
-    );
+    let engine = vsm::jobs::Engine::new(repo, Arc::new(config.clone()), registry, options(queues));
     let shutdown = vsm::shutdown::Shutdown::new();
     tokio::spawn(engine.run(shutdown.clone()));
     let (a, api) = Api::start(config).await;

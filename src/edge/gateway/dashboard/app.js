@@ -247,25 +247,39 @@ async function jobAction(id, action) {
 
 $("#job-filter").addEventListener("submit", (e) => { e.preventDefault(); loadJobs(); });
 
-// Notifications: the delivery log, when this build has it.
+// Notifications: the delivery log (GET /v1/notifications: attempt_count, last_error, and the
+// attempts themselves). Only a failed one can be sent again (the API answers 409 otherwise).
+async function retryNotification(id) {
+  try { await api("POST", `/v1/notifications/${id}/retry`); } catch (err) { alert(err.message); }
+  refreshNotifications();
+}
+
 async function loadNotifications() {
   const box = $("#notifications");
   try {
     const list = await api("GET", "/v1/notifications?limit=100");
-    const rows = list.items.map((n) => el("tr", { "data-notification": n.id },
-      el("td", { text: n.channel ?? "" }), el("td", { class: `state-${n.state}`, text: n.state ?? "" }),
-      el("td", { text: String(n.attempts ?? "") }), el("td", { class: "err", text: n.last_error ?? "" }),
-      el("td", {}, el("button", { type: "button", class: "secondary", text: "Retry",
-        onclick: async () => { try { await api("POST", `/v1/notifications/${n.id}/retry`); } catch (err) { alert(err.message); } refreshNotifications(); } }))));
+    const rows = list.items.map((n) => {
+      const last = n.attempts.length ? n.attempts[n.attempts.length - 1] : null;
+      const error = n.last_error ?? (last && last.error) ?? "";
+      return el("tr", { "data-notification": n.id },
+        el("td", { text: n.channel }), el("td", { text: n.recipient }),
+        el("td", { class: `state-${n.state}`, text: n.state }),
+        el("td", { text: String(n.attempt_count) }),
+        el("td", { text: last && last.status_code !== null ? String(last.status_code) : "" }),
+        el("td", { class: "err", text: error }), el("td", { text: when(n.created_at) }),
+        el("td", {}, n.state === "failed"
+          ? el("button", { type: "button", class: "secondary", text: "Retry",
+              "aria-label": `Retry notification ${n.id}`, onclick: () => retryNotification(n.id) })
+          : ""));
+    });
     box.replaceChildren(rows.length
       ? el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
-          ...["Channel", "State", "Attempts", "Last error", ""].map((h) => el("th", { scope: "col", text: h })))),
+          ...["Channel", "To", "State", "Attempts", "Status", "Last error", "Created", ""]
+            .map((h) => el("th", { scope: "col", text: h })))),
           el("tbody", {}, ...rows)))
       : el("p", { class: "empty", text: "No notifications yet." }));
   } catch (err) {
-    box.replaceChildren(el("p", { class: "empty", text: err.status === 404
-      ? "The notification delivery log is not part of this build yet: nothing to show."
-      : `Could not load notifications: ${err.message}` }));
+    box.replaceChildren(el("p", { class: "empty", text: `Could not load notifications: ${err.message}` }));
   }
 }
 
