@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
 pub mod migrate;
+pub mod redis;
 pub mod repo;
 pub mod schemas;
 pub mod shutdown;

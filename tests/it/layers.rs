@@ -13,6 +13,7 @@ const FLOORS: &[&str] = &[
     "maintenance",
     "metrics",
     "config",
+    "redis",
     "telemetry",
     "repo",
     "schemas",
@@ -28,7 +29,7 @@ const FLOORS: &[&str] = &[
 ];
 
 /// The highest floor of the platform (`storage`).
-const PLATFORM_TOP: usize = 12;
+const PLATFORM_TOP: usize = 13;
 
 fn floor(module: &str) -> Option<usize> {
     FLOORS.iter().position(|f| *f == module)

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
@@ -137,19 +136,8 @@ impl RateLimiter {
         let redis = match redis {
             None => None,
             Some(url) => {
-                let config = RedisConfig::from_url(url.expose())
-                    .map_err(|e| format!("invalid Redis URL {url}: {e}"))?;
-                let client = fred::types::Builder::from_config(config)
-                    .with_connection_config(|c| {
-                        c.connection_timeout = Duration::from_secs(1);
-                        c.max_command_attempts = 1;
-                    })
-                    .with_performance_config(|p| p.default_command_timeout = REDIS_TIMEOUT)
-                    .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-                    .build()
-                    .map_err(|e| format!("cannot configure Redis client: {e}"))?;
-                // Connects (and reconnects) in the background; the limiter fails open meanwhile.
-                drop(client.connect());
+                // Fails open while Redis is away (see `crate::redis`).
+                let client = crate::redis::background_client(url, REDIS_TIMEOUT)?;
                 Some((client, Script::from_lua(TOKEN_BUCKETS)))
             }
         };

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 
 use crate::config::{ServiceUrl, TelegramConfig};
@@ -237,29 +236,15 @@ fn chrono_ms(n: i64) -> chrono::Duration {
 }
 
 /// A Redis client that connects (and reconnects) in the background; the limiter works
-/// in-process meanwhile.
+/// in-process meanwhile, and altogether with a URL fred cannot use.
 fn connect(url: &ServiceUrl) -> Option<(Client, Script, Script)> {
-    // Outside a runtime (`vsm config check` builds the registry only to validate it) there
-    // is nothing to send and no task to connect with.
-    tokio::runtime::Handle::try_current().ok()?;
-    let config = match RedisConfig::from_url(url.expose()) {
-        Ok(c) => c,
+    match crate::redis::background_client(url, REDIS_TIMEOUT) {
+        Ok(client) => Some((client, Script::from_lua(RESERVE), Script::from_lua(PAUSE))),
         Err(e) => {
-            tracing::warn!(%url, error = %e, "invalid Redis URL: Telegram limits are in-process");
-            return None;
+            tracing::warn!(error = %e, "Telegram limits are in-process");
+            None
         }
-    };
-    let client = fred::types::Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(1);
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| p.default_command_timeout = REDIS_TIMEOUT)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build()
-        .ok()?;
-    drop(client.connect());
-    Some((client, Script::from_lua(RESERVE), Script::from_lua(PAUSE)))
+    }
 }
 
 #[cfg(test)]
