@@ -454,6 +454,41 @@ async fn chats_are_linked_listed_unlinked_capped_and_isolated() {
         )
         .await;
     assert_eq!((status, chat["label"].as_str()), (200, Some("war room")));
+    // A label is bounded (1..=200 characters): what a tenant stores per chat stays small.
+    for label in [String::new(), "é".repeat(201)] {
+        let (status, body) = api
+            .call(
+                "PUT",
+                "/v1/telegram/chats/-1001",
+                &acme,
+                Some(json!({ "label": label })),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("label"),
+            "{body}"
+        );
+    }
+    let (status, chat) = api
+        .call(
+            "PUT",
+            "/v1/telegram/chats/-1001",
+            &acme,
+            Some(json!({"label": "é".repeat(200)})),
+        )
+        .await;
+    assert_eq!(
+        (status, chat["label"].as_str().map(|l| l.chars().count())),
+        (200, Some(200))
+    );
+    api.call(
+        "PUT",
+        "/v1/telegram/chats/-1001",
+        &acme,
+        Some(json!({"label": "war room"})),
+    )
+    .await;
     assert_eq!(
         api.call("PUT", "/v1/telegram/chats/42", &acme, None)
             .await
