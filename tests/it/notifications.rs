@@ -500,6 +500,31 @@ async fn the_api_shows_attempts_isolates_tenants_and_retries() {
     let (_, one) = get(key_a.key.clone(), format!("/v1/notifications/{id}")).await;
     assert_eq!(one["state"], "sent");
     assert_eq!(one["attempts"].as_array().unwrap().len(), 2);
+    // However many attempts a notification has had, one item carries the newest
+    // ATTEMPTS_SHOWN (50), so a page of 500 items stays bounded.
+    {
+        let mut owner = db.owner_conn().await;
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut owner,
+            &format!(
+                "INSERT INTO notification_attempts (notification_id, tenant_id, attempt, result, latency_ms)
+                 SELECT '{id}', '{}', n, 'retry', 1 FROM generate_series(3, 90) AS n;
+                 UPDATE notifications SET attempts = 90 WHERE id = '{id}';",
+                a.id
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let (status, one) = get(key_a.key.clone(), format!("/v1/notifications/{id}")).await;
+    assert_eq!(status, 200, "{one}");
+    let shown: Vec<i64> = one["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(shown, (41..=90).collect::<Vec<i64>>());
 }
 
 #[tokio::test]
