@@ -24,6 +24,9 @@ use crate::config::{DatabaseConfig, ServiceUrl};
 /// The connection a transaction dereferences to.
 pub type Conn = AsyncPgConnection;
 
+/// Sets the tenant context: a bound parameter, transaction-local (CONTRACT §3).
+const SET_TENANT: &str = "SELECT set_config('app.current_tenant', $1, true)";
+
 /// What can go wrong talking to the database, typed so callers can map it (the HTTP layer maps
 /// `Validation` to 422, `Conflict` to 409, `NotFound` to 404, `Unavailable` to 503).
 #[derive(Debug, thiserror::Error)]
@@ -329,7 +332,7 @@ impl Repo {
             let shared: &AsyncPgConnection = pending.conn();
             let (mut begin_on, mut context_on) = (shared, shared);
             let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
-            let context = diesel::sql_query("SELECT set_config('app.current_tenant', $1, true)")
+            let context = diesel::sql_query(SET_TENANT)
                 .bind::<Text, _>(&tenant_text)
                 .execute(&mut context_on);
             // Both are polled in order, so BEGIN is written first; both run to the end before
@@ -365,6 +368,59 @@ impl Repo {
                     }))
             }
         }
+    }
+
+    /// A read of one tenant's rows in one round trip: `BEGIN`, the tenant context, the read's
+    /// first statement go out pipelined (as [`Repo::tenant_tx`] does with the first two), then
+    /// `COMMIT`. For the API's reads, which are one statement: three round trips become two.
+    ///
+    /// The read's statements are sent after `set_config` on the same connection: diesel-async
+    /// hands each prepared statement out under the connection's statement-cache lock, which is
+    /// FIFO, and sends it before letting go, so a statement polled later is never written
+    /// earlier — even when either has to be prepared first (tested on fresh connections). A
+    /// read that fails, or a context that could not be set, rolls back; a cancelled read closes
+    /// the connection instead of returning it to the pool mid-transaction.
+    pub async fn tenant_read<T>(
+        &self,
+        tenant: Uuid,
+        read: impl AsyncFnOnce(&mut TenantRead<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let conn = self.pool.get().await?;
+        let mut pending = Unsettled(Some(conn));
+        let tenant_text = tenant.to_string();
+        let (began, context, read) = {
+            let shared: &AsyncPgConnection = pending.conn();
+            let (mut begin_on, mut context_on) = (shared, shared);
+            let mut reader = TenantRead {
+                conn: shared,
+                tenant,
+            };
+            let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
+            let context = diesel::sql_query(SET_TENANT)
+                .bind::<Text, _>(&tenant_text)
+                .execute(&mut context_on);
+            // Polled in this order, so written in this order; all run to the end before any
+            // result is looked at, so nothing of the pipeline is in flight below.
+            futures_util::join!(begin, context, read(&mut reader))
+        };
+        let outcome = match (began, context) {
+            (Ok(()), Ok(_)) => read,
+            (began, context) => Err(began
+                .err()
+                .or(context.err())
+                .map(DbError::from)
+                .unwrap_or_else(|| DbError::Unavailable("opening a tenant read failed".into()))),
+        };
+        // COMMIT and ROLLBACK both end the transaction (a failed one rolls back either way);
+        // if even that fails, the guard closes the connection rather than pool it.
+        let end = if outcome.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        diesel_async::SimpleAsyncConnection::batch_execute(pending.conn_mut(), end).await?;
+        pending.settle();
+        outcome
     }
 
     /// A transaction for cross-tenant machinery (event relay, job engine): it runs as the system
@@ -621,6 +677,51 @@ impl TenantTx {
     }
 }
 
+/// The one-round-trip read of [`Repo::tenant_read`], made only there (its fields are
+/// private): its tenant context is set exactly as a [`TenantTx`]'s is.
+pub struct TenantRead<'c> {
+    conn: &'c AsyncPgConnection,
+    tenant: Uuid,
+}
+
+/// Where one tenant's rows are reached: a [`TenantTx`] or a [`TenantRead`]. Sealed, so a
+/// system transaction or a bare connection still does not fit. Schema functions that only
+/// read take `&mut impl TenantConn`, so both doors serve them.
+pub trait TenantConn: sealed::Sealed {
+    /// The connection statements run on: the transaction's own, or a shared reference to it
+    /// (diesel-async pipelines statements issued through shared references).
+    type Conn: diesel_async::AsyncConnectionCore<Backend = diesel::pg::Pg>;
+
+    fn conn(&mut self) -> &mut Self::Conn;
+
+    /// The tenant this door acts for.
+    fn tenant(&self) -> Uuid;
+}
+
+impl TenantConn for TenantTx {
+    type Conn = Conn;
+
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.tx
+    }
+
+    fn tenant(&self) -> Uuid {
+        self.tenant
+    }
+}
+
+impl<'c> TenantConn for TenantRead<'c> {
+    type Conn = &'c AsyncPgConnection;
+
+    fn conn(&mut self) -> &mut &'c AsyncPgConnection {
+        &mut self.conn
+    }
+
+    fn tenant(&self) -> Uuid {
+        self.tenant
+    }
+}
+
 /// A transaction as the system role, from [`Repo::system_tx`] only: the job engine's and the
 /// event relay's machinery, which sees no tenant data table.
 pub struct SystemTx {
@@ -669,6 +770,7 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::TenantTx {}
     impl Sealed for super::SystemTx {}
+    impl Sealed for super::TenantRead<'_> {}
 }
 
 macro_rules! deref_to_conn {

@@ -576,3 +576,48 @@ async fn input_postgres_cannot_store_is_a_422_not_a_500() {
     .await;
     assert_eq!((s.as_u16(), code.as_str()), (404, "not_found"));
 }
+
+/// Every request is counted once under its route template, however the label was found: a
+/// static path (remembered per worker thread after its first request), a dynamic path, and
+/// paths no route matches.
+#[tokio::test]
+async fn every_request_is_counted_once_under_its_route_template() {
+    let db = TestDb::migrated().await;
+    let a = instance(&db).await;
+    let (_, key) = new_tenant(&a.base, "counted").await;
+    let http = Client::new();
+    const ROUNDS: u64 = 25;
+    for round in 0..ROUNDS {
+        let get = |path: String| http.get(format!("{}{path}", a.base)).bearer_auth(&key);
+        assert_eq!(get("/health".into()).send().await.unwrap().status(), 200);
+        assert_eq!(
+            get("/v1/systems".into()).send().await.unwrap().status(),
+            200
+        );
+        let one = get(format!("/v1/systems/{}", round % 5 + 1));
+        assert_eq!(one.send().await.unwrap().status(), 200);
+        let nothing = get(format!("/v1/nothing/{round}")).send().await.unwrap();
+        assert_eq!(nothing.status(), 404);
+    }
+    let text = http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Read off the exposition's lines: prometheus-parse mis-reads label values with braces.
+    let count = |path: &str| -> u64 {
+        let prefix = format!("cybernetic_requests_total{{method=\"GET\",path=\"{path}\",");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(count("/health"), ROUNDS);
+    assert_eq!(count("/v1/systems"), ROUNDS);
+    assert_eq!(count("/v1/systems/{n}"), ROUNDS);
+    assert_eq!(count("unmatched"), ROUNDS);
+    assert!(!text.contains("/v1/nothing"));
+}

@@ -571,3 +571,121 @@ async fn a_tenant_tx_cancelled_mid_pipeline_leaves_no_tenant_context() {
         sys.commit().await.unwrap();
     }
 }
+
+/// Which backend a one-round-trip read runs on, and its tenant context; `sql` varies the text so
+/// the statement is new to the connection and must be prepared inside the pipeline.
+async fn read_backend<C>(conn: &mut C, sql: &str) -> Result<Backend, vsm::repo::DbError>
+where
+    C: diesel_async::AsyncConnectionCore<Backend = diesel::pg::Pg>,
+{
+    Ok(diesel::sql_query(sql).get_result(conn).await?)
+}
+
+fn backend_sql(variant: usize) -> String {
+    format!(
+        "SELECT pg_backend_pid() AS pid, \
+         nullif(current_setting('app.current_tenant', true), '') AS tenant, {variant} AS variant"
+    )
+}
+
+/// `tenant_read` pipelines BEGIN, the context and the read's statement: the statement must run
+/// after the context is set, also on a fresh connection where neither statement is prepared yet
+/// (each round uses a statement text the connection has never seen), and for every statement of
+/// a read of several.
+#[tokio::test]
+async fn a_tenant_read_sees_its_tenant_context_even_when_every_statement_is_new() {
+    use vsm::repo::TenantConn;
+    let w = world().await;
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    for round in 0..20 {
+        let tenant = if round % 2 == 0 { w.a } else { w.b };
+        let (first, second) = repo
+            .tenant_read(tenant, async |r| {
+                let first = read_backend(r.conn(), &backend_sql(round)).await?;
+                let second = read_backend(r.conn(), &backend_sql(1_000 + round)).await?;
+                Ok((first, second))
+            })
+            .await
+            .unwrap();
+        assert_eq!(first.tenant, Some(tenant.to_string()), "round {round}");
+        assert_eq!(second.tenant, Some(tenant.to_string()), "round {round}");
+        assert_eq!(first.pid, second.pid);
+        // The same connection, back in the pool, outside any transaction and context.
+        let mut sys = repo.system_tx().await.unwrap();
+        let after = backend(&mut sys).await;
+        assert_eq!(after.pid, first.pid);
+        assert_eq!(after.tenant, None, "round {round}");
+        sys.commit().await.unwrap();
+    }
+    // Through the schema functions: each tenant reads only its own rows.
+    for tenant in [w.a, w.b] {
+        let states = repo
+            .tenant_read(tenant, async |r| system_state::latest_all(r).await)
+            .await
+            .unwrap();
+        assert!(!states.is_empty());
+        assert!(states.iter().all(|s| s.tenant_id == tenant));
+    }
+}
+
+/// A read that fails is rolled back: its error comes back and the pooled connection carries
+/// neither a transaction nor the tenant context to its next user.
+#[tokio::test]
+async fn a_failed_tenant_read_leaves_no_tenant_context() {
+    use vsm::repo::TenantConn;
+    let w = world().await;
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    let failed = repo
+        .tenant_read(w.a, async |r| {
+            diesel::sql_query("SELECT 1 / 0")
+                .execute(r.conn())
+                .await
+                .map_err(vsm::repo::DbError::from)
+        })
+        .await;
+    assert!(failed.is_err());
+    let mut sys = repo.system_tx().await.unwrap();
+    assert_eq!(backend(&mut sys).await.tenant, None);
+    sys.commit().await.unwrap();
+    // And the next read works, with its own tenant.
+    let next = repo
+        .tenant_read(w.b, async |r| read_backend(r.conn(), &backend_sql(1)).await)
+        .await
+        .unwrap();
+    assert_eq!(next.tenant, Some(w.b.to_string()));
+}
+
+/// A caller cancelled anywhere in a read's pipeline (a client that went away) never leaves a
+/// connection in the pool inside a transaction or with a tenant set.
+#[tokio::test]
+async fn a_tenant_read_cancelled_mid_pipeline_leaves_no_tenant_context() {
+    use vsm::repo::TenantConn;
+    let w = world().await;
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    let repo = Repo::connect(&cfg).await.unwrap();
+    for micros in (0..3_000).step_by(25) {
+        let read = repo.tenant_read(w.a, async |r| {
+            read_backend(r.conn(), &backend_sql(micros)).await
+        });
+        if let Ok(read) =
+            tokio::time::timeout(std::time::Duration::from_micros(micros as u64), read).await
+        {
+            assert_eq!(read.unwrap().tenant, Some(w.a.to_string()));
+        }
+        let mut sys = repo.system_tx().await.unwrap();
+        let next = backend(&mut sys).await;
+        assert_eq!(next.tenant, None, "after a cancel at {micros} us");
+        sys.commit().await.unwrap();
+    }
+}

@@ -2,6 +2,9 @@
 //! client-supplied `x-request-id`), counts and times the request by route template, and writes
 //! one structured access-log line.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpMessage;
@@ -11,28 +14,11 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 
+use prometheus::{Histogram, IntCounter};
+
 use crate::metrics::METRICS;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The request's id, available to handlers through `req.extensions()`.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    /// The client's id when it is short printable ASCII (so it is safe in logs and headers),
-    /// otherwise a fresh UUIDv7.
-    fn from_header(value: Option<&HeaderValue>) -> Self {
-        let supplied = value
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .filter(|v| v.bytes().all(|b| b.is_ascii_graphic()));
-        match supplied {
-            Some(v) => RequestId(v.to_owned()),
-            None => RequestId(uuid::Uuid::now_v7().to_string()),
-        }
-    }
-}
 
 /// The tenant a request acted for, set by authentication so the access log can name it.
 #[derive(Debug, Clone, Copy)]
@@ -43,8 +29,7 @@ pub async fn observe(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
-    let request_id = RequestId::from_header(req.headers().get(&REQUEST_ID));
-    req.extensions_mut().insert(request_id.clone());
+    let request_id = request_id(req.headers().get(&REQUEST_ID));
     let method = method_label(req.method());
 
     // Handlers' and extractors' errors arrive here already turned into responses; an `Err` can
@@ -54,44 +39,130 @@ pub async fn observe(
         Ok(res) => res.map_into_boxed_body(),
         Err(e) => {
             let status = e.as_response_error().status_code();
-            record(method, "unmatched", status, started.elapsed());
+            record(method, &Rc::from(UNMATCHED), status, started.elapsed());
             return Err(e);
         }
     };
 
     let status = res.status();
     // Label by the matched route template, never the raw path (unbounded cardinality).
-    let path = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let path = route_template(res.request());
     let elapsed = started.elapsed();
     record(method, &path, status, elapsed);
     let tenant = res.request().extensions().get::<TenantTag>().map(|t| t.0);
     tracing::info!(
-        request_id = %request_id.0,
+        request_id = request_id.to_str().unwrap_or_default(),
         method,
-        path = %path,
+        path = &*path,
         status = status.as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         tenant_id = tenant.map(tracing::field::display),
         "request"
     );
-    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
-        res.headers_mut().insert(REQUEST_ID, value);
-    }
+    res.headers_mut().insert(REQUEST_ID, request_id);
     Ok(res)
 }
 
-fn record(method: &str, path: &str, status: StatusCode, elapsed: Duration) {
-    METRICS
-        .requests
-        .with_label_values(&[method, path, status.as_str()])
-        .inc();
-    METRICS
-        .request_duration
-        .with_label_values(&[method, path])
-        .observe(elapsed.as_secs_f64());
+/// The client's `x-request-id` when it is short printable ASCII (so it is safe in logs and
+/// headers), otherwise a fresh UUIDv7.
+fn request_id(supplied: Option<&HeaderValue>) -> HeaderValue {
+    let sane = supplied
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| v.as_bytes().iter().all(u8::is_ascii_graphic));
+    match sane {
+        Some(v) => v.clone(),
+        None => {
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+            // A hyphenated UUID is always a valid header value.
+            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        }
+    }
+}
+
+const UNMATCHED: &str = "unmatched";
+
+/// Most entries any of this thread's caches below keeps (far above the routes there are).
+const CACHE_LIMIT: usize = 512;
+
+thread_local! {
+    /// Paths that are themselves a route template (no dynamic segment) → that template. Only
+    /// such paths are kept, so clients cannot grow it with paths of their own; it saves
+    /// re-matching the path against every route for the label (actix's `match_pattern`).
+    static STATIC_ROUTES: RefCell<HashMap<Box<str>, Rc<str>>> = RefCell::new(HashMap::new());
+    /// The metric series of each (template, method, status) met on this thread, so a request
+    /// does not hash its labels into the registry's shared maps twice.
+    static SERIES: RefCell<HashMap<Rc<str>, Vec<Series>>> = RefCell::new(HashMap::new());
+}
+
+/// The route template that matched `req`, or `unmatched`.
+fn route_template(req: &actix_web::HttpRequest) -> Rc<str> {
+    let path = req.path();
+    if let Some(template) = STATIC_ROUTES.with_borrow(|known| known.get(path).cloned()) {
+        return template;
+    }
+    let template: Rc<str> = req
+        .match_pattern()
+        .map_or_else(|| Rc::from(UNMATCHED), Rc::from);
+    if *template == *path {
+        STATIC_ROUTES.with_borrow_mut(|known| {
+            if known.len() < CACHE_LIMIT {
+                known.insert(Box::from(path), template.clone());
+            }
+        });
+    }
+    template
+}
+
+/// One request series: its counter and its latency histogram.
+struct Series {
+    method: &'static str,
+    status: StatusCode,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+fn record(method: &'static str, path: &Rc<str>, status: StatusCode, elapsed: Duration) {
+    SERIES.with_borrow_mut(|all| {
+        let cached = all.len() < CACHE_LIMIT || all.contains_key(&**path);
+        if !cached {
+            // Only reachable if the routes ever outnumbered the limit: count, uncached.
+            return Series::new(method, path, status).observe(elapsed);
+        }
+        let of_path = all.entry(path.clone()).or_default();
+        match of_path
+            .iter()
+            .find(|s| s.method == method && s.status == status)
+        {
+            Some(series) => series.observe(elapsed),
+            None => {
+                let series = Series::new(method, path, status);
+                series.observe(elapsed);
+                // Methods and statuses are few; beyond the limit, count without keeping.
+                if of_path.len() < CACHE_LIMIT {
+                    of_path.push(series);
+                }
+            }
+        }
+    });
+}
+
+impl Series {
+    fn new(method: &'static str, path: &str, status: StatusCode) -> Series {
+        Series {
+            method,
+            status,
+            requests: METRICS
+                .requests
+                .with_label_values(&[method, path, status.as_str()]),
+            duration: METRICS.request_duration.with_label_values(&[method, path]),
+        }
+    }
+
+    fn observe(&self, elapsed: Duration) {
+        self.requests.inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// Methods as metric labels, with anything unusual folded into one value.

@@ -18,6 +18,11 @@ use super::openapi;
 
 /// Registers all routes. `json_limit` is the largest JSON body accepted, in bytes.
 pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
+    // Routes are matched in registration order, so the probes that load balancers and
+    // orchestrators call most come first, ahead of any pattern with dynamic segments.
+    cfg.service(health_controller::live)
+        .service(health_controller::health)
+        .service(health_controller::ready);
     // Not part of the API description: the Prometheus scrape and the description itself.
     cfg.map(|cfg| {
         cfg.service(metrics_controller::metrics)
@@ -40,9 +45,6 @@ pub fn routes(cfg: &mut ServiceConfig, json_limit: usize) {
     .app_data(web::QueryConfig::default().error_handler(|err, _| {
         ApiError::BadRequest(format!("invalid query string: {err}")).into()
     }))
-    .service(health_controller::live)
-    .service(health_controller::health)
-    .service(health_controller::ready)
     .service(tenants_controller::create)
     .service(api_keys_controller::create)
     .service(api_keys_controller::revoke)

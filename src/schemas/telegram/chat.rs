@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{AnyTx, DbError, TELEGRAM_CHAT_TAKEN, TenantTx};
+use crate::repo::{AnyTx, DbError, TELEGRAM_CHAT_TAKEN, TenantConn, TenantTx};
 use crate::schemas::schema::telegram_chats;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -111,7 +111,7 @@ pub async fn unlink(conn: &mut TenantTx, chat_id: i64) -> Result<(), DbError> {
 
 /// One page of the tenant's chats in `chat_id` order, after `after`.
 pub async fn list(
-    conn: &mut TenantTx,
+    conn: &mut impl TenantConn,
     after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<TelegramChat>, DbError> {
@@ -123,7 +123,7 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(telegram_chats::chat_id.gt(after));
     }
-    Ok(query.load(&mut **conn).await?)
+    Ok(query.load(conn.conn()).await?)
 }
 
 /// How many chats the transaction's tenant has linked.

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{DbError, TenantTx};
+use crate::repo::{DbError, TenantConn, TenantTx};
 use crate::schemas::schema::episodes;
 use crate::schemas::text_enum::text_enum;
 
@@ -62,17 +62,17 @@ pub async fn insert(conn: &mut TenantTx, new: &NewEpisode) -> Result<Episode, Db
 }
 
 /// The episode with `id` in the current tenant (`NotFound` for another tenant's id).
-pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Episode, DbError> {
+pub async fn find(conn: &mut impl TenantConn, id: Uuid) -> Result<Episode, DbError> {
     Ok(episodes::table
         .find(id)
         .select(Episode::as_select())
-        .first(&mut **conn)
+        .first(conn.conn())
         .await?)
 }
 
 /// One page of the current tenant's episodes in id (creation) order, after `after`.
 pub async fn list(
-    conn: &mut TenantTx,
+    conn: &mut impl TenantConn,
     status: Option<EpisodeStatus>,
     tag: Option<&str>,
     after: Option<Uuid>,
@@ -92,7 +92,7 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(episodes::id.gt(after));
     }
-    Ok(query.load(&mut **conn).await?)
+    Ok(query.load(conn.conn()).await?)
 }
 
 /// The tenant's `limit` newest episodes, newest first.

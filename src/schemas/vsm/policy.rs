@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{DbError, TenantTx};
+use crate::repo::{DbError, TenantConn, TenantTx};
 use crate::schemas::schema::policies;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -49,17 +49,17 @@ pub async fn insert(conn: &mut TenantTx, new: &NewPolicy) -> Result<Policy, DbEr
 }
 
 /// The policy with `id` in the current tenant.
-pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Policy, DbError> {
+pub async fn find(conn: &mut impl TenantConn, id: Uuid) -> Result<Policy, DbError> {
     Ok(policies::table
         .find(id)
         .select(Policy::as_select())
-        .first(&mut **conn)
+        .first(conn.conn())
         .await?)
 }
 
 /// One page of the current tenant's policies in id order, after `after`.
 pub async fn list(
-    conn: &mut TenantTx,
+    conn: &mut impl TenantConn,
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Policy>, DbError> {
@@ -71,7 +71,7 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(policies::id.gt(after));
     }
-    Ok(query.load(&mut **conn).await?)
+    Ok(query.load(conn.conn()).await?)
 }
 
 /// Replaces the editable fields of policy `id` (`NotFound` for another tenant's id).

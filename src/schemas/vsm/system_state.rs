@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{DbError, TenantTx};
+use crate::repo::{DbError, TenantConn, TenantTx};
 use crate::schemas::schema::system_states;
 
 /// Names of the five systems, indexed by `system - 1`.
@@ -42,12 +42,15 @@ struct NewSystemState<'a> {
 }
 
 /// The latest state of `system`, if it was ever set.
-pub async fn latest(conn: &mut TenantTx, system: i16) -> Result<Option<SystemState>, DbError> {
+pub async fn latest(
+    conn: &mut impl TenantConn,
+    system: i16,
+) -> Result<Option<SystemState>, DbError> {
     Ok(system_states::table
         .filter(system_states::system.eq(system))
         .order(system_states::version.desc())
         .select(SystemState::as_select())
-        .first(&mut **conn)
+        .first(conn.conn())
         .await
         .optional()?)
 }
@@ -83,18 +86,18 @@ pub async fn append(
 }
 
 /// The latest state of every system that was ever set.
-pub async fn latest_all(conn: &mut TenantTx) -> Result<Vec<SystemState>, DbError> {
+pub async fn latest_all(conn: &mut impl TenantConn) -> Result<Vec<SystemState>, DbError> {
     Ok(system_states::table
         .distinct_on(system_states::system)
         .order((system_states::system, system_states::version.desc()))
         .select(SystemState::as_select())
-        .load(&mut **conn)
+        .load(conn.conn())
         .await?)
 }
 
 /// States of `system` older than version `before` (all when `None`), newest first.
 pub async fn history(
-    conn: &mut TenantTx,
+    conn: &mut impl TenantConn,
     system: i16,
     before: Option<i32>,
     limit: i64,
@@ -108,5 +111,5 @@ pub async fn history(
     if let Some(before) = before {
         query = query.filter(system_states::version.lt(before));
     }
-    Ok(query.load(&mut **conn).await?)
+    Ok(query.load(conn.conn()).await?)
 }

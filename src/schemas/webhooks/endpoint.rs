@@ -11,7 +11,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{DbError, TenantTx};
+use crate::repo::{DbError, TenantConn, TenantTx};
 use crate::schemas::schema::{webhook_endpoints, webhook_event_deliveries};
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -70,17 +70,17 @@ pub async fn insert(conn: &mut TenantTx, new: &NewEndpoint) -> Result<Endpoint, 
 }
 
 /// The endpoint with `id` in the current tenant (`NotFound` for another tenant's id).
-pub async fn find(conn: &mut TenantTx, id: Uuid) -> Result<Endpoint, DbError> {
+pub async fn find(conn: &mut impl TenantConn, id: Uuid) -> Result<Endpoint, DbError> {
     Ok(webhook_endpoints::table
         .find(id)
         .select(Endpoint::as_select())
-        .first(&mut **conn)
+        .first(conn.conn())
         .await?)
 }
 
 /// One page of the current tenant's endpoints in id order, after `after`.
 pub async fn list(
-    conn: &mut TenantTx,
+    conn: &mut impl TenantConn,
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Endpoint>, DbError> {
@@ -92,7 +92,7 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(webhook_endpoints::id.gt(after));
     }
-    Ok(query.load(&mut **conn).await?)
+    Ok(query.load(conn.conn()).await?)
 }
 
 /// The current tenant's enabled endpoints that listen to events (non-empty `topics`): what

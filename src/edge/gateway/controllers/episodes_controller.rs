@@ -89,9 +89,12 @@ pub async fn show(
     path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let found = episode::find(&mut tx, path.into_inner()).await?;
-    tx.commit().await?;
+    let found = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            episode::find(tx, path.into_inner()).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(found))
 }
 
@@ -119,15 +122,11 @@ pub async fn index(
         .transpose()
         .map_err(|_| ApiError::BadRequest(format!("status must be {}", EpisodeStatus::names())))?;
     let after = page.after_parsed::<Uuid>()?;
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let rows = episode::list(
-        &mut tx,
-        status,
-        filter.tag.as_deref(),
-        after,
-        page.limit + 1,
-    )
-    .await?;
-    tx.commit().await?;
+    let rows = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            episode::list(tx, status, filter.tag.as_deref(), after, page.limit + 1).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(List::from_rows(rows, &page, |e| e.id.to_string())))
 }

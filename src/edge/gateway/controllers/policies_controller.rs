@@ -146,9 +146,12 @@ pub async fn index(
 ) -> Result<HttpResponse, ApiError> {
     let page = page.page()?;
     let after = page.after_parsed::<Uuid>()?;
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let rows = policy::list(&mut tx, after, page.limit + 1).await?;
-    tx.commit().await?;
+    let rows = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            policy::list(tx, after, page.limit + 1).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(List::from_rows(rows, &page, |p| p.id.to_string())))
 }
 
@@ -167,9 +170,12 @@ pub async fn show(
     path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let found = policy::find(&mut tx, path.into_inner()).await?;
-    tx.commit().await?;
+    let found = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            policy::find(tx, path.into_inner()).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(found))
 }
 

@@ -80,9 +80,12 @@ pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let latest = system_state::latest_all(&mut tx).await?;
-    tx.commit().await?;
+    let latest = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            system_state::latest_all(tx).await
+        })
+        .await?;
     let items: Vec<SystemView> = (1..=5)
         .map(|n| SystemView::of(n, latest.iter().find(|s| s.system == n).cloned()))
         .collect();
@@ -108,9 +111,10 @@ pub async fn show(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let n = system_number(path.into_inner())?;
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let latest = system_state::latest(&mut tx, n).await?;
-    tx.commit().await?;
+    let latest = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| system_state::latest(tx, n).await)
+        .await?;
     Ok(HttpResponse::Ok().json(SystemView::of(n, latest)))
 }
 
@@ -180,9 +184,12 @@ pub async fn history(
     let n = system_number(path.into_inner())?;
     let page = query.page()?;
     let before = page.after_parsed::<i32>()?;
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let rows = system_state::history(&mut tx, n, before, page.limit + 1).await?;
-    tx.commit().await?;
+    let rows = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            system_state::history(tx, n, before, page.limit + 1).await
+        })
+        .await?;
     let rows = List::from_rows(rows, &page, |s| s.version.to_string());
     Ok(HttpResponse::Ok().json(List {
         next_cursor: rows.next_cursor,

@@ -272,8 +272,11 @@ pub async fn index(
 ) -> Result<HttpResponse, ApiError> {
     let page = page.page()?;
     let after = page.after_parsed::<i64>()?;
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let rows = chat::list(&mut tx, after, page.limit + 1).await?;
-    tx.commit().await?;
+    let rows = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            chat::list(tx, after, page.limit + 1).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(List::from_rows(rows, &page, |c| c.chat_id.to_string())))
 }

@@ -149,9 +149,12 @@ pub async fn index(
 ) -> Result<HttpResponse, ApiError> {
     let page = page.page()?;
     let after = page.after_parsed::<Uuid>()?;
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let rows = endpoint::list(&mut tx, after, page.limit + 1).await?;
-    tx.commit().await?;
+    let rows = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            endpoint::list(tx, after, page.limit + 1).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(List::from_rows(rows, &page, |e| e.id.to_string())))
 }
 
@@ -170,9 +173,12 @@ pub async fn show(
     path: web::Path<Uuid>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
-    let found = endpoint::find(&mut tx, path.into_inner()).await?;
-    tx.commit().await?;
+    let found = state
+        .repo
+        .tenant_read(auth.tenant_id, async |tx| {
+            endpoint::find(tx, path.into_inner()).await
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(found))
 }
 
