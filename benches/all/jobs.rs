@@ -5,6 +5,9 @@
 //!   then resumed; the clock runs until none is available or executing) vs Graphile Worker
 //!   batched (localQueue 500) vs the bare-SQL claim of 50 rows per statement (pgbench);
 //! - the plan's §8 enqueue budget: one job per transaction (begin, insert + NOTIFY, commit).
+//!
+//! The bulk insert pair also runs alone as the `insert` section (`cargo bench --bench all --
+//! insert`), which only runs when named.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,8 +150,9 @@ async fn bare_claim(jobs: usize) -> f64 {
     tps * 50.0
 }
 
-/// Graphile Worker from `benches/graphile` (npm ci there first): (addJobs/s, burn-down/s).
-fn graphile(jobs: usize) -> Result<(f64, f64), String> {
+/// Graphile Worker from `benches/graphile` (npm ci there first): (addJobs/s, burn-down/s), the
+/// burn-down `None` when `insert_only`.
+fn graphile(jobs: usize, insert_only: bool) -> Result<(f64, Option<f64>), String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/graphile");
     if !std::path::Path::new(dir).join("node_modules").exists() {
         let ok = Command::new("npm")
@@ -162,8 +166,12 @@ fn graphile(jobs: usize) -> Result<(f64, f64), String> {
     }
     // A database without vsm's schema: Graphile creates its own.
     let db = Db::create();
+    let mut args = vec!["burn.mjs".to_owned(), db.url.clone(), jobs.to_string()];
+    if insert_only {
+        args.push("insert-only".into());
+    }
     let out = Command::new("node")
-        .args(["burn.mjs", &db.url, &jobs.to_string()])
+        .args(&args)
         .current_dir(dir)
         .stderr(Stdio::inherit())
         .output()
@@ -172,7 +180,7 @@ fn graphile(jobs: usize) -> Result<(f64, f64), String> {
     let v: Value = serde_json::from_str(line.lines().last().unwrap_or(""))
         .map_err(|e| format!("graphile output {line:?}: {e}"))?;
     match (v["insert_per_sec"].as_f64(), v["burn_per_sec"].as_f64()) {
-        (Some(i), Some(b)) => Ok((i, b)),
+        (Some(i), b) if b.is_some() || insert_only => Ok((i, b)),
         _ => Err(format!("graphile output {line:?}")),
     }
 }
@@ -207,17 +215,13 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let jobs = sizes.jobs;
     let (insert, burn) = rt.block_on(vsm_burn_down(jobs));
     let claim = rt.block_on(bare_claim(jobs));
-    let graphile = graphile(jobs);
+    let graphile = graphile(jobs, false);
     let (g_insert, g_burn) = match &graphile {
-        Ok(pair) => (Some(pair.0), Some(pair.1)),
+        Ok(pair) => (Some(pair.0), pair.1),
         Err(e) => {
             println!("graphile worker not measured: {e}");
             (None, None)
         }
-    };
-    let fmt = |v: Option<f64>, unit: &str| {
-        v.map(|v| format!("{v:.0} {unit}"))
-            .unwrap_or_else(|| "not measured".into())
     };
     let burn_ratio = g_burn.map(|g| burn / g);
     report.rows.push(Row {
@@ -233,22 +237,56 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         data: json!({"jobs": jobs, "vsm_jobs_per_sec": burn, "graphile_jobs_per_sec": g_burn,
                      "bare_claim_rows_per_sec": claim, "bare_ratio": burn / claim}),
     });
-    let insert_ratio = g_insert.map(|g| insert / g);
-    report.rows.push(Row {
-        what: "bulk insert of jobs (1,000 per transaction)",
-        vsm: format!("{insert:.0} jobs/s"),
-        reference: format!("Graphile addJobs {}", fmt(g_insert, "jobs/s")),
-        ratio: insert_ratio,
-        goal: ">= 2x",
-        met: insert_ratio.is_some_and(|r| r >= 2.0),
-        data: json!({"jobs": jobs, "vsm_jobs_per_sec": insert, "graphile_jobs_per_sec": g_insert}),
-    });
+    report.rows.push(insert_row(jobs, insert, g_insert));
     let enqueue = rt.block_on(enqueue_latency(sizes.samples));
     report.budgets.push(Budget {
         what: "background job enqueue",
         latency: enqueue,
         budget: [5.0, 10.0, 20.0],
     });
+}
+
+fn fmt(v: Option<f64>, unit: &str) -> String {
+    v.map(|v| format!("{v:.0} {unit}"))
+        .unwrap_or_else(|| "not measured".into())
+}
+
+/// The bulk insert row: vsm's `insert_all` against Graphile's `addJobs`.
+fn insert_row(jobs: usize, insert: f64, g_insert: Option<f64>) -> Row {
+    let ratio = g_insert.map(|g| insert / g);
+    Row {
+        what: "bulk insert of jobs (1,000 per transaction)",
+        vsm: format!("{insert:.0} jobs/s"),
+        reference: format!("Graphile addJobs {}", fmt(g_insert, "jobs/s")),
+        ratio,
+        goal: ">= 2x",
+        met: ratio.is_some_and(|r| r >= 2.0),
+        data: json!({"jobs": jobs, "vsm_jobs_per_sec": insert, "graphile_jobs_per_sec": g_insert}),
+    }
+}
+
+/// The bulk insert pair alone (section `insert`): the same measurement as in [`run`], without
+/// the burn-downs.
+pub fn insert(sizes: &Sizes, report: &mut Report) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let jobs = sizes.jobs;
+    let insert = rt.block_on(async {
+        let db = Db::create();
+        let repo = repo(&db).await;
+        set_paused(&repo, true).await;
+        bulk_insert(&repo, jobs).await
+    });
+    let g_insert = match graphile(jobs, true) {
+        Ok((i, _)) => Some(i),
+        Err(e) => {
+            println!("graphile worker not measured: {e}");
+            None
+        }
+    };
+    report.rows.push(insert_row(jobs, insert, g_insert));
 }
 
 /// Rescue after `kill -9`: node A runs a job that sleeps on its first attempt, node B idles;

@@ -5,6 +5,8 @@
 //!     cargo bench --bench all -- --tiny       # seconds: what `.ci/run` runs so it cannot rot
 //!     cargo bench --bench all -- jobs sse     # only these sections (http, jobs, rescue, sse, upload,
 //!                                             # notifications)
+//!     cargo bench --bench all -- insert       # only the bulk insert pair of `jobs` (run only when
+//!                                             # named)
 //!
 //! Needs PostgreSQL (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432`), `psql`,
 //! `pgbench`, `wrk`, `curl`, and `node`/`npm` for Graphile Worker (installed by `npm ci` into
@@ -32,6 +34,9 @@ const SECTIONS: [Section; 6] = [
     ("notifications", notifications::run),
 ];
 
+/// Parts of a section, run on their own only when named (the full run has them already).
+const EXTRA: [Section; 1] = [("insert", jobs::insert)];
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else that is not a section name is ignored.
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,18 +48,25 @@ fn main() {
     let chosen: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| SECTIONS.iter().any(|(name, _)| name == a))
+        .filter(|a| SECTIONS.iter().chain(&EXTRA).any(|(name, _)| name == a))
         .collect();
     let mut report = Report::default();
     let started = Instant::now();
-    for (name, section) in SECTIONS {
-        if !chosen.is_empty() && !chosen.contains(&name) {
-            continue;
-        }
+    let mut run = |(name, section): Section| {
         let t = Instant::now();
         eprintln!("bench: {name} ...");
         section(&sizes, &mut report);
         eprintln!("bench: {name} done in {:.1}s", t.elapsed().as_secs_f64());
+    };
+    for (name, section) in SECTIONS {
+        if chosen.is_empty() || chosen.contains(&name) {
+            run((name, section));
+        }
+    }
+    for (name, section) in EXTRA {
+        if chosen.contains(&name) {
+            run((name, section));
+        }
     }
     report.print();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

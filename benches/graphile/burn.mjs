@@ -1,9 +1,10 @@
 // Graphile Worker side of `cargo bench --bench all`: bulk-inserts N no-op jobs with addJobs
 // (1,000 per call, like vsm's insert_all batches), then burns them down with one runner in
 // its batched configuration (localQueue 500, batched completion), and prints one JSON line:
-// {"insert_per_sec": .., "burn_per_sec": ..}.
+// {"insert_per_sec": .., "burn_per_sec": ..}. With `insert-only` it stops after the insert
+// (`burn_per_sec` null).
 //
-//     node burn.mjs <postgres url> <jobs>
+//     node burn.mjs <postgres url> <jobs> [insert-only]
 import { makeWorkerUtils, run } from "graphile-worker";
 
 const [connectionString, count] = [process.argv[2], Number(process.argv[3] ?? 100000)];
@@ -16,6 +17,11 @@ for (let left = count; left > 0; left -= batch.length) {
   await utils.addJobs(left >= batch.length ? batch : batch.slice(0, left));
 }
 const insertSecs = (performance.now() - inserting) / 1000;
+if (process.argv[4] === "insert-only") {
+  await utils.release();
+  console.log(JSON.stringify({ insert_per_sec: count / insertSecs, burn_per_sec: null }));
+  process.exit(0);
+}
 
 let done = 0;
 let finished;

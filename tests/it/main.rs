@@ -15,6 +15,7 @@ mod dashboard;
 mod deploy;
 mod events;
 mod fake_telegram;
+mod jobs_bulk;
 mod jobs_cluster;
 mod jobs_engine;
 mod jobs_faults;
