@@ -91,8 +91,8 @@ pub async fn open(
     }
     let now = Instant::now();
     let period = Duration::from_secs(cfg.heartbeat_secs.max(1));
-    let deadline = now + Duration::from_secs(cfg.max_stream_secs);
-    let next_heartbeat = now + period;
+    let deadline = after(now, Duration::from_secs(cfg.max_stream_secs));
+    let next_heartbeat = after(now, period);
     Ok(EventStream {
         subscription,
         queue,
@@ -135,6 +135,13 @@ struct Replay {
     repo: Repo,
     after: i64,
     page: Option<LocalBoxFuture<'static, Result<Vec<super::Event>, DbError>>>,
+}
+
+/// `at + d`, or about thirty years from now if that is past what an `Instant` can hold (a
+/// configured duration need not be sane).
+fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(86400 * 365 * 30))
 }
 
 /// A non-event frame (`connected`, `gap`, `disconnected`): it carries no `id:`, so it never
@@ -189,7 +196,7 @@ impl Stream for EventStream {
             }
             if now >= s.next_heartbeat {
                 s.queue.push_back(Bytes::from_static(b": heartbeat\n\n"));
-                s.next_heartbeat = now + s.period;
+                s.next_heartbeat = after(now, s.period);
             }
             let at = s.next_heartbeat.min(s.deadline);
             s.timer.as_mut().reset(at);
