@@ -716,6 +716,8 @@ async fn many_subscribers_with_different_filters_each_get_exactly_their_events_i
     for (t, _) in &tenants {
         record(&a.repo, *t, "episode.created", -1).await;
     }
+    // The relay sequences asynchronously: read the history once it has all of it.
+    all_published(&db, 4 * 60 + 2).await;
     let all = committed_with_topics(&db).await;
     for (t, filter, mut c) in clients {
         let f = vsm::events::topic::Filters::parse(filter).unwrap();
@@ -745,16 +747,23 @@ async fn a_stalled_subscriber_does_not_hold_up_the_others() {
     let mut slow = SseClient::connect(&a.base, &key, "", None).await;
     expect_connected(&mut slow).await;
     let mut fast = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let mut c = SseClient::connect(&a.base, &key, "", None).await;
         expect_connected(&mut c).await;
         fast.push(c);
     }
-    // The fast clients read concurrently with the flood (each over 25 MiB).
+    // The fast clients read concurrently with the flood; the writer commits a batch at a time
+    // and waits until every fast client has it, so their buffers never hold more than a batch
+    // however slow the relay is, while the stalled client's fills up.
     const SENT: i64 = 400;
+    const BATCH: i64 = 16;
+    let progress: Vec<_> = (0..fast.len())
+        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)))
+        .collect();
     let readers: Vec<_> = fast
         .into_iter()
-        .map(|mut c| {
+        .zip(progress.clone())
+        .map(|(mut c, got_so_far)| {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 while got.len() < SENT as usize {
@@ -764,25 +773,36 @@ async fn a_stalled_subscriber_does_not_hold_up_the_others() {
                         .expect("a fast client keeps getting events");
                     assert!(f.id.is_some(), "a fast client was cut off: {f:?}");
                     got.push(n_of(&f));
+                    got_so_far.store(got.len() as i64, std::sync::atomic::Ordering::Release);
                 }
                 got
             })
         })
         .collect();
-    // One transaction per event, so each relay batch stays well inside the fast clients'
-    // buffers; the stalled one overruns its socket buffers and then its own.
     let blob = "x".repeat(64 * 1024);
-    for n in 0..SENT {
+    for batch in 0..SENT / BATCH {
         let mut tx = a.repo.tenant_tx(t).await.unwrap();
-        vsm::events::record(
-            &mut tx,
-            t,
-            "artifact.stored",
-            &json!({"n": n, "blob": blob}),
-        )
-        .await
-        .unwrap();
+        for n in batch * BATCH..(batch + 1) * BATCH {
+            vsm::events::record(
+                &mut tx,
+                t,
+                "artifact.stored",
+                &json!({"n": n, "blob": blob}),
+            )
+            .await
+            .unwrap();
+        }
         tx.commit().await.unwrap();
+        let target = (batch + 1) * BATCH;
+        common::eventually(WAIT, "every fast client has the batch", || {
+            let progress = progress.clone();
+            async move {
+                progress
+                    .iter()
+                    .all(|p| p.load(std::sync::atomic::Ordering::Acquire) >= target)
+            }
+        })
+        .await;
     }
     for r in readers {
         assert_eq!(r.await.unwrap(), (0..SENT).collect::<Vec<_>>());
@@ -840,6 +860,7 @@ async fn replay_to_live_handover_under_concurrent_publishing_has_no_gap_or_dupli
         w.await.unwrap();
     }
     record(&a.repo, t, "episode.created", -1).await;
+    all_published(&db, 2 * PER_WRITER + 1).await;
     let all = committed_with_topics(&db).await;
     for (after, mut c) in resumed {
         expect_connected(&mut c).await;
