@@ -114,6 +114,7 @@ pub async fn start(
         cfg.max_connections_per_tenant,
         cfg.client_buffer,
         cfg.client_buffer_bytes,
+        shutdown.clone(),
     );
     // Live clients get what happens from now on; earlier history is for Last-Event-ID replay.
     let mut tx = repo.system_tx().await?;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::ApiError;
+use crate::events::hub::SubscribeError;
 use crate::events::stream::{self, OpenError};
 use crate::events::topic::Filters;
 
@@ -63,7 +64,6 @@ pub async fn events(
         state.repo.clone(),
         &state.hub,
         &state.config.events,
-        state.shutdown.clone(),
         stream::Request {
             tenant: auth.tenant_id,
             filters,
@@ -72,10 +72,11 @@ pub async fn events(
     )
     .await
     .map_err(|e| match e {
-        OpenError::TooMany(e) => ApiError::RateLimited {
+        OpenError::Subscribe(e @ SubscribeError::TooMany(_)) => ApiError::RateLimited {
             message: e.to_string(),
             retry_after_secs: 5,
         },
+        OpenError::Subscribe(e @ SubscribeError::NoRuntime) => ApiError::Internal(e.into()),
         OpenError::Db(e) => e.into(),
     })?;
     Ok(HttpResponse::Ok()
