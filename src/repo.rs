@@ -278,6 +278,11 @@ impl Repo {
         // process's main one), which outlives every request.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+        // A checkout does not ask the server (`SELECT 1`, a round trip on every transaction):
+        // a connection the server closed (restart, terminated backend) is already known to be
+        // closed by its driver and is dropped at checkout all the same; one broken otherwise
+        // fails its statement, is then seen as broken and is not pooled again.
+        manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
         manager_config.custom_setup = Box::new(move |url| {
             let opening = establish_as(url.to_owned(), role.clone(), timeout);
             match &runtime {
