@@ -391,19 +391,11 @@ async fn all_published(db: &TestDb, at_least: i64) {
     .await;
 }
 
-/// Commits `count` events of `blob_bytes` each in one transaction, then waits until the relay
-/// has handed them all to the hub, and reads what the client that was not reading got.
-async fn flood_a_stalled_client(
-    db: &TestDb,
-    a: &Instance,
-    t: Uuid,
-    slow: &mut SseClient,
-    count: usize,
-    blob_bytes: usize,
-) -> (usize, i64, Frame) {
-    let blob = "x".repeat(blob_bytes);
-    let mut tx = a.repo.tenant_tx(t).await.unwrap();
-    for n in 0..count {
+/// Records one `artifact.stored` event per `n` in `ns`, each carrying `blob`, in one tenant
+/// transaction.
+async fn record_blobs(repo: &Repo, t: Uuid, ns: std::ops::Range<usize>, blob: &str) {
+    let mut tx = repo.tenant_tx(t).await.unwrap();
+    for n in ns {
         vsm::events::record(
             &mut tx,
             t,
@@ -414,6 +406,18 @@ async fn flood_a_stalled_client(
         .unwrap();
     }
     tx.commit().await.unwrap();
+}
+/// Commits `count` events of `blob_bytes` each in one transaction, then waits until the relay
+/// has handed them all to the hub, and reads what the client that was not reading got.
+async fn flood_a_stalled_client(
+    db: &TestDb,
+    a: &Instance,
+    t: Uuid,
+    slow: &mut SseClient,
+    count: usize,
+    blob_bytes: usize,
+) -> (usize, i64, Frame) {
+    record_blobs(&a.repo, t, 0..count, &"x".repeat(blob_bytes)).await;
     all_published(db, count as i64).await;
     let (mut received, mut last_id) = (0, 0);
     let last = loop {
@@ -781,18 +785,7 @@ async fn a_stalled_subscriber_does_not_hold_up_the_others() {
         .collect();
     let blob = "x".repeat(64 * 1024);
     for batch in 0..SENT / BATCH {
-        let mut tx = a.repo.tenant_tx(t).await.unwrap();
-        for n in batch * BATCH..(batch + 1) * BATCH {
-            vsm::events::record(
-                &mut tx,
-                t,
-                "artifact.stored",
-                &json!({"n": n, "blob": blob}),
-            )
-            .await
-            .unwrap();
-        }
-        tx.commit().await.unwrap();
+        record_blobs(&a.repo, t, batch * BATCH..(batch + 1) * BATCH, &blob).await;
         let target = (batch + 1) * BATCH;
         common::eventually(WAIT, "every fast client has the batch", || {
             let progress = progress.clone();
