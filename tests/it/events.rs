@@ -393,7 +393,7 @@ async fn all_published(db: &TestDb, at_least: i64) {
 
 /// Records one `artifact.stored` event per `n` in `ns`, each carrying `blob`, in one tenant
 /// transaction.
-async fn record_blobs(repo: &Repo, t: Uuid, ns: std::ops::Range<usize>, blob: &str) {
+async fn record_blobs(repo: &Repo, t: Uuid, ns: std::ops::Range<i64>, blob: &str) {
     let mut tx = repo.tenant_tx(t).await.unwrap();
     for n in ns {
         vsm::events::record(
@@ -417,7 +417,7 @@ async fn flood_a_stalled_client(
     count: usize,
     blob_bytes: usize,
 ) -> (usize, i64, Frame) {
-    record_blobs(&a.repo, t, 0..count, &"x".repeat(blob_bytes)).await;
+    record_blobs(&a.repo, t, 0..count as i64, &"x".repeat(blob_bytes)).await;
     all_published(db, count as i64).await;
     let (mut received, mut last_id) = (0, 0);
     let last = loop {
