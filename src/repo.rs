@@ -24,8 +24,21 @@ use crate::config::{DatabaseConfig, ServiceUrl};
 /// The connection a transaction dereferences to.
 pub type Conn = AsyncPgConnection;
 
-/// Sets the tenant context: a bound parameter, transaction-local (CONTRACT §3).
-const SET_TENANT: &str = "SELECT set_config('app.current_tenant', $1, true)";
+/// The setting row-level security reads the tenant from.
+const TENANT_SETTING: &str = "app.current_tenant";
+
+diesel::define_sql_function! {
+    /// PostgreSQL's `set_config(setting, value, is_local)`.
+    fn set_config(setting: Text, value: Text, is_local: diesel::sql_types::Bool) -> Text;
+}
+
+/// `SELECT set_config('app.current_tenant', $tenant, true)`: the tenant is a bound parameter
+/// and the setting transaction-local (CONTRACT §3). A typed query, not `sql_query` (which
+/// diesel never caches): it is prepared once per connection, so opening a door sends it at
+/// once instead of waiting a round trip for the Parse first.
+fn set_tenant(tenant: &str) -> diesel::dsl::select<set_config<&'static str, &str, bool>> {
+    diesel::select(set_config(TENANT_SETTING, tenant, true))
+}
 
 /// What can go wrong talking to the database, typed so callers can map it (the HTTP layer maps
 /// `Validation` to 422, `Conflict` to 409, `NotFound` to 404, `Unavailable` to 503).
@@ -337,9 +350,7 @@ impl Repo {
             let shared: &AsyncPgConnection = pending.conn();
             let (mut begin_on, mut context_on) = (shared, shared);
             let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
-            let context = diesel::sql_query(SET_TENANT)
-                .bind::<Text, _>(&tenant_text)
-                .execute(&mut context_on);
+            let context = set_tenant(&tenant_text).execute(&mut context_on);
             // Both are polled in order, so BEGIN is written first; both run to the end before
             // either result is looked at, so nothing of this pipeline is still in flight below.
             futures_util::join!(begin, context)
@@ -401,9 +412,7 @@ impl Repo {
                 tenant,
             };
             let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
-            let context = diesel::sql_query(SET_TENANT)
-                .bind::<Text, _>(&tenant_text)
-                .execute(&mut context_on);
+            let context = set_tenant(&tenant_text).execute(&mut context_on);
             // Polled in this order, so written in this order; all run to the end before any
             // result is looked at, so nothing of the pipeline is in flight below.
             futures_util::join!(begin, context, read(&mut reader))
