@@ -40,6 +40,20 @@ fn set_tenant(tenant: &str) -> diesel::dsl::select<set_config<&'static str, &str
     diesel::select(set_config(TENANT_SETTING, tenant, true))
 }
 
+/// `BEGIN` and the tenant context, pipelined on `conn`: both are written at the first poll
+/// (BEGIN first) and both run to the end before either result is looked at, so one round trip
+/// opens the door and nothing of it is left in flight. Both doors open this way.
+async fn open_tenant_context(conn: &AsyncPgConnection, tenant: &str) -> Result<(), DbError> {
+    let (mut begin_on, mut context_on) = (conn, conn);
+    let (began, context) = futures_util::join!(
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN"),
+        set_tenant(tenant).execute(&mut context_on)
+    );
+    began?;
+    context?;
+    Ok(())
+}
+
 /// What can go wrong talking to the database, typed so callers can map it (the HTTP layer maps
 /// `Validation` to 422, `Conflict` to 409, `NotFound` to 404, `Unavailable` to 503).
 #[derive(Debug, thiserror::Error)]
@@ -345,19 +359,10 @@ impl Repo {
         // not hand this connection back to the pool: it may be inside a transaction with the
         // tenant set. The guard detaches it from the pool instead, which closes it.
         let mut pending = Unsettled(Some(conn));
-        let tenant_text = tenant.to_string();
-        let (began, context) = {
-            let shared: &AsyncPgConnection = pending.conn();
-            let (mut begin_on, mut context_on) = (shared, shared);
-            let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
-            let context = set_tenant(&tenant_text).execute(&mut context_on);
-            // Both are polled in order, so BEGIN is written first; both run to the end before
-            // either result is looked at, so nothing of this pipeline is still in flight below.
-            futures_util::join!(begin, context)
-        };
+        let opened = open_tenant_context(pending.conn(), &tenant.to_string()).await;
         let conn = pending.conn_mut();
-        match (began, context) {
-            (Ok(()), Ok(_)) => {
+        match opened {
+            Ok(()) => {
                 // The transaction manager did not see the BEGIN: record it, so commit,
                 // rollback and the pool's broken-connection check know the depth.
                 <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
@@ -370,18 +375,12 @@ impl Repo {
                     tenant,
                 })
             }
-            (began, context) => {
-                // One of the two failed: end whatever BEGIN opened before the connection goes
-                // back; if even that fails, the guard closes the connection.
+            Err(e) => {
+                // End whatever BEGIN opened before the connection goes back; if even that
+                // fails, the guard closes the connection.
                 diesel_async::SimpleAsyncConnection::batch_execute(conn, "ROLLBACK").await?;
                 pending.settle();
-                Err(began
-                    .err()
-                    .or(context.err())
-                    .map(DbError::from)
-                    .unwrap_or_else(|| {
-                        DbError::Unavailable("opening a tenant transaction failed".into())
-                    }))
+                Err(e)
             }
         }
     }
@@ -404,27 +403,14 @@ impl Repo {
         let conn = self.pool.get().await?;
         let mut pending = Unsettled(Some(conn));
         let tenant_text = tenant.to_string();
-        let (began, context, read) = {
+        let (opened, read) = {
             let shared: &AsyncPgConnection = pending.conn();
-            let (mut begin_on, mut context_on) = (shared, shared);
-            let mut reader = TenantRead {
-                conn: shared,
-                tenant,
-            };
-            let begin = diesel_async::SimpleAsyncConnection::batch_execute(&mut begin_on, "BEGIN");
-            let context = set_tenant(&tenant_text).execute(&mut context_on);
-            // Polled in this order, so written in this order; all run to the end before any
-            // result is looked at, so nothing of the pipeline is in flight below.
-            futures_util::join!(begin, context, read(&mut reader))
+            let mut reader = TenantRead { conn: shared };
+            // Polled in this order, so written in this order (BEGIN, context, the read); all
+            // run to the end before any result is looked at, so nothing is in flight below.
+            futures_util::join!(open_tenant_context(shared, &tenant_text), read(&mut reader))
         };
-        let outcome = match (began, context) {
-            (Ok(()), Ok(_)) => read,
-            (began, context) => Err(began
-                .err()
-                .or(context.err())
-                .map(DbError::from)
-                .unwrap_or_else(|| DbError::Unavailable("opening a tenant read failed".into()))),
-        };
+        let outcome = opened.and(read);
         // COMMIT and ROLLBACK both end the transaction (a failed one rolls back either way);
         // if even that fails, the guard closes the connection rather than pool it.
         let end = if outcome.is_ok() {
@@ -695,7 +681,6 @@ impl TenantTx {
 /// private): its tenant context is set exactly as a [`TenantTx`]'s is.
 pub struct TenantRead<'c> {
     conn: &'c AsyncPgConnection,
-    tenant: Uuid,
 }
 
 /// Where one tenant's rows are reached: a [`TenantTx`] or a [`TenantRead`]. Sealed, so a
@@ -707,9 +692,6 @@ pub trait TenantConn: sealed::Sealed {
     type Conn: diesel_async::AsyncConnectionCore<Backend = diesel::pg::Pg>;
 
     fn conn(&mut self) -> &mut Self::Conn;
-
-    /// The tenant this door acts for.
-    fn tenant(&self) -> Uuid;
 }
 
 impl TenantConn for TenantTx {
@@ -718,10 +700,6 @@ impl TenantConn for TenantTx {
     fn conn(&mut self) -> &mut Conn {
         &mut self.tx
     }
-
-    fn tenant(&self) -> Uuid {
-        self.tenant
-    }
 }
 
 impl<'c> TenantConn for TenantRead<'c> {
@@ -729,10 +707,6 @@ impl<'c> TenantConn for TenantRead<'c> {
 
     fn conn(&mut self) -> &mut &'c AsyncPgConnection {
         &mut self.conn
-    }
-
-    fn tenant(&self) -> Uuid {
-        self.tenant
     }
 }
 
