@@ -161,6 +161,54 @@ async fn replay_page(repo: Repo, tenant: Uuid, after: i64) -> Result<Vec<super::
     Ok(page)
 }
 
+/// Frames joined into one write: at most [`COALESCE`] of them and, past the first, at most
+/// [`COALESCE_BYTES`]. A lone frame is passed on as it is (the shared frame, no copy).
+#[derive(Default)]
+struct Chunk {
+    first: Option<Bytes>,
+    /// The first frame and those after it, once there is more than one.
+    joined: Vec<u8>,
+    frames: usize,
+}
+
+impl Chunk {
+    /// Adds `frame` if it fits (the first always does); `false` once the chunk is full.
+    fn push(&mut self, frame: &Bytes) -> bool {
+        if self.frames >= COALESCE {
+            return false;
+        }
+        match &self.first {
+            None => self.first = Some(frame.clone()),
+            Some(head) => {
+                let len = if self.joined.is_empty() {
+                    head.len()
+                } else {
+                    self.joined.len()
+                };
+                if len + frame.len() > COALESCE_BYTES {
+                    return false;
+                }
+                if self.joined.is_empty() {
+                    self.joined.reserve(COALESCE_BYTES.min(len * 4));
+                    self.joined.extend_from_slice(head);
+                }
+                self.joined.extend_from_slice(frame);
+            }
+        }
+        self.frames += 1;
+        true
+    }
+
+    /// What to write, if any frame was added.
+    fn into_bytes(self) -> Option<Bytes> {
+        if self.joined.is_empty() {
+            self.first
+        } else {
+            Some(Bytes::from(self.joined))
+        }
+    }
+}
+
 impl Stream for EventStream {
     type Item = Result<Bytes, Infallible>;
 
@@ -247,50 +295,24 @@ impl EventStream {
     /// Live events the hub queued for this stream, joined into one chunk (`Some`); `None`
     /// when the stream ended (its final frame is queued); `Pending` with nothing waiting.
     fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let mut first: Option<Bytes> = None;
-        let mut joined: Vec<u8> = Vec::new();
-        let mut count = 0;
+        let mut chunk = Chunk::default();
         let (tenant, mut last_sent) = (self.subscription.tenant(), self.last_sent);
         let live = self.subscription.poll_take(cx, |event| {
-            if count >= COALESCE {
-                return false;
-            }
             if event.seq <= last_sent || event.tenant_id.is_some_and(|t| t != tenant) {
                 // Already replayed; or (never, the hub routes by tenant) another tenant's.
                 return true;
             }
-            let frame = &event.frame;
-            match &first {
-                None => first = Some(frame.clone()),
-                Some(head) => {
-                    let len = if joined.is_empty() {
-                        head.len()
-                    } else {
-                        joined.len()
-                    };
-                    if len + frame.len() > COALESCE_BYTES {
-                        return false;
-                    }
-                    if joined.is_empty() {
-                        joined.reserve(len * 4);
-                        joined.extend_from_slice(head);
-                    }
-                    joined.extend_from_slice(frame);
-                }
+            if !chunk.push(&event.frame) {
+                return false;
             }
             last_sent = event.seq;
-            count += 1;
             true
         });
         self.last_sent = last_sent;
         match live {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Live::Taken) => Poll::Ready(match first {
-                // Every event taken was a duplicate: look again.
-                None => None,
-                Some(_) if !joined.is_empty() => Some(Bytes::from(joined)),
-                Some(only) => Some(only),
-            }),
+            // `None` when every event taken was a duplicate: look again.
+            Poll::Ready(Live::Taken) => Poll::Ready(chunk.into_bytes()),
             Poll::Ready(Live::Overflowed) => {
                 self.finish("overflow");
                 Poll::Ready(None)
@@ -319,32 +341,21 @@ impl EventStream {
         Some(event.frame.clone())
     }
 
-    /// The next chunk to write: the first queued frame, joined with the small frames after it
-    /// up to [`COALESCE_BYTES`]. Called only with a non-empty queue.
+    /// The next chunk to write: the queued frames that fit in one [`Chunk`]. Called only with a
+    /// non-empty queue.
     fn take_queued(&mut self) -> Bytes {
-        let Some(first) = self.queue.pop_front() else {
-            return Bytes::new();
-        };
-        let fits = |len: usize, next: Option<&Bytes>| {
-            next.is_some_and(|next| len + next.len() <= COALESCE_BYTES)
-        };
-        let chunk = if !fits(first.len(), self.queue.front()) {
-            first
-        } else {
-            let mut chunk = Vec::with_capacity(COALESCE_BYTES.min(first.len() * 4));
-            chunk.extend_from_slice(&first);
-            while fits(chunk.len(), self.queue.front()) {
-                if let Some(frame) = self.queue.pop_front() {
-                    chunk.extend_from_slice(&frame);
-                }
+        let mut chunk = Chunk::default();
+        while let Some(frame) = self.queue.front() {
+            if !chunk.push(frame) {
+                break;
             }
-            Bytes::from(chunk)
-        };
+            self.queue.pop_front();
+        }
         if self.queue.is_empty() {
             // Rarely used once live: hold no allocation while waiting.
             self.queue = VecDeque::new();
         }
-        chunk
+        chunk.into_bytes().unwrap_or_default()
     }
 
     fn finish(&mut self, reason: &str) {
