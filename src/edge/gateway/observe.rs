@@ -179,3 +179,60 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
         _ => "OTHER",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+
+    /// Whatever paths clients send, this thread remembers only paths that are a route template
+    /// and one series per (template, method, status): a flood of invented paths, dynamic
+    /// segments and methods adds nothing beyond the routes.
+    #[actix_web::test]
+    async fn the_per_thread_caches_are_bounded_by_the_routes_not_by_the_paths() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(observe))
+                .route("/static", web::get().to(HttpResponse::Ok))
+                .route("/items/{id}", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        for n in 0..2_000 {
+            for path in [
+                "/static".to_owned(),
+                format!("/items/{n}"),
+                format!("/invented/{n}"),
+                format!("/static?n={n}"),
+            ] {
+                for method in [actix_web::http::Method::GET, actix_web::http::Method::POST] {
+                    let req = test::TestRequest::default()
+                        .method(method)
+                        .uri(&path)
+                        .to_request();
+                    test::call_service(&app, req).await;
+                }
+            }
+        }
+        let routes = STATIC_ROUTES.with_borrow(|known| known.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(routes, [Box::<str>::from("/static")]);
+        let series: Vec<(String, &str, u16)> = SERIES.with_borrow(|all| {
+            all.iter()
+                .flat_map(|(path, of_path)| {
+                    of_path
+                        .iter()
+                        .map(|s| (path.to_string(), s.method, s.status.as_u16()))
+                })
+                .collect()
+        });
+        // One series per template and method at most (each route answers one status).
+        assert!(series.len() <= 3 * 2, "{series:?}");
+        for (path, _, _) in &series {
+            assert!(
+                ["/static", "/items/{id}", UNMATCHED].contains(&path.as_str()),
+                "{series:?}"
+            );
+        }
+    }
+}
