@@ -497,15 +497,37 @@ struct Backend {
     tenant: Option<String>,
 }
 
-/// Which backend a transaction runs on, and its tenant context.
-async fn backend(conn: &mut AsyncPgConnection) -> Backend {
-    diesel::sql_query(
-        "SELECT pg_backend_pid() AS pid,
-                nullif(current_setting('app.current_tenant', true), '') AS tenant",
-    )
+/// Which backend a connection runs on, and its tenant context. `variant` changes the statement
+/// text, so a connection that never saw it has to prepare it first.
+async fn backend<C>(conn: &mut C, variant: usize) -> Result<Backend, vsm::repo::DbError>
+where
+    C: diesel_async::AsyncConnectionCore<Backend = diesel::pg::Pg>,
+{
+    Ok(diesel::sql_query(format!(
+        "SELECT pg_backend_pid() AS pid, \
+         nullif(current_setting('app.current_tenant', true), '') AS tenant, {variant} AS variant"
+    ))
     .get_result(conn)
-    .await
-    .unwrap()
+    .await?)
+}
+
+/// A repo of one pooled connection: every door below reuses the same backend.
+async fn one_connection(w: &World) -> Repo {
+    let cfg = vsm::config::DatabaseConfig {
+        pool_size: 1,
+        ..w.db.config()
+    };
+    Repo::connect(&cfg).await.unwrap()
+}
+
+/// The pooled connection as its next user gets it: outside any transaction and without a
+/// tenant context. Returns its backend.
+async fn next_user_sees_no_context(repo: &Repo, after: &str) -> i32 {
+    let mut sys = repo.system_tx().await.unwrap();
+    let next = backend(&mut *sys, 0).await.unwrap();
+    assert_eq!(next.tenant, None, "after {after}");
+    sys.commit().await.unwrap();
+    next.pid
 }
 
 /// The tenant door pipelines BEGIN and set_config: a transaction that then fails and is rolled
@@ -513,14 +535,10 @@ async fn backend(conn: &mut AsyncPgConnection) -> Backend {
 #[tokio::test]
 async fn a_pipelined_tenant_tx_rolled_back_on_error_leaves_no_tenant_context() {
     let w = world().await;
-    let cfg = vsm::config::DatabaseConfig {
-        pool_size: 1,
-        ..w.db.config()
-    };
-    let repo = Repo::connect(&cfg).await.unwrap();
+    let repo = one_connection(&w).await;
     for explicit in [true, false] {
         let mut tx = repo.tenant_tx(w.a).await.unwrap();
-        let first = backend(&mut tx).await;
+        let first = backend(&mut *tx, 0).await.unwrap();
         assert_eq!(first.tenant, Some(w.a.to_string()));
         let failed = diesel::sql_query("SELECT 1 / 0").execute(&mut *tx).await;
         assert!(failed.is_err());
@@ -529,14 +547,13 @@ async fn a_pipelined_tenant_tx_rolled_back_on_error_leaves_no_tenant_context() {
         } else {
             drop(tx);
         }
-        // Pool of one: the same backend serves the next transaction, without a context.
-        let mut sys = repo.system_tx().await.unwrap();
-        let next = backend(&mut sys).await;
-        assert_eq!(next.pid, first.pid, "the pooled connection was reused");
-        assert_eq!(next.tenant, None);
-        sys.commit().await.unwrap();
+        let next = next_user_sees_no_context(&repo, "a rolled-back transaction").await;
+        assert_eq!(next, first.pid, "the pooled connection was reused");
         let mut tx = repo.tenant_tx(w.b).await.unwrap();
-        assert_eq!(backend(&mut tx).await.tenant, Some(w.b.to_string()));
+        assert_eq!(
+            backend(&mut *tx, 0).await.unwrap().tenant,
+            Some(w.b.to_string())
+        );
         let visible = count(&mut tx, "SELECT count(*) AS n FROM episodes WHERE tenant_id <> current_setting('app.current_tenant')::uuid")
             .await
             .unwrap();
@@ -551,11 +568,7 @@ async fn a_pipelined_tenant_tx_rolled_back_on_error_leaves_no_tenant_context() {
 #[tokio::test]
 async fn a_tenant_tx_cancelled_mid_pipeline_leaves_no_tenant_context() {
     let w = world().await;
-    let cfg = vsm::config::DatabaseConfig {
-        pool_size: 1,
-        ..w.db.config()
-    };
-    let repo = Repo::connect(&cfg).await.unwrap();
+    let repo = one_connection(&w).await;
     for micros in (0..2_000).step_by(25) {
         let opened = tokio::time::timeout(
             std::time::Duration::from_micros(micros),
@@ -565,27 +578,8 @@ async fn a_tenant_tx_cancelled_mid_pipeline_leaves_no_tenant_context() {
         if let Ok(tx) = opened {
             tx.unwrap().commit().await.unwrap();
         }
-        let mut sys = repo.system_tx().await.unwrap();
-        let next = backend(&mut sys).await;
-        assert_eq!(next.tenant, None, "after a cancel at {micros} us");
-        sys.commit().await.unwrap();
+        next_user_sees_no_context(&repo, &format!("a cancel at {micros} us")).await;
     }
-}
-
-/// Which backend a one-round-trip read runs on, and its tenant context; `sql` varies the text so
-/// the statement is new to the connection and must be prepared inside the pipeline.
-async fn read_backend<C>(conn: &mut C, sql: &str) -> Result<Backend, vsm::repo::DbError>
-where
-    C: diesel_async::AsyncConnectionCore<Backend = diesel::pg::Pg>,
-{
-    Ok(diesel::sql_query(sql).get_result(conn).await?)
-}
-
-fn backend_sql(variant: usize) -> String {
-    format!(
-        "SELECT pg_backend_pid() AS pid, \
-         nullif(current_setting('app.current_tenant', true), '') AS tenant, {variant} AS variant"
-    )
 }
 
 /// `tenant_read` pipelines BEGIN, the context and the read's statement: the statement must run
@@ -596,30 +590,21 @@ fn backend_sql(variant: usize) -> String {
 async fn a_tenant_read_sees_its_tenant_context_even_when_every_statement_is_new() {
     use vsm::repo::TenantConn;
     let w = world().await;
-    let cfg = vsm::config::DatabaseConfig {
-        pool_size: 1,
-        ..w.db.config()
-    };
-    let repo = Repo::connect(&cfg).await.unwrap();
+    let repo = one_connection(&w).await;
     for round in 0..20 {
         let tenant = if round % 2 == 0 { w.a } else { w.b };
         let (first, second) = repo
             .tenant_read(tenant, async |r| {
-                let first = read_backend(r.conn(), &backend_sql(round)).await?;
-                let second = read_backend(r.conn(), &backend_sql(1_000 + round)).await?;
-                Ok((first, second))
+                let first = backend(r.conn(), 1 + round).await?;
+                Ok((first, backend(r.conn(), 1_000 + round).await?))
             })
             .await
             .unwrap();
         assert_eq!(first.tenant, Some(tenant.to_string()), "round {round}");
         assert_eq!(second.tenant, Some(tenant.to_string()), "round {round}");
         assert_eq!(first.pid, second.pid);
-        // The same connection, back in the pool, outside any transaction and context.
-        let mut sys = repo.system_tx().await.unwrap();
-        let after = backend(&mut sys).await;
-        assert_eq!(after.pid, first.pid);
-        assert_eq!(after.tenant, None, "round {round}");
-        sys.commit().await.unwrap();
+        let after = next_user_sees_no_context(&repo, &format!("read {round}")).await;
+        assert_eq!(after, first.pid);
     }
     // Through the schema functions: each tenant reads only its own rows.
     for tenant in [w.a, w.b] {
@@ -638,11 +623,7 @@ async fn a_tenant_read_sees_its_tenant_context_even_when_every_statement_is_new(
 async fn a_failed_tenant_read_leaves_no_tenant_context() {
     use vsm::repo::TenantConn;
     let w = world().await;
-    let cfg = vsm::config::DatabaseConfig {
-        pool_size: 1,
-        ..w.db.config()
-    };
-    let repo = Repo::connect(&cfg).await.unwrap();
+    let repo = one_connection(&w).await;
     let failed = repo
         .tenant_read(w.a, async |r| {
             diesel::sql_query("SELECT 1 / 0")
@@ -652,12 +633,10 @@ async fn a_failed_tenant_read_leaves_no_tenant_context() {
         })
         .await;
     assert!(failed.is_err());
-    let mut sys = repo.system_tx().await.unwrap();
-    assert_eq!(backend(&mut sys).await.tenant, None);
-    sys.commit().await.unwrap();
+    next_user_sees_no_context(&repo, "a failed read").await;
     // And the next read works, with its own tenant.
     let next = repo
-        .tenant_read(w.b, async |r| read_backend(r.conn(), &backend_sql(1)).await)
+        .tenant_read(w.b, async |r| backend(r.conn(), 1).await)
         .await
         .unwrap();
     assert_eq!(next.tenant, Some(w.b.to_string()));
@@ -669,23 +648,64 @@ async fn a_failed_tenant_read_leaves_no_tenant_context() {
 async fn a_tenant_read_cancelled_mid_pipeline_leaves_no_tenant_context() {
     use vsm::repo::TenantConn;
     let w = world().await;
-    let cfg = vsm::config::DatabaseConfig {
-        pool_size: 1,
-        ..w.db.config()
-    };
-    let repo = Repo::connect(&cfg).await.unwrap();
+    let repo = one_connection(&w).await;
     for micros in (0..3_000).step_by(25) {
-        let read = repo.tenant_read(w.a, async |r| {
-            read_backend(r.conn(), &backend_sql(micros)).await
-        });
+        let read = repo.tenant_read(w.a, async |r| backend(r.conn(), micros).await);
         if let Ok(read) =
             tokio::time::timeout(std::time::Duration::from_micros(micros as u64), read).await
         {
             assert_eq!(read.unwrap().tenant, Some(w.a.to_string()));
         }
-        let mut sys = repo.system_tx().await.unwrap();
-        let next = backend(&mut sys).await;
-        assert_eq!(next.tenant, None, "after a cancel at {micros} us");
-        sys.commit().await.unwrap();
+        next_user_sees_no_context(&repo, &format!("a cancel at {micros} us")).await;
+    }
+}
+
+/// The pool hands out connections without pinging them first: a connection whose backend the
+/// server ended (a restart, `pg_terminate_backend`) is known closed and is not handed out again,
+/// so once the server has ended it the next door opens on a new backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_not_handed_out_again() {
+    let w = world().await;
+    let repo = one_connection(&w).await;
+    let mut admin = common::connect(&w.db.name).await;
+    for round in 0..5 {
+        let old = next_user_sees_no_context(&repo, "a read").await;
+        let ended = count(
+            &mut admin,
+            &format!(
+                "SELECT count(*) AS n FROM pg_terminate_backend({old}) AS t(ended) WHERE ended"
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ended, 1, "backend {old} terminated");
+        let gone = || async {
+            let mut conn = common::connect(&w.db.name).await;
+            let sql = format!("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {old}");
+            count(&mut conn, &sql).await.unwrap() == 0
+        };
+        common::eventually(
+            std::time::Duration::from_secs(10),
+            "the backend ended",
+            gone,
+        )
+        .await;
+        // The closed connection's driver has seen the end of its socket once its task ran;
+        // each door until then may fail, after which the closed one is never used again.
+        common::eventually(
+            std::time::Duration::from_secs(10),
+            "a new backend",
+            || async {
+                repo.tenant_read(w.a, async |r| {
+                    use vsm::repo::TenantConn;
+                    backend(r.conn(), 7).await
+                })
+                .await
+                .is_ok_and(|b| b.pid != old && b.tenant == Some(w.a.to_string()))
+            },
+        )
+        .await;
+        let new = next_user_sees_no_context(&repo, &format!("round {round}")).await;
+        assert_ne!(new, old);
     }
 }
