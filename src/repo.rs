@@ -24,6 +24,55 @@ use crate::config::{DatabaseConfig, ServiceUrl};
 /// The connection a transaction dereferences to.
 pub type Conn = AsyncPgConnection;
 
+/// Runs a raw SQL statement (`diesel::sql_query`) as a prepared statement:
+/// `sql_query("…").bind(…).prepared().load(conn)`.
+///
+/// Diesel caches only typed queries: a bare `sql_query` is parsed and planned anew on every
+/// call, and waits a round trip for its Parse before it can be sent, so it cannot be pipelined
+/// behind another statement. A prepared one is prepared once per connection (keyed by its
+/// text and bind types), and each later call is a single Bind/Execute.
+///
+/// Only for SQL whose text is a constant (a literal, `concat!`): every distinct text stays in
+/// the connection's statement cache, so SQL built with `format!` must never be prepared.
+pub trait Prepare: Sized {
+    fn prepared(self) -> Prepared<Self> {
+        Prepared(self)
+    }
+}
+
+/// Raw SQL only: typed queries are cached by diesel already (and know when they must not be).
+impl<Q> Prepare for Q where Q: diesel::query_builder::Query<SqlType = diesel::sql_types::Untyped> {}
+
+/// See [`Prepare`].
+pub struct Prepared<Q>(Q);
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Prepared<Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    /// `sql_query` answers "no" because its text might be built at run time; [`Prepare`]'s
+    /// rule is that it is not.
+    fn is_safe_to_cache_prepared(&self, _: &diesel::pg::Pg) -> diesel::QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+impl<Q> diesel::query_builder::QueryId for Prepared<Q> {
+    // No type-level id: the statement cache keys it by its text.
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
+}
+
 /// The setting row-level security reads the tenant from.
 const TENANT_SETTING: &str = "app.current_tenant";
 
@@ -454,6 +503,7 @@ impl Repo {
             diesel::sql_query("SELECT set_config($1, $2, false)")
                 .bind::<diesel::sql_types::Text, _>(*name)
                 .bind::<diesel::sql_types::Text, _>(value)
+                .prepared()
                 .execute(&mut conn)
                 .await?;
         }
@@ -474,6 +524,7 @@ impl Repo {
         let row: Option<Row> =
             diesel::sql_query("SELECT api_key_id, tenant_id FROM vsm_resolve_api_key($1)")
                 .bind::<Bytea, _>(key_hash)
+                .prepared()
                 .get_result(&mut conn)
                 .await
                 .map(Some)
@@ -506,6 +557,7 @@ impl Repo {
         .bind::<Text, _>(session.csrf_token)
         .bind::<diesel::sql_types::Integer, _>(session.ttl_secs)
         .bind::<diesel::sql_types::Integer, _>(session.keep)
+        .prepared()
         .get_result(&mut conn)
         .await?;
         Ok(row.opened)
@@ -523,6 +575,7 @@ impl Repo {
              FROM vsm_resolve_dashboard_session($1)",
         )
         .bind::<Bytea, _>(token_hash)
+        .prepared()
         .get_result(&mut conn)
         .await
         .map(Some)
@@ -537,6 +590,7 @@ impl Repo {
         let mut conn = self.pool.get().await?;
         diesel::sql_query("SELECT vsm_close_dashboard_session($1)")
             .bind::<Bytea, _>(token_hash)
+            .prepared()
             .execute(&mut conn)
             .await?;
         Ok(())
@@ -550,6 +604,7 @@ impl Repo {
             "SELECT current_user::text AS name, rolsuper AS superuser, rolbypassrls AS bypass_rls \
              FROM pg_roles WHERE rolname = current_user",
         )
+        .prepared()
         .get_result(&mut conn)
         .await?;
         Ok(role)
@@ -559,7 +614,10 @@ impl Repo {
     pub async fn ping(&self) -> Result<Duration, DbError> {
         let started = Instant::now();
         let mut conn = self.pool.get().await?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+        diesel::sql_query("SELECT 1")
+            .prepared()
+            .execute(&mut conn)
+            .await?;
         Ok(started.elapsed())
     }
 

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::health::Probe;
-use crate::repo::{Conn, DbError, Repo};
+use crate::repo::{Conn, DbError, Prepare, Repo};
 use crate::shutdown::Shutdown;
 
 /// The channel the relay LISTENs on; `record` notifies it so the relay wakes at commit.
@@ -226,6 +226,7 @@ pub async fn record_many(conn: &mut Conn, records: &[Record]) -> Result<(), DbEr
     .bind::<Array<Text>, _>(&topics)
     .bind::<Array<Jsonb>, _>(&payloads)
     .bind::<Text, _>(NOTIFY_CHANNEL)
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())

@@ -200,8 +200,10 @@ impl Relay {
     /// Sequences and publishes one batch; `true` when a batch was full (more may be waiting).
     pub async fn step(&mut self) -> Result<bool, RelayError> {
         let mut tx = self.repo.system_tx().await?;
-        let sequenced = store::sequence(&mut tx, BATCH).await?;
-        let pending = store::unpublished(&mut tx, BATCH).await?;
+        let store::Sequenced {
+            now: sequenced,
+            unpublished: pending,
+        } = store::sequence(&mut tx, BATCH).await?;
         tx.commit().await?;
         for e in &sequenced {
             METRICS

@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::Event;
-use crate::repo::{Conn, DbError};
+use crate::repo::{Conn, DbError, Prepare};
 
 /// Advisory lock serialising sequencing transactions, so ids are handed out in one order even
 /// if two relays ever overlap during a failover.
@@ -36,39 +36,55 @@ impl From<Row> for Event {
     }
 }
 
-/// Gives the oldest unsequenced (committed) events their public ids, in insertion order.
-/// Run by the relay in a system transaction.
-pub async fn sequence(conn: &mut Conn, limit: i64) -> Result<Vec<Event>, DbError> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-        .bind::<BigInt, _>(SEQUENCE_LOCK)
-        .execute(conn)
-        .await?;
-    let rows: Vec<Row> = diesel::sql_query(
-        "UPDATE events e SET seq = s.seq, sequenced_at = clock_timestamp()
-         FROM (SELECT id, nextval('event_seq') AS seq
-               FROM (SELECT id FROM events WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE) b
-               ORDER BY id) s
-         WHERE e.id = s.id
-         RETURNING e.seq, e.tenant_id, e.topic, e.payload, e.inserted_at",
-    )
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?;
-    let mut events: Vec<Event> = rows.into_iter().map(Event::from).collect();
-    events.sort_by_key(|e| e.seq);
-    Ok(events)
+/// What one sequencing step found.
+pub struct Sequenced {
+    /// The events that got their public ids in this step, oldest first.
+    pub now: Vec<Event>,
+    /// Every sequenced event not yet confirmed published (those of this step included),
+    /// oldest first.
+    pub unpublished: Vec<Event>,
 }
 
-/// Sequenced events not yet confirmed published, oldest first.
-pub async fn unpublished(conn: &mut Conn, limit: i64) -> Result<Vec<Event>, DbError> {
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT seq, tenant_id, topic, payload, inserted_at FROM events
-         WHERE seq IS NOT NULL AND published_at IS NULL ORDER BY seq LIMIT $1",
-    )
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(Event::from).collect())
+/// Gives the oldest unsequenced (committed) events their public ids, in insertion order, and
+/// reads the sequenced events not yet confirmed published. Run by the relay in a system
+/// transaction, in one round trip: the lock, the sequencing and the read are pipelined.
+/// PostgreSQL runs them in order (the read sees what the sequencing did), and once one fails
+/// the transaction refuses the rest; all three are awaited before any result is looked at, so
+/// nothing is left in flight.
+pub async fn sequence(conn: &mut Conn, limit: i64) -> Result<Sequenced, DbError> {
+    let conn: &Conn = conn;
+    let (mut lock_on, mut sequence_on, mut read_on) = (conn, conn, conn);
+    let (locked, now, unpublished) = futures_util::join!(
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<BigInt, _>(SEQUENCE_LOCK)
+            .prepared()
+            .execute(&mut lock_on),
+        diesel::sql_query(
+            "UPDATE events e SET seq = s.seq, sequenced_at = clock_timestamp()
+             FROM (SELECT id, nextval('event_seq') AS seq
+                   FROM (SELECT id FROM events WHERE seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE) b
+                   ORDER BY id) s
+             WHERE e.id = s.id
+             RETURNING e.seq, e.tenant_id, e.topic, e.payload, e.inserted_at",
+        )
+        .bind::<BigInt, _>(limit)
+        .prepared()
+        .load::<Row>(&mut sequence_on),
+        diesel::sql_query(
+            "SELECT seq, tenant_id, topic, payload, inserted_at FROM events
+             WHERE seq IS NOT NULL AND published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind::<BigInt, _>(limit)
+        .prepared()
+        .load::<Row>(&mut read_on),
+    );
+    locked?;
+    let mut now: Vec<Event> = now?.into_iter().map(Event::from).collect();
+    now.sort_by_key(|e| e.seq);
+    Ok(Sequenced {
+        now,
+        unpublished: unpublished?.into_iter().map(Event::from).collect(),
+    })
 }
 
 pub async fn mark_published(conn: &mut Conn, seqs: &[i64]) -> Result<(), DbError> {
@@ -76,6 +92,7 @@ pub async fn mark_published(conn: &mut Conn, seqs: &[i64]) -> Result<(), DbError
         "UPDATE events SET published_at = clock_timestamp() WHERE seq = ANY($1) AND published_at IS NULL",
     )
     .bind::<Array<BigInt>, _>(seqs)
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())
@@ -103,6 +120,7 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: i64) -> Result
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(limit)
+    .prepared()
     .get_result(conn)
     .await?;
     Ok(usize::try_from(pruned.n).unwrap_or(0))
@@ -116,6 +134,7 @@ pub async fn pruned_through(conn: &mut Conn) -> Result<i64, DbError> {
         pruned_through: i64,
     }
     let w: Option<W> = diesel::sql_query("SELECT pruned_through FROM event_retention")
+        .prepared()
         .get_result(conn)
         .await
         .map(Some)
@@ -134,6 +153,7 @@ pub async fn last_seq(conn: &mut Conn) -> Result<i64, DbError> {
         seq: i64,
     }
     let m: M = diesel::sql_query("SELECT coalesce(max(seq), 0) AS seq FROM events")
+        .prepared()
         .get_result(conn)
         .await?;
     Ok(m.seq)
@@ -168,6 +188,7 @@ pub async fn after(
     .bind::<BigInt, _>(after)
     .bind::<BigInt, _>(max_rows)
     .bind::<BigInt, _>(max_bytes)
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(Event::from).collect())

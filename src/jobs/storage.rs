@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::JobState;
 use crate::events;
-use crate::repo::{AnyTx, Conn, DbError, SystemTx};
+use crate::repo::{AnyTx, Conn, DbError, Prepare, SystemTx};
 use crate::schemas::schema::{job_cron_slots, job_nodes, job_queues, jobs};
 
 /// Channel woken when jobs become available; the payload is the queue name.
@@ -274,6 +274,7 @@ async fn insert_row(conn: &mut Conn, job: &NewJob, row: JobRow<'_>) -> Result<In
     if let (Some(unique), Some(key)) = (job.unique, row.unique_key.as_deref()) {
         diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
             .bind::<Text, _>(key)
+            .prepared()
             .execute(conn)
             .await?;
         let since = Utc::now() - chrono::Duration::from_std(unique.period).unwrap_or_default();
@@ -495,6 +496,7 @@ async fn notify(conn: &mut Conn, channel: &str, payload: &str) -> Result<(), DbE
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)
         .bind::<Text, _>(payload)
+        .prepared()
         .execute(conn)
         .await?;
     Ok(())
@@ -527,6 +529,7 @@ pub async fn fetch(
     .bind::<Text, _>(queue)
     .bind::<BigInt, _>(limit as i64)
     .bind::<Text, _>(node)
+    .prepared()
     .load(conn)
     .await?;
     fetched.sort_by(|a, b| {
@@ -690,6 +693,7 @@ pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, D
     .bind::<Array<BigInt>, _>(&durations)
     .bind::<Text, _>(node)
     .bind::<Bool, _>(any_tenant)
+    .prepared()
     .get_result(conn)
     .await?;
     events::record_many(conn, &job_events(result.events)?).await?;
@@ -722,6 +726,7 @@ pub async fn stage(tx: &mut SystemTx, limit: i64) -> Result<usize, DbError> {
          SELECT queue, count(*) AS n FROM staged GROUP BY queue",
     )
     .bind::<BigInt, _>(limit)
+    .prepared()
     .load(conn)
     .await?;
     for s in &staged {
@@ -766,6 +771,7 @@ pub async fn try_hold_node_lock(conn: &mut Conn, node: &str) -> Result<bool, DbE
         ") AS locked"
     ))
     .bind::<Text, _>(node)
+    .prepared()
     .get_result(conn)
     .await?;
     Ok(row.locked)
@@ -786,6 +792,7 @@ pub async fn node_lock_held(conn: &mut Conn, node: &str) -> Result<bool, DbError
         ") AS held"
     ))
     .bind::<Text, _>(node)
+    .prepared()
     .get_result(conn)
     .await?;
     Ok(row.held)
@@ -875,6 +882,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         " AS event FROM done"
     ))
     .bind::<Double, _>(after.as_secs_f64())
+    .prepared()
     .load(conn)
     .await?;
     diesel::sql_query(concat!(
@@ -886,6 +894,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         ")"
     ))
     .bind::<Double, _>(after.as_secs_f64())
+    .prepared()
     .execute(conn)
     .await?;
     let queues: std::collections::BTreeSet<&str> = rescued
@@ -924,6 +933,7 @@ pub async fn hand_back(tx: &mut SystemTx, node: &str) -> Result<usize, DbError> 
          RETURNING queue",
     )
     .bind::<Text, _>(node)
+    .prepared()
     .load(conn)
     .await?;
     let queues: std::collections::BTreeSet<&str> = back.iter().map(|b| b.queue.as_str()).collect();
@@ -945,6 +955,7 @@ pub async fn prune(tx: &mut SystemTx, before: DateTime<Utc>, limit: i64) -> Resu
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(limit)
+    .prepared()
     .execute(conn)
     .await?;
     diesel::delete(job_cron_slots::table.filter(job_cron_slots::slot.lt(before)))
@@ -997,6 +1008,7 @@ pub async fn retry(tx: &mut impl AnyTx, id: Uuid) -> Result<Option<Job>, DbError
          RETURNING *",
     )
     .bind::<SqlUuid, _>(id)
+    .prepared()
     .get_result(conn)
     .await
     .optional()?;
@@ -1090,6 +1102,7 @@ pub async fn depth(tx: &mut SystemTx) -> Result<Vec<(String, JobState, i64)>, Db
          WHERE state IN ('available', 'scheduled', 'retryable', 'executing')
          GROUP BY queue, state",
     )
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.queue, r.state, r.n)).collect())
@@ -1140,6 +1153,7 @@ pub async fn counts(tx: &mut impl AnyTx) -> Result<Vec<(String, JobState, i64)>,
     }
     let rows: Vec<Row> =
         diesel::sql_query("SELECT queue, state, count(*) AS n FROM jobs GROUP BY queue, state")
+            .prepared()
             .load(conn)
             .await?;
     Ok(rows.into_iter().map(|r| (r.queue, r.state, r.n)).collect())

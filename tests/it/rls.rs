@@ -709,3 +709,62 @@ async fn a_connection_the_server_closed_is_not_handed_out_again() {
         assert_ne!(new, old);
     }
 }
+
+/// `Prepare`: raw SQL marked `.prepared()` is prepared once per connection and reused (one
+/// Bind/Execute per later call), while a bare `sql_query` is never kept; both answer alike,
+/// inside either door.
+#[tokio::test]
+async fn raw_sql_marked_prepared_is_prepared_once_per_connection_and_reused() {
+    use diesel::sql_types::Integer;
+    use vsm::repo::Prepare;
+
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = Integer)]
+        n: i32,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = Text)]
+        statement: String,
+    }
+    const PREPARED: &str = "SELECT $1::int4 + 1 AS n";
+    const RAW: &str = "SELECT $1::int4 + 2 AS n";
+    let w = world().await;
+    let repo = one_connection(&w).await;
+    for i in 0..3 {
+        let mut tx = repo.system_tx().await.unwrap();
+        let n: N = diesel::sql_query(PREPARED)
+            .bind::<Integer, _>(i)
+            .prepared()
+            .get_result(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n.n, i + 1);
+        let n: N = diesel::sql_query(RAW)
+            .bind::<Integer, _>(i)
+            .get_result(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n.n, i + 2);
+        tx.commit().await.unwrap();
+        let mut tx = repo.tenant_tx(w.a).await.unwrap();
+        let n: N = diesel::sql_query(PREPARED)
+            .bind::<Integer, _>(i)
+            .prepared()
+            .get_result(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n.n, i + 1);
+        tx.commit().await.unwrap();
+    }
+    let mut tx = repo.system_tx().await.unwrap();
+    let kept: Vec<Statement> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+        .load(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let times = |sql: &str| kept.iter().filter(|s| s.statement == sql).count();
+    assert_eq!(times(PREPARED), 1, "prepared once on the one connection");
+    assert_eq!(times(RAW), 0, "a bare sql_query is not kept");
+}

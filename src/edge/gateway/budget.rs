@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::config::LimitsConfig;
-use crate::repo::{DbError, TenantTx};
+use crate::repo::{DbError, Prepare, TenantTx};
 use crate::schemas::storage::api_key;
 use crate::schemas::telegram::chat;
 use crate::schemas::vsm::policy;
@@ -78,6 +78,7 @@ pub async fn ensure_room(
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
         .bind::<Text, _>(resource.setting())
         .bind::<Text, _>(&tenant)
+        .prepared()
         .execute(&mut **conn)
         .await
         .map_err(DbError::from)?;

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{DbError, TenantTx};
+use crate::repo::{DbError, Prepare, TenantTx};
 use crate::schemas::schema::artifacts;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable)]
@@ -50,6 +50,7 @@ pub async fn insert(conn: &mut TenantTx, new: &NewArtifact) -> Result<Artifact, 
 pub async fn lock_path(conn: &mut TenantTx, tenant_id: Uuid, path: &str) -> Result<(), DbError> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind::<diesel::sql_types::Text, _>(format!("artifact:{tenant_id}/{path}"))
+        .prepared()
         .execute(&mut **conn)
         .await?;
     Ok(())

@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::repo::{AnyTx, DbError, TELEGRAM_CHAT_TAKEN, TenantConn, TenantTx};
+use crate::repo::{AnyTx, DbError, Prepare, TELEGRAM_CHAT_TAKEN, TenantConn, TenantTx};
 use crate::schemas::schema::telegram_chats;
 
 #[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
@@ -45,6 +45,7 @@ pub async fn resolve(conn: &mut impl AnyTx, chat_id: i64) -> Result<Option<Uuid>
     }
     let row: Row = diesel::sql_query("SELECT vsm_resolve_telegram_chat($1) AS tenant_id")
         .bind::<BigInt, _>(chat_id)
+        .prepared()
         .get_result(&mut **conn)
         .await?;
     Ok(row.tenant_id)

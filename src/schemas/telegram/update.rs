@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::RunQueryDsl;
 
-use crate::repo::{DbError, SystemTx};
+use crate::repo::{DbError, Prepare, SystemTx};
 use crate::schemas::schema::telegram_updates;
 
 /// Records `update_id`; `true` when it is new, `false` when it was seen before (and not yet
@@ -35,6 +35,7 @@ pub async fn prune(
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(batch)
+    .prepared()
     .execute(&mut **conn)
     .await?)
 }
