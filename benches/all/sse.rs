@@ -93,10 +93,12 @@ struct Fanout {
     connect: Latency,
     kib_per_stream: f64,
     burst: Latency,
-    /// Each event's first delivery (see [`split`]).
+    /// Each event's first delivery, and the fan-out after it (see [`split`]).
     burst_first: Latency,
+    burst_fanout: Latency,
     steady: Latency,
     steady_first: Latency,
+    steady_fanout: Latency,
 }
 
 async fn fanout(clients: usize) -> Fanout {
@@ -164,12 +166,12 @@ async fn fanout(clients: usize) -> Fanout {
 
     // Burst: 100 events committed back to back.
     go_tx.send(Phase::Burst).expect("publisher");
-    let (burst, burst_first) = split(collect(&mut lat_rx, 100 * connected).await);
+    let (burst, burst_first, burst_fanout) = split(collect(&mut lat_rx, 100 * connected).await);
     let _ = done_rx.recv().await;
 
     // Steady: 20 events/s for 5 s.
     go_tx.send(Phase::Steady).expect("publisher");
-    let (steady, steady_first) = split(collect(&mut lat_rx, 100 * connected).await);
+    let (steady, steady_first, steady_fanout) = split(collect(&mut lat_rx, 100 * connected).await);
     let _ = done_rx.recv().await;
     drop(go_tx);
     let _ = publisher.join();
@@ -181,8 +183,10 @@ async fn fanout(clients: usize) -> Fanout {
         kib_per_stream,
         burst,
         burst_first,
+        burst_fanout,
         steady,
         steady_first,
+        steady_fanout,
     }
 }
 
@@ -256,17 +260,20 @@ async fn collect(rx: &mut mpsc::UnboundedReceiver<(u64, u64)>, expected: usize) 
     samples
 }
 
-/// Latency over all deliveries, and of each event's first delivery: the first is what the
-/// pipeline before the fan-out costs (commit, relay, hub), the rest is the fan-out itself.
-fn split(samples: Vec<(u64, u64)>) -> (Latency, Latency) {
+/// Latency over all deliveries; of each event's first delivery (what the pipeline before the
+/// fan-out costs: commit, relay, hub); and of each delivery after its event's first (the
+/// fan-out itself).
+fn split(samples: Vec<(u64, u64)>) -> (Latency, Latency, Latency) {
     let mut first: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for (t, us) in &samples {
         let f = first.entry(*t).or_insert(*us);
         *f = (*f).min(*us);
     }
+    let fanout = samples.iter().map(|(t, us)| us - first[t]).collect();
     (
         latency(samples.into_iter().map(|(_, us)| us).collect()),
         latency(first.into_values().collect()),
+        latency(fanout),
     )
 }
 
@@ -279,10 +286,14 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let clients = sizes.sse_clients;
     let f = rt.block_on(fanout(clients));
     let all = f.connected == clients;
-    for (what, first) in [("steady", f.steady_first), ("burst", f.burst_first)] {
+    for (what, first, fanout) in [
+        ("steady", &f.steady_first, &f.steady_fanout),
+        ("burst", &f.burst_first, &f.burst_fanout),
+    ] {
         println!(
-            "  SSE {what}: each event's first delivery p50 {:.1} ms, p99 {:.1} ms (commit, relay, hub; the rest is fan-out)",
-            first.p50, first.p99
+            "  SSE {what}: each event's first delivery (commit, relay, hub) p50 {:.1} ms, p99 {:.1} ms; \
+             then the fan-out to every client p50 {:.1} ms, p99 {:.1} ms",
+            first.p50, first.p99, fanout.p50, fanout.p99
         );
     }
     report.rows.push(Row {
@@ -300,7 +311,8 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         met: all && f.steady.p99 <= 20.0 && f.kib_per_stream <= 12.0,
         data: json!({"clients": clients, "connected": f.connected, "failed": f.failed,
                      "kib_per_stream": f.kib_per_stream, "steady": f.steady.json(),
-                     "steady_first_delivery": f.steady_first.json()}),
+                     "steady_first_delivery": f.steady_first.json(),
+                     "steady_fanout": f.steady_fanout.json()}),
     });
     report.rows.push(Row {
         what: "SSE burst of 100 events",
@@ -310,7 +322,8 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         goal: "p99 <= 100 ms",
         met: all && f.burst.p99 <= 100.0,
         data: json!({"clients": clients, "burst": f.burst.json(),
-                     "burst_first_delivery": f.burst_first.json()}),
+                     "burst_first_delivery": f.burst_first.json(),
+                     "burst_fanout": f.burst_fanout.json()}),
     });
     report.budgets.push(Budget {
         what: "SSE connect",
