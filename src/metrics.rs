@@ -9,6 +9,8 @@
 //!   registered worker, and the worker decides the queue); `state`: the job states.
 //! - `backend`, `op`, `result`, `direction`: fixed names in the storage adapters.
 
+pub mod http;
+
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -53,10 +55,10 @@ pub const NOTIFICATION_RESULTS: &[&str] = &["sent", "retry", "failed", "throttle
 
 pub struct Metrics {
     pub registry: Registry,
-    /// `cybernetic_requests_total{method,path,status}`
-    pub requests: IntCounterVec,
-    /// `cybernetic_request_duration_seconds{method,path}`
-    pub request_duration: HistogramVec,
+    /// `cybernetic_requests_total{method,path,status}`,
+    /// `cybernetic_request_duration_seconds{method,path}` and
+    /// `cybernetic_http_requests_in_flight`, counted per thread ([`http`]).
+    pub http: http::HttpMetrics,
     /// `cybernetic_db_pool_connections{state="idle|in_use"}`
     pub db_pool_connections: IntGaugeVec,
     /// `cybernetic_db_pool_max_connections`
@@ -76,9 +78,6 @@ pub struct Metrics {
     pub job_queue_depth: IntGaugeVec,
     /// `cybernetic_sse_connections`: open SSE streams on this instance.
     pub sse_connections: IntGauge,
-    /// `cybernetic_http_requests_in_flight`: requests received whose response is not yet sent
-    /// (what a draining server waits for).
-    pub http_in_flight: IntGauge,
     /// `cybernetic_notifications_total{channel,result}`: delivery attempts by channel and result
     /// (labels from [`NOTIFICATION_CHANNELS`] and [`NOTIFICATION_RESULTS`] only).
     pub notifications: IntCounterVec,
@@ -156,20 +155,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("cybernetic_requests_total", "HTTP requests handled"),
-            &["method", "path", "status"],
-        )
-        .expect("valid metric");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cybernetic_request_duration_seconds",
-                "HTTP request latency from first byte read to response ready",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method", "path"],
-        )
-        .expect("valid metric");
+        let http = http::HttpMetrics::new();
         let db_pool_connections = IntGaugeVec::new(
             Opts::new(
                 "cybernetic_db_pool_connections",
@@ -234,11 +220,6 @@ impl Metrics {
         let sse_connections = IntGauge::new(
             "cybernetic_sse_connections",
             "Open SSE event streams on this instance",
-        )
-        .expect("valid metric");
-        let http_in_flight = IntGauge::new(
-            "cybernetic_http_requests_in_flight",
-            "HTTP requests received whose response has not been sent yet",
         )
         .expect("valid metric");
         let topic_counter = TopicCounter::new;
@@ -347,8 +328,7 @@ impl Metrics {
             .set(1);
 
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(requests.clone()),
-            Box::new(request_duration.clone()),
+            Box::new(http.clone()),
             Box::new(db_pool_connections.clone()),
             Box::new(db_pool_max.clone()),
             Box::new(db_pool_waiting.clone()),
@@ -358,7 +338,6 @@ impl Metrics {
             Box::new(job_queue_time.clone()),
             Box::new(job_queue_depth.clone()),
             Box::new(sse_connections.clone()),
-            Box::new(http_in_flight.clone()),
             Box::new(events_recorded.0.clone()),
             Box::new(events_published.0.clone()),
             Box::new(events_delivered.0.clone()),
@@ -379,8 +358,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            requests,
-            request_duration,
+            http,
             db_pool_connections,
             db_pool_max,
             db_pool_waiting,
@@ -390,7 +368,6 @@ impl Metrics {
             job_queue_time,
             job_queue_depth,
             sse_connections,
-            http_in_flight,
             events_recorded,
             events_published,
             events_delivered,

@@ -6,49 +6,69 @@
 //! checks only once a second.)
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
-use actix_web::web::{self, Bytes};
+use actix_web::web::Bytes;
 use tokio::sync::Notify;
 
-use crate::metrics::METRICS;
+use crate::metrics::{self, METRICS};
 use crate::shutdown::Shutdown;
 
-/// The requests in flight on one server.
+/// The requests in flight on one server: one cell per worker thread (each counted only by
+/// its own worker's requests, so the workers never share a counter; see `metrics::http`),
+/// added up when asked.
 #[derive(Clone, Default)]
 pub struct InFlight {
-    inner: Arc<Counter>,
+    inner: Arc<Shared>,
 }
 
 #[derive(Default)]
-struct Counter {
-    count: AtomicUsize,
+struct Shared {
+    workers: Mutex<Vec<metrics::http::InFlight>>,
+    /// Woken as a request ends while [`InFlight::idle`] waits.
     idle: Notify,
+    /// Set once something waits for [`InFlight::idle`]: only then do ending requests wake it.
+    draining: AtomicBool,
 }
 
 impl InFlight {
-    fn enter(&self) -> Guard {
-        self.inner.count.fetch_add(1, Ordering::AcqRel);
-        METRICS.http_in_flight.inc();
-        Guard(self.clone())
+    /// The side of one worker thread, made once as that worker builds its app.
+    pub fn worker(&self, shutdown: Shutdown) -> Worker {
+        let cell = METRICS.http.in_flight();
+        self.inner
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cell.clone());
+        Worker(Rc::new(WorkerState {
+            cell,
+            server: self.inner.clone(),
+            shutdown,
+        }))
     }
 
     pub fn count(&self) -> usize {
-        self.inner.count.load(Ordering::Acquire)
+        let workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let n: i64 = workers.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+        usize::try_from(n).unwrap_or(0)
     }
 
     /// Resolves once no request is in flight.
     pub async fn idle(&self) {
+        // Sequentially consistent with the guards' decrement-then-check: either a guard sees
+        // `draining` and wakes this (registered before counting), or the count sees its
+        // decrement.
+        self.inner.draining.store(true, Ordering::SeqCst);
         loop {
             let notified = self.inner.idle.notified();
             tokio::pin!(notified);
-            // Registered before the check, so a request ending in between is not missed.
             notified.as_mut().enable();
             if self.count() == 0 {
                 return;
@@ -58,28 +78,41 @@ impl InFlight {
     }
 }
 
-struct Guard(InFlight);
+/// One worker's side of the drain: its in-flight cell, and the process's shutdown. It stays
+/// on its worker's thread.
+#[derive(Clone)]
+pub struct Worker(Rc<WorkerState>);
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        METRICS.http_in_flight.dec();
-        if self.0.inner.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.inner.idle.notify_waiters();
-        }
+struct WorkerState {
+    cell: metrics::http::InFlight,
+    server: Arc<Shared>,
+    shutdown: Shutdown,
+}
+
+impl Worker {
+    fn enter(&self) -> Guard {
+        self.0.cell.fetch_add(1, Ordering::SeqCst);
+        Guard(self.clone())
     }
 }
 
-/// What the middleware needs: the counter and the process's shutdown.
-#[derive(Clone)]
-pub struct Drain {
-    pub in_flight: InFlight,
-    pub shutdown: Shutdown,
+/// A request's place in [`InFlight`], given up when dropped.
+struct Guard(Worker);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let worker = &self.0.0;
+        worker.cell.fetch_sub(1, Ordering::SeqCst);
+        if worker.server.draining.load(Ordering::SeqCst) {
+            worker.server.idle.notify_waiters();
+        }
+    }
 }
 
 /// A response body that holds its request's place in [`InFlight`] until it is done.
 pub struct Tracked {
     body: BoxBody,
-    _guard: Option<Guard>,
+    _guard: Guard,
 }
 
 impl MessageBody for Tracked {
@@ -97,16 +130,16 @@ impl MessageBody for Tracked {
     }
 }
 
-/// The outermost middleware: counts the request and, while draining, closes its connection
-/// after the response. (Without a registered [`Drain`] it only passes the request on.)
+/// The outermost middleware: counts the request on its worker and, while draining, closes its
+/// connection after the response.
 pub async fn track(
+    worker: Worker,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<Tracked>, actix_web::Error> {
-    let drain = req.app_data::<web::Data<Drain>>().cloned();
-    let guard = drain.as_ref().map(|d| d.in_flight.enter());
+    let guard = worker.enter();
     let mut res = next.call(req).await?.map_into_boxed_body();
-    if drain.is_some_and(|d| d.shutdown.is_triggered()) {
+    if worker.0.shutdown.is_triggered() {
         res.response_mut()
             .head_mut()
             .set_connection_type(ConnectionType::Close);

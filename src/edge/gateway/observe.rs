@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpMessage;
@@ -14,9 +15,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 
-use prometheus::{Histogram, IntCounter};
-
 use crate::metrics::METRICS;
+use crate::metrics::http::{RequestSeries, ThreadRequests};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -90,9 +90,11 @@ thread_local! {
     /// such paths are kept, so clients cannot grow it with paths of their own; it saves
     /// re-matching the path against every route for the label (actix's `match_pattern`).
     static STATIC_ROUTES: RefCell<HashMap<Box<str>, Rc<str>>> = RefCell::new(HashMap::new());
-    /// The metric series of each (template, method, status) met on this thread, so a request
-    /// does not hash its labels into the registry's shared maps twice.
-    static SERIES: RefCell<HashMap<Rc<str>, Vec<Series>>> = RefCell::new(HashMap::new());
+    /// This thread's request counts (see `metrics::http`).
+    static THREAD: Arc<ThreadRequests> = METRICS.http.thread();
+    /// This thread's series of each (template, method, status) it has met.
+    static SERIES: RefCell<HashMap<Rc<str>, Vec<Arc<RequestSeries>>>> =
+        RefCell::new(HashMap::new());
 }
 
 /// The route template that matched `req`, or `unmatched`.
@@ -114,29 +116,22 @@ fn route_template(req: &actix_web::HttpRequest) -> Rc<str> {
     template
 }
 
-/// One request series: its counter and its latency histogram.
-struct Series {
-    method: &'static str,
-    status: StatusCode,
-    requests: IntCounter,
-    duration: Histogram,
-}
-
 fn record(method: &'static str, path: &Rc<str>, status: StatusCode, elapsed: Duration) {
     SERIES.with_borrow_mut(|all| {
+        let new = || THREAD.with(|thread| thread.series(method, path, status.as_u16()));
         let cached = all.len() < CACHE_LIMIT || all.contains_key(&**path);
         if !cached {
             // Only reachable if the routes ever outnumbered the limit: count, uncached.
-            return Series::new(method, path, status).observe(elapsed);
+            return new().observe(elapsed);
         }
         let of_path = all.entry(path.clone()).or_default();
         match of_path
             .iter()
-            .find(|s| s.method == method && s.status == status)
+            .find(|s| s.method() == method && s.status() == status.as_u16())
         {
             Some(series) => series.observe(elapsed),
             None => {
-                let series = Series::new(method, path, status);
+                let series = new();
                 series.observe(elapsed);
                 // Methods and statuses are few; beyond the limit, count without keeping.
                 if of_path.len() < CACHE_LIMIT {
@@ -145,24 +140,6 @@ fn record(method: &'static str, path: &Rc<str>, status: StatusCode, elapsed: Dur
             }
         }
     });
-}
-
-impl Series {
-    fn new(method: &'static str, path: &str, status: StatusCode) -> Series {
-        Series {
-            method,
-            status,
-            requests: METRICS
-                .requests
-                .with_label_values(&[method, path, status.as_str()]),
-            duration: METRICS.request_duration.with_label_values(&[method, path]),
-        }
-    }
-
-    fn observe(&self, elapsed: Duration) {
-        self.requests.inc();
-        self.duration.observe(elapsed.as_secs_f64());
-    }
 }
 
 /// Methods as metric labels, with anything unusual folded into one value.
@@ -222,7 +199,7 @@ mod tests {
                 .flat_map(|(path, of_path)| {
                     of_path
                         .iter()
-                        .map(|s| (path.to_string(), s.method, s.status.as_u16()))
+                        .map(|s| (path.to_string(), s.method(), s.status()))
                 })
                 .collect()
         });

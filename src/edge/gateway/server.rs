@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
 use super::auth::KeyCache;
-use super::drain::{self, Drain, InFlight};
+use super::drain::{self, InFlight};
 use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
 use super::session::SessionCache;
@@ -140,11 +140,10 @@ impl Server {
         let ops = web::Data::new(state.ops());
         let data = web::Data::new(state);
         let in_flight = InFlight::default();
-        let drain = web::Data::new(Drain {
-            in_flight: in_flight.clone(),
-            shutdown: shutdown.clone(),
-        });
+        let (workers_in_flight, workers_shutdown) = (in_flight.clone(), shutdown.clone());
         let mut http = HttpServer::new(move || {
+            // Built once per worker thread: the drain counts each worker's requests apart.
+            let worker = workers_in_flight.worker(workers_shutdown.clone());
             let (app, mut doc) = App::new()
                 .into_utoipa_app()
                 .openapi(openapi::ApiDoc::openapi())
@@ -153,11 +152,12 @@ impl Server {
             utoipa::Modify::modify(&openapi::EventPayloads, &mut doc);
             app.app_data(data.clone())
                 .app_data(ops.clone())
-                .app_data(drain.clone())
                 .app_data(web::Data::new(doc))
                 .wrap(from_fn(observe::observe))
                 // Outermost: counts every request until its body is done.
-                .wrap(from_fn(drain::track))
+                .wrap(from_fn(move |req, next| {
+                    drain::track(worker.clone(), req, next)
+                }))
                 .default_service(web::to(router::not_found))
         })
         .disable_signals()
