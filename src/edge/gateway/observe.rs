@@ -73,7 +73,8 @@ fn request_id(supplied: Option<&HeaderValue>) -> HeaderValue {
         Some(v) => v.clone(),
         None => {
             let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+            let id = REQUEST_IDS.with(|ids| uuid::Uuid::new_v7(uuid::Timestamp::now(ids)));
+            let text = id.hyphenated().encode_lower(&mut text);
             // A hyphenated UUID is always a valid header value.
             HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
         }
@@ -86,6 +87,9 @@ const UNMATCHED: &str = "unmatched";
 const CACHE_LIMIT: usize = 512;
 
 thread_local! {
+    /// Each thread's UUIDv7 sequence for request ids (`Uuid::now_v7` shares one behind a
+    /// process-wide lock, which every request of every worker would take).
+    static REQUEST_IDS: uuid::ContextV7 = const { uuid::ContextV7::new() };
     /// Paths that are themselves a route template (no dynamic segment) → that template. Only
     /// such paths are kept, so clients cannot grow it with paths of their own; it saves
     /// re-matching the path against every route for the label (actix's `match_pattern`).
