@@ -388,6 +388,18 @@ async fn jobs_cancel_and_retry_and_queue_control_needs_the_admin_token() {
             .is_some_and(|m| m.starts_with("state must be one of available, scheduled")),
         "{body}"
     );
+    // Filter text no stored value can hold (PostgreSQL text has no NUL) is a malformed query,
+    // refused before the database sees it; so is a cursor whose key holds one.
+    let nul_cursor = hex::encode("v1:a\0b");
+    for path in [
+        "/v1/jobs?queue=a%00b".to_owned(),
+        "/v1/jobs?worker=%00".to_owned(),
+        "/v1/episodes?tag=a%00b".to_owned(),
+        format!("/v1/artifacts?cursor={nul_cursor}"),
+    ] {
+        let (s, body) = api.call("GET", &path, &key, None).await;
+        assert_eq!(s, 400, "{path}: {body}");
+    }
 
     let (s, queues) = api.call("GET", "/v1/queues", &key, None).await;
     assert_eq!(s, 200);

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;
+pub mod query;
 pub mod rate_limit;
 pub mod router;
 pub mod server;

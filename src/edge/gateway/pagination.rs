@@ -89,11 +89,14 @@ fn encode(key: &str) -> String {
     hex::encode(format!("v1:{key}"))
 }
 
+/// The key of a cursor this server made. A key with a NUL character was not (no stored key
+/// holds one, and the database would refuse it as a parameter).
 fn decode(cursor: &str) -> Option<String> {
     let bytes = hex::decode(cursor).ok()?;
     String::from_utf8(bytes)
         .ok()?
         .strip_prefix("v1:")
+        .filter(|key| !key.contains('\0'))
         .map(str::to_owned)
 }
 
@@ -130,13 +133,16 @@ mod tests {
                 .is_err()
             );
         }
-        assert!(
-            PageQuery {
-                limit: None,
-                cursor: Some("zz".into())
-            }
-            .page()
-            .is_err()
-        );
+        // Not hex; and a well-formed cursor whose key holds a NUL (no row has such a key).
+        for bad in ["zz".to_owned(), hex::encode("v1:a\0b")] {
+            assert!(
+                PageQuery {
+                    limit: None,
+                    cursor: Some(bad)
+                }
+                .page()
+                .is_err()
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::query::QueryText;
 use crate::schemas::vsm::episode::{self, Episode, EpisodeStatus};
 use crate::workers::episode_analyzer::intake::{self, EpisodeInput, IntakeError};
 
@@ -31,7 +32,8 @@ pub struct EpisodeFilter {
     /// pending, analyzing, complete or error.
     pub status: Option<String>,
     /// Only episodes carrying this tag.
-    pub tag: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub tag: Option<QueryText>,
 }
 
 fn invalid(field: &str, message: &str) -> ApiError {

@@ -15,17 +15,20 @@ use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::{Admin, Authenticated, Viewer};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::query::QueryText;
 use crate::jobs::JobState;
 use crate::jobs::storage::{self as jobs, Job};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobFilter {
-    pub queue: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub queue: Option<QueryText>,
     /// available, scheduled, executing, retryable, completed, discarded or cancelled.
     pub state: Option<String>,
     /// The worker's name (`episode_analyzer`).
-    pub worker: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub worker: Option<QueryText>,
 }
 
 /// The tenant's jobs, newest first.
