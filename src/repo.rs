@@ -35,12 +35,12 @@ pub type Conn = AsyncPgConnection;
 /// Only for SQL whose text is a constant (a literal, `concat!`): every distinct text stays in
 /// the connection's statement cache, so SQL built with `format!` must never be prepared.
 ///
-/// And only where one plan suits every parameter: after five runs PostgreSQL may keep a
-/// generic plan, made without the values. A statement whose best plan depends on them or on
-/// skewed data stays a bare `sql_query`, planned for its actual values on every call (the
-/// job engine's claim and acknowledgement: planned generically, the acknowledgement drove its
-/// join from every executing job of the node instead of the acknowledged ids, and a 100,000-job
-/// burn-down fell from 20,000 to 900 jobs/s).
+/// After five runs PostgreSQL may keep a generic plan for a prepared statement, made without
+/// the values. In a [`Repo::system_tx`] every statement is planned for its actual values anyway
+/// (the machinery's data is the skewed kind: planned generically, the job engine's
+/// acknowledgement drove its join from every executing job of the node instead of the
+/// acknowledged ids, and a 100,000-job burn-down fell from 20,000 to 900 jobs/s). Elsewhere,
+/// prepare only statements that one plan suits whatever their parameters.
 pub trait Prepare: Sized {
     fn prepared(self) -> Prepared<Self> {
         Prepared(self)
@@ -481,12 +481,21 @@ impl Repo {
 
     /// A transaction for cross-tenant machinery (event relay, job engine): it runs as the system
     /// role, which sees the infrastructure tables granted to it and no tenant data table.
+    ///
+    /// Its statements are always planned for their actual values (`plan_cache_mode =
+    /// force_custom_plan`): the machinery's tables swing between empty and hundreds of
+    /// thousands of rows in one state, where a generic plan (which a prepared statement may
+    /// settle on after five runs) can pick the wrong index. Prepared statements still save
+    /// their Parse round trip and parse analysis here; only the plan is made anew.
     pub async fn system_tx(&self) -> Result<SystemTx, DbError> {
         let mut conn = self.pool.get().await?;
         // One simple-query message, one round trip: the role is configuration, not tenant
         // input, and identifiers cannot be bound parameters anyway; it is quoted as
         // PostgreSQL's quote_ident would.
-        let sql = format!("BEGIN; SET LOCAL ROLE {}", quote_ident(&self.system_role));
+        let sql = format!(
+            "BEGIN; SET LOCAL ROLE {}; SET LOCAL plan_cache_mode = force_custom_plan",
+            quote_ident(&self.system_role)
+        );
         AnsiTransactionManager::begin_transaction_sql(&mut *conn, &sql).await?;
         Ok(SystemTx {
             tx: Tx { conn: Some(conn) },

@@ -120,6 +120,7 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, limit: i64) -> Result
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(limit)
+    .prepared()
     .get_result(conn)
     .await?;
     Ok(usize::try_from(pruned.n).unwrap_or(0))

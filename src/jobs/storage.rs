@@ -529,6 +529,7 @@ pub async fn fetch(
     .bind::<Text, _>(queue)
     .bind::<BigInt, _>(limit as i64)
     .bind::<Text, _>(node)
+    .prepared()
     .load(conn)
     .await?;
     fetched.sort_by(|a, b| {
@@ -629,9 +630,6 @@ pub struct Acked {
 /// Records a batch of outcomes in one statement: updates the jobs still executing this attempt
 /// on `node`, appends errors, writes `task_log` rows for tenant jobs and `job.completed` /
 /// `job.discarded` events for them.
-///
-/// Like the claim, the statements that walk the queue by state stay bare `sql_query`, planned
-/// for their actual values every time (see [`crate::repo::Prepare`] for why).
 pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, DbError> {
     let conn: &mut Conn = tx;
     if acks.is_empty() {
@@ -695,6 +693,7 @@ pub async fn ack(tx: &mut SystemTx, node: &str, acks: &[Ack]) -> Result<Acked, D
     .bind::<Array<BigInt>, _>(&durations)
     .bind::<Text, _>(node)
     .bind::<Bool, _>(any_tenant)
+    .prepared()
     .get_result(conn)
     .await?;
     events::record_many(conn, &job_events(result.events)?).await?;
@@ -727,6 +726,7 @@ pub async fn stage(tx: &mut SystemTx, limit: i64) -> Result<usize, DbError> {
          SELECT queue, count(*) AS n FROM staged GROUP BY queue",
     )
     .bind::<BigInt, _>(limit)
+    .prepared()
     .load(conn)
     .await?;
     for s in &staged {
@@ -792,6 +792,7 @@ pub async fn node_lock_held(conn: &mut Conn, node: &str) -> Result<bool, DbError
         ") AS held"
     ))
     .bind::<Text, _>(node)
+    .prepared()
     .get_result(conn)
     .await?;
     Ok(row.held)
@@ -881,6 +882,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         " AS event FROM done"
     ))
     .bind::<Double, _>(after.as_secs_f64())
+    .prepared()
     .load(conn)
     .await?;
     diesel::sql_query(concat!(
@@ -892,6 +894,7 @@ pub async fn rescue(tx: &mut SystemTx, after: Duration) -> Result<Vec<Rescued>, 
         ")"
     ))
     .bind::<Double, _>(after.as_secs_f64())
+    .prepared()
     .execute(conn)
     .await?;
     let queues: std::collections::BTreeSet<&str> = rescued
@@ -930,6 +933,7 @@ pub async fn hand_back(tx: &mut SystemTx, node: &str) -> Result<usize, DbError> 
          RETURNING queue",
     )
     .bind::<Text, _>(node)
+    .prepared()
     .load(conn)
     .await?;
     let queues: std::collections::BTreeSet<&str> = back.iter().map(|b| b.queue.as_str()).collect();
@@ -951,6 +955,7 @@ pub async fn prune(tx: &mut SystemTx, before: DateTime<Utc>, limit: i64) -> Resu
     )
     .bind::<Timestamptz, _>(before)
     .bind::<BigInt, _>(limit)
+    .prepared()
     .execute(conn)
     .await?;
     diesel::delete(job_cron_slots::table.filter(job_cron_slots::slot.lt(before)))
