@@ -730,17 +730,21 @@ async fn raw_sql_marked_prepared_is_prepared_once_per_connection_and_reused() {
     }
     const PREPARED: &str = "SELECT $1::int4 + 1 AS n";
     const RAW: &str = "SELECT $1::int4 + 2 AS n";
+    /// `i + 1`, asked with the prepared statement.
+    async fn plus_one(conn: &mut diesel_async::AsyncPgConnection, i: i32) -> i32 {
+        let n: N = diesel::sql_query(PREPARED)
+            .bind::<Integer, _>(i)
+            .prepared()
+            .get_result(conn)
+            .await
+            .unwrap();
+        n.n
+    }
     let w = world().await;
     let repo = one_connection(&w).await;
     for i in 0..3 {
         let mut tx = repo.system_tx().await.unwrap();
-        let n: N = diesel::sql_query(PREPARED)
-            .bind::<Integer, _>(i)
-            .prepared()
-            .get_result(&mut *tx)
-            .await
-            .unwrap();
-        assert_eq!(n.n, i + 1);
+        assert_eq!(plus_one(&mut tx, i).await, i + 1);
         let n: N = diesel::sql_query(RAW)
             .bind::<Integer, _>(i)
             .get_result(&mut *tx)
@@ -749,13 +753,7 @@ async fn raw_sql_marked_prepared_is_prepared_once_per_connection_and_reused() {
         assert_eq!(n.n, i + 2);
         tx.commit().await.unwrap();
         let mut tx = repo.tenant_tx(w.a).await.unwrap();
-        let n: N = diesel::sql_query(PREPARED)
-            .bind::<Integer, _>(i)
-            .prepared()
-            .get_result(&mut *tx)
-            .await
-            .unwrap();
-        assert_eq!(n.n, i + 1);
+        assert_eq!(plus_one(&mut tx, i).await, i + 1);
         tx.commit().await.unwrap();
     }
     let mut tx = repo.system_tx().await.unwrap();
