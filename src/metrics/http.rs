@@ -82,8 +82,17 @@ impl RequestSeries {
 }
 
 impl ThreadRequests {
-    /// A new series of this thread (the caller keeps it: asking twice makes two).
+    /// This thread's series of these labels, made on first use. A linear search under a lock:
+    /// callers keep the series they use (`observe` does, per thread), so this runs once per
+    /// label set, and the labels (route templates, methods, statuses) are few.
     pub fn series(&self, method: &'static str, path: &str, status: u16) -> Arc<RequestSeries> {
+        let mut all = lock(&self.series);
+        if let Some(found) = all
+            .iter()
+            .find(|s| s.method == method && s.status == status && *s.path == *path)
+        {
+            return found.clone();
+        }
         let series = Arc::new(RequestSeries {
             method,
             path: path.into(),
@@ -91,7 +100,7 @@ impl ThreadRequests {
             buckets: Default::default(),
             nanos: AtomicU64::new(0),
         });
-        lock(&self.series).push(series.clone());
+        all.push(series.clone());
         series
     }
 }
@@ -288,9 +297,12 @@ mod tests {
         let (a, b) = (metrics.thread(), metrics.thread());
         a.series("GET", "/v1/x", 200)
             .observe(Duration::from_micros(300));
-        let ok = b.series("GET", "/v1/x", 200);
-        ok.observe(Duration::from_millis(3));
-        ok.observe(Duration::from_secs(20));
+        b.series("GET", "/v1/x", 200)
+            .observe(Duration::from_millis(3));
+        // Asked again, a thread hands out the same series.
+        b.series("GET", "/v1/x", 200)
+            .observe(Duration::from_secs(20));
+        assert_eq!(lock(&b.series).len(), 1);
         b.series("GET", "/v1/x", 404)
             .observe(Duration::from_micros(700));
         let (w1, w2) = (metrics.in_flight(), metrics.in_flight());
