@@ -168,6 +168,38 @@ mod tests {
 
     use super::*;
 
+    /// Fresh request ids are UUIDv7s, increasing on each thread and never repeated across
+    /// threads (each thread has its own sequence); a sane client id is echoed, others replaced.
+    // (`test` alone is actix's async test attribute here.)
+    #[core::prelude::v1::test]
+    fn request_ids_are_unique_time_ordered_uuids_per_thread() {
+        let ids: Vec<Vec<uuid::Uuid>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..5_000)
+                            .map(|_| {
+                                let id = request_id(None);
+                                uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for of_thread in &ids {
+            assert!(of_thread.iter().all(|id| id.get_version_num() == 7));
+            assert!(of_thread.windows(2).all(|w| w[0] < w[1]), "increasing");
+        }
+        let all: std::collections::HashSet<_> = ids.iter().flatten().collect();
+        assert_eq!(all.len(), 4 * 5_000);
+        let sane = HeaderValue::from_static("trace-42");
+        assert_eq!(request_id(Some(&sane)), sane);
+        let spaced = HeaderValue::from_static("has space");
+        assert_ne!(request_id(Some(&spaced)), spaced);
+    }
+
     /// Whatever paths clients send, this thread remembers only paths that are a route template
     /// and one series per (template, method, status): a flood of invented paths, dynamic
     /// segments and methods adds nothing beyond the routes.
