@@ -49,14 +49,18 @@ pub async fn observe(
     let path = route_template(res.request());
     let elapsed = started.elapsed();
     record(method, &path, status, elapsed);
-    let tenant = res.request().extensions().get::<TenantTag>().map(|t| t.0);
     tracing::info!(
         request_id = request_id.to_str().unwrap_or_default(),
         method,
         path = &*path,
         status = status.as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
-        tenant_id = tenant.map(tracing::field::display),
+        // Looked up only when the line is written (fields are evaluated lazily).
+        tenant_id = res
+            .request()
+            .extensions()
+            .get::<TenantTag>()
+            .map(|t| tracing::field::display(t.0)),
         "request"
     );
     res.headers_mut().insert(REQUEST_ID, request_id);
@@ -83,6 +87,11 @@ fn request_id(supplied: Option<&HeaderValue>) -> HeaderValue {
 
 const UNMATCHED: &str = "unmatched";
 
+/// The per-thread caches' hasher: foldhash, seeded per process. Their keys are route templates
+/// (clients cannot add any), so the hash need not resist flooding, and std's SipHash was a
+/// measurable share of a `/health`.
+type Hasher = foldhash::fast::RandomState;
+
 /// Most entries any of this thread's caches below keeps (far above the routes there are).
 const CACHE_LIMIT: usize = 512;
 
@@ -93,12 +102,13 @@ thread_local! {
     /// Paths that are themselves a route template (no dynamic segment) → that template. Only
     /// such paths are kept, so clients cannot grow it with paths of their own; it saves
     /// re-matching the path against every route for the label (actix's `match_pattern`).
-    static STATIC_ROUTES: RefCell<HashMap<Box<str>, Rc<str>>> = RefCell::new(HashMap::new());
+    static STATIC_ROUTES: RefCell<HashMap<Box<str>, Rc<str>, Hasher>> =
+        RefCell::new(HashMap::default());
     /// This thread's request counts (see `metrics::http`).
     static THREAD: Arc<ThreadRequests> = METRICS.http.thread();
     /// This thread's series of each (template, method, status) it has met.
-    static SERIES: RefCell<HashMap<Rc<str>, Vec<Arc<RequestSeries>>>> =
-        RefCell::new(HashMap::new());
+    static SERIES: RefCell<HashMap<Rc<str>, Vec<Arc<RequestSeries>>, Hasher>> =
+        RefCell::new(HashMap::default());
 }
 
 /// The route template that matched `req`, or `unmatched`.
