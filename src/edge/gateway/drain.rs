@@ -5,6 +5,7 @@
 //! (actix's own graceful stop waits for *connections*, idle keep-alive ones included, and
 //! checks only once a second.)
 
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,6 @@ use std::task::{Context, Poll};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::ConnectionType;
-use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use tokio::sync::Notify;
 
@@ -131,14 +131,19 @@ impl MessageBody for Tracked {
 }
 
 /// The outermost middleware: counts the request on its worker and, while draining, closes its
-/// connection after the response.
-pub async fn track(
+/// connection after the response. `inner` is the rest of the chain (the server runs `observe`
+/// inside the same middleware layer, saving a layer's boxed call per request).
+pub async fn track<F, B>(
     worker: Worker,
     req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<Tracked>, actix_web::Error> {
+    inner: impl FnOnce(ServiceRequest) -> F,
+) -> Result<ServiceResponse<Tracked>, actix_web::Error>
+where
+    F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+    B: MessageBody + 'static,
+{
     let guard = worker.enter();
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let mut res = inner(req).await?.map_into_boxed_body();
     if worker.0.shutdown.is_triggered() {
         res.response_mut()
             .head_mut()

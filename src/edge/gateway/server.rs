@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
@@ -153,10 +153,9 @@ impl Server {
             app.app_data(data.clone())
                 .app_data(ops.clone())
                 .app_data(web::Data::new(doc))
-                .wrap(from_fn(observe::observe))
-                // Outermost: counts every request until its body is done.
-                .wrap(from_fn(move |req, next| {
-                    drain::track(worker.clone(), req, next)
+                // Counts every request until its body is done, around the observation.
+                .wrap(from_fn(move |req, next: Next<_>| {
+                    drain::track(worker.clone(), req, |req| observe::observe(req, next))
                 }))
                 .default_service(web::to(router::not_found))
         })
