@@ -409,7 +409,7 @@ async fn serve(config: Config, workers: bool) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
     ensure_isolated(&repo, &config).await?;
     let listen = config.server.listen;
-    let listener = std::net::TcpListener::bind(listen)
+    let listener = crate::edge::gateway::server::bind(listen)
         .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
     let shutdown = Shutdown::new();
     shutdown
@@ -454,7 +454,7 @@ async fn work(config: Config, queues: Vec<(String, Option<usize>)>) -> Result<()
         .map_err(Failure::runtime)?;
     ensure_isolated(&repo, &config).await?;
     let listen = config.jobs.metrics_listen;
-    let listener = std::net::TcpListener::bind(listen)
+    let listener = crate::edge::gateway::server::bind(listen)
         .map_err(|e| Failure::runtime(format!("cannot listen on {listen}: {e}")))?;
     let shutdown = Shutdown::new();
     shutdown

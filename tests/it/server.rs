@@ -452,3 +452,20 @@ async fn with_only_an_sse_client_sigterm_exits_without_waiting_for_the_grace() {
     eprintln!("with one SSE client: exited {exited:?} after SIGTERM");
     assert!(exited < Duration::from_secs(5), "exit took {exited:?}");
 }
+
+/// The server's listener queues a burst of connections before any is accepted (clients
+/// reconnecting at once after a failover). `std`'s default queue holds 128, and a connection
+/// beyond it waits a second for a retried handshake; nothing accepts here, so with a short
+/// queue the 130th connect could never complete.
+#[test]
+fn the_listener_queues_a_burst_of_connections_before_they_are_accepted() {
+    let listener = vsm::edge::gateway::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let waiting: Vec<std::net::TcpStream> = (0..1000)
+        .map(|i| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("connection {i} not queued: {e}"))
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1000);
+}

@@ -58,6 +58,24 @@ impl AppState {
     }
 }
 
+/// Connections the kernel queues for the server before it accepts them; the kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+const BACKLOG: i32 = 4096;
+
+/// A listening socket with room for a burst of (re)connecting clients: a thousand SSE clients
+/// reconnecting at once after a failover must not find the accept queue full (a refused
+/// handshake is retried only after a second). `std`'s `TcpListener::bind` queues 128, and
+/// actix's own backlog setting applies only to sockets actix binds itself.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As `std` does: a restarted server can bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Starts everything `vsm serve` runs on `listener`: the event machinery and the HTTP server.
 pub async fn launch(
     config: Arc<Config>,
@@ -161,8 +179,7 @@ impl Server {
         })
         .disable_signals()
         .shutdown_timeout(server_cfg.shutdown_grace_secs)
-        // Room for a burst of (re)connecting SSE clients; the kernel caps it at somaxconn.
-        .backlog(4096)
+        // (The accept queue is the listener's own: see `bind`.)
         .listen(listener)?;
         if server_cfg.workers > 0 {
             http = http.workers(server_cfg.workers);
