@@ -383,3 +383,58 @@ async fn serve_work_and_all_refuse_a_role_that_row_level_security_does_not_apply
         .await
         .unwrap();
 }
+
+/// Every request writes one structured access-log line: its request id, method, route
+/// template (never the raw path), status, latency and, once authenticated, the tenant.
+#[tokio::test]
+async fn every_request_writes_one_access_log_line_naming_its_tenant() {
+    let db = TestDb::migrated().await;
+    let created = vsm()
+        .args(["tenant", "create", "log-check"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let port = free_port();
+    let mut run = Running {
+        child: vsm()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", db.url())
+            .env("VSM_LOG", "info")
+            .env("VSM_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    wait_ready(&mut run).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("{}/v1/systems/3", run.base))
+        .bearer_auth(created["api_key"].as_str().unwrap())
+        .header("x-request-id", "log-check-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let line = || {
+        std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "request" && l["request_id"] == "log-check-1")
+    };
+    common::eventually(Duration::from_secs(10), "the access-log line", || async {
+        line().is_some()
+    })
+    .await;
+    let line = line().unwrap();
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/v1/systems/{n}");
+    assert_eq!(line["status"], 200);
+    assert!(line["latency_ms"].is_number(), "{line}");
+    assert_eq!(line["tenant_id"], created["tenant_id"], "{line}");
+}
