@@ -12,9 +12,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{
     Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz,
     Uuid as SqlUuid,
@@ -301,7 +299,7 @@ async fn insert_row(conn: &mut Conn, job: &NewJob, row: JobRow<'_>) -> Result<In
     Ok(Inserted::New(inserted))
 }
 
-/// One statement per chunk of [`insert_all`] ([`InsertChunk`]): one array per column, so it
+/// One statement per chunk of [`insert_all`] ([`Columns::insert`]): one array per column, so it
 /// has the same 13 parameters however many rows it carries (a multi-row `VALUES` list had a
 /// dozen per row, parsed, analysed and planned anew on every call).
 const INSERT_ALL_CHUNK: usize = 1000;
@@ -337,7 +335,7 @@ pub async fn insert_all(tx: &mut impl AnyTx, new_jobs: &[NewJob]) -> Result<Vec<
     Ok(ids)
 }
 
-/// The columns of one [`InsertChunk`] statement.
+/// The columns of one chunk's statement ([`Columns::insert`]).
 struct Columns<'a> {
     id: Vec<Uuid>,
     tenant_id: Vec<Option<Uuid>>,
@@ -389,83 +387,44 @@ impl<'a> Columns<'a> {
         }
     }
 
+    /// The chunk's one statement. Columns left out take their defaults, as in [`insert`]; a
+    /// NULL `scheduled_at` is `now()`, the column's default. Tags come as array literals
+    /// (`{"a","b"}`) cast per row, since PostgreSQL arrays cannot be ragged. The same statement
+    /// NOTIFYs the queues that got available jobs, saving a round trip; PostgreSQL folds a
+    /// transaction's identical notifications into one. Prepared: its text never varies, so
+    /// after the first chunk on a connection each costs one Bind/Execute.
     async fn insert(self, conn: &mut Conn) -> Result<(), DbError> {
         let wake: Vec<&str> = self.wake.iter().copied().collect();
-        InsertChunk {
-            columns: &self,
-            wake: &wake,
-        }
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-}
-
-/// The statement of one chunk of [`insert_all`]. Columns left out take their defaults, as in
-/// [`insert`]; a NULL `scheduled_at` is `now()`, the column's default. Tags come as array
-/// literals (`{"a","b"}`) cast per row, since PostgreSQL arrays cannot be ragged. The same
-/// statement NOTIFYs the queues that got available jobs, saving a round trip; PostgreSQL folds
-/// a transaction's identical notifications into one.
-///
-/// A query type of its own rather than `sql_query`, which diesel never caches: with a static
-/// query id the statement is prepared once per connection and each chunk costs one round trip
-/// (Bind/Execute), not two (Parse/Describe first) plus a fresh parse and plan.
-struct InsertChunk<'q, 'a> {
-    columns: &'q Columns<'a>,
-    wake: &'q [&'a str],
-}
-
-/// The statement-cache identity of [`InsertChunk`] (its SQL never varies).
-struct InsertChunkId;
-
-impl QueryId for InsertChunk<'_, '_> {
-    type QueryId = InsertChunkId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Pg> for InsertChunk<'_, '_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let c = self.columns;
-        out.push_sql(
+        diesel::sql_query(
             "WITH inserted AS (
                INSERT INTO jobs (id, tenant_id, state, queue, worker, args, max_attempts, priority,
                                  tags, meta, scheduled_at)
                SELECT id, tenant_id, state, queue, worker, args, max_attempts, priority,
                       tags::text[], meta, coalesce(scheduled_at, now())
-               FROM unnest(",
-        );
-        out.push_bind_param::<Array<SqlUuid>, _>(&c.id)?;
-        out.push_sql("::uuid[], ");
-        out.push_bind_param::<Array<Nullable<SqlUuid>>, _>(&c.tenant_id)?;
-        out.push_sql("::uuid[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.state)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.queue)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.worker)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Jsonb>, _>(&c.args)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<Integer>, _>(&c.max_attempts)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<SmallInt>, _>(&c.priority)?;
-        out.push_sql("::int2[], ");
-        out.push_bind_param::<Array<Text>, _>(&c.tags)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Jsonb>, _>(&c.meta)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&c.scheduled_at)?;
-        out.push_sql(
-            "::timestamptz[])
-                 AS t(id, tenant_id, state, queue, worker, args, max_attempts, priority, tags, meta,
-                      scheduled_at)
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                           $6::jsonb[], $7::int4[], $8::int2[], $9::text[], $10::jsonb[],
+                           $11::timestamptz[])
+                 AS t(id, tenant_id, state, queue, worker, args, max_attempts, priority, tags,
+                      meta, scheduled_at)
              )
-             SELECT pg_notify(",
-        );
-        out.push_bind_param::<Text, _>(NOTIFY_CHANNEL)?;
-        out.push_sql(", queue) FROM unnest(");
-        out.push_bind_param::<Array<Text>, _>(self.wake)?;
-        out.push_sql("::text[]) AS queue");
+             SELECT pg_notify($12, queue) FROM unnest($13::text[]) AS queue",
+        )
+        .bind::<Array<SqlUuid>, _>(&self.id)
+        .bind::<Array<Nullable<SqlUuid>>, _>(&self.tenant_id)
+        .bind::<Array<Text>, _>(&self.state)
+        .bind::<Array<Text>, _>(&self.queue)
+        .bind::<Array<Text>, _>(&self.worker)
+        .bind::<Array<Jsonb>, _>(&self.args)
+        .bind::<Array<Integer>, _>(&self.max_attempts)
+        .bind::<Array<SmallInt>, _>(&self.priority)
+        .bind::<Array<Text>, _>(&self.tags)
+        .bind::<Array<Jsonb>, _>(&self.meta)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&self.scheduled_at)
+        .bind::<Text, _>(NOTIFY_CHANNEL)
+        .bind::<Array<Text>, _>(&wake)
+        .prepared()
+        .execute(conn)
+        .await?;
         Ok(())
     }
 }
