@@ -10,7 +10,7 @@ use actix_web::{App, HttpResponse, HttpServer, get};
 use serde_json::json;
 
 use crate::support::{
-    Budget, Db, Latency, Report, Row, Sizes, Throughput, free_port, pgbench, serve, wrk,
+    Budget, Db, Latency, Report, Row, Sizes, Throughput, free_port, median, pgbench, serve, wrk,
 };
 
 #[get("/health")]
@@ -91,17 +91,10 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         || pgbench(&db.url, &tx_script, &pg_args, Some("vsm_app")),
         || wrk(&systems_url, Some(&auth), secs),
     );
-    let pg_tx = median(rounds.0.clone());
+    let pg_tx = median(rounds.0.iter().copied());
     let systems = median_throughput(&rounds.1);
     let pg_select = pgbench(&db.url, systems_select(), &pg_args, Some("vsm_app"));
-    let ratio = median(
-        rounds
-            .1
-            .iter()
-            .zip(&rounds.0)
-            .map(|(v, pg)| v.rps / pg)
-            .collect(),
-    );
+    let ratio = median(rounds.1.iter().zip(&rounds.0).map(|(v, pg)| v.rps / pg));
     report.rows.push(Row {
         what: "authenticated GET /v1/systems (wrk -t2 -c64)",
         vsm: format!("{:.0} req/s, p99 {:.2} ms", systems.rps, systems.p99_ms),
@@ -150,24 +143,14 @@ fn paired_ratio(
     reference: &[Throughput],
     of: impl Fn(&Throughput) -> f64,
 ) -> f64 {
-    median(
-        vsm.iter()
-            .zip(reference)
-            .map(|(v, r)| of(v) / of(r))
-            .collect(),
-    )
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    median(vsm.iter().zip(reference).map(|(v, r)| of(v) / of(r)))
 }
 
 /// The median rate and the median p99 of the rounds.
 fn median_throughput(rounds: &[Throughput]) -> Throughput {
     Throughput {
-        rps: median(rounds.iter().map(|t| t.rps).collect()),
-        p99_ms: median(rounds.iter().map(|t| t.p99_ms).collect()),
+        rps: median(rounds.iter().map(|t| t.rps)),
+        p99_ms: median(rounds.iter().map(|t| t.p99_ms)),
     }
 }
 

@@ -18,7 +18,7 @@ use vsm::config::{DatabaseConfig, ServiceUrl};
 use vsm::jobs::{NewJob, storage};
 use vsm::repo::Repo;
 
-use crate::support::{Budget, Db, Latency, Report, Row, Sizes, pgbench, terminate, vsm};
+use crate::support::{Budget, Db, Latency, Report, Row, Sizes, median, pgbench, terminate, vsm};
 
 const QUEUE: &str = "bench";
 /// For no-op jobs the queue limit is what bounds the fetch batch.
@@ -257,8 +257,8 @@ fn fmt(v: Option<f64>, unit: &str) -> String {
 /// The bulk insert row: vsm's `insert_all` against Graphile's `addJobs`, the median of each
 /// side's rounds.
 fn insert_row(jobs: usize, inserts: &[f64], g_inserts: &[f64]) -> Row {
-    let insert = median(inserts);
-    let g_insert = (!g_inserts.is_empty()).then(|| median(g_inserts));
+    let insert = median(inserts.iter().copied());
+    let g_insert = (!g_inserts.is_empty()).then(|| median(g_inserts.iter().copied()));
     let ratio = g_insert.map(|g| insert / g);
     Row {
         what: "bulk insert of jobs (1,000 per transaction)",
@@ -270,12 +270,6 @@ fn insert_row(jobs: usize, inserts: &[f64], g_inserts: &[f64]) -> Row {
         data: json!({"jobs": jobs, "vsm_jobs_per_sec": insert, "graphile_jobs_per_sec": g_insert,
                      "rounds": {"vsm": inserts, "graphile": g_inserts}}),
     }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut xs = xs.to_vec();
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// `rounds` more of the insert pair, each on fresh databases, vsm then Graphile in turn.

@@ -272,6 +272,13 @@ fn wrk_ms(text: &str) -> f64 {
     number.parse::<f64>().map(|v| v * scale).unwrap_or(f64::NAN)
 }
 
+/// The middle value of a benchmark's rounds (the upper middle of an even count).
+pub fn median(xs: impl IntoIterator<Item = f64>) -> f64 {
+    let mut xs: Vec<f64> = xs.into_iter().collect();
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 /// pgbench with a custom script: 64 clients on 2 threads like wrk, or as given; returns the
 /// transactions per second it reports (without connection setup).
 pub fn pgbench(url: &str, script: &str, args: &[&str], role: Option<&str>) -> f64 {
