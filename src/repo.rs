@@ -441,9 +441,9 @@ impl Repo {
         }
     }
 
-    /// A read of one tenant's rows in one round trip: `BEGIN`, the tenant context, the read's
-    /// first statement go out pipelined (as [`Repo::tenant_tx`] does with the first two), then
-    /// `COMMIT`. For the API's reads, which are one statement: three round trips become two.
+    /// A read of one tenant's rows: `BEGIN`, the tenant context and the read's first statement
+    /// go out pipelined in one round trip (as [`Repo::tenant_tx`] does with the first two),
+    /// then `COMMIT`. For the API's reads, which are one statement: three round trips become two.
     ///
     /// The read's statements are sent after `set_config` on the same connection: diesel-async
     /// hands each prepared statement out under the connection's statement-cache lock, which is

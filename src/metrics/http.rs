@@ -82,6 +82,15 @@ impl RequestSeries {
 }
 
 impl ThreadRequests {
+    /// How many series this thread keeps for the scrape.
+    pub fn len(&self) -> usize {
+        lock(&self.series).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// This thread's series of these labels, made on first use. A linear search under a lock:
     /// callers keep the series they use (`observe` does, per thread), so this runs once per
     /// label set, and the labels (route templates, methods, statuses) are few.

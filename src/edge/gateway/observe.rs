@@ -249,8 +249,10 @@ mod tests {
                 })
                 .collect()
         });
-        // One series per template and method at most (each route answers one status).
+        // One series per template and method at most (each route answers one status), in the
+        // fast-path cache and in the cells a scrape reads alike.
         assert!(series.len() <= 3 * 2, "{series:?}");
+        assert!(THREAD.with(|thread| thread.len()) <= 3 * 2);
         for (path, _, _) in &series {
             assert!(
                 ["/static", "/items/{id}", UNMATCHED].contains(&path.as_str()),
