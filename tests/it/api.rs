@@ -599,14 +599,7 @@ async fn every_request_is_counted_once_under_its_route_template() {
         let nothing = get(format!("/v1/nothing/{round}")).send().await.unwrap();
         assert_eq!(nothing.status(), 404);
     }
-    let text = http
-        .get(format!("{}/metrics", a.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&a.base).await;
     // Read off the exposition's lines: prometheus-parse mis-reads label values with braces.
     let count = |path: &str| -> u64 {
         let prefix = format!("cybernetic_requests_total{{method=\"GET\",path=\"{path}\",");

@@ -652,6 +652,16 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The Prometheus exposition a server or worker at `base` serves on `/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls `check` every 50 ms until it holds or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where

@@ -394,10 +394,6 @@ fn dashboard_queries(path: &Path) -> Vec<(String, String)> {
     out
 }
 
-async fn scrape(url: &str) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
-}
-
 /// A `serve` and a `work` that did a little of everything (requests, an episode analysed, an
 /// artifact stored and read back, an SSE stream), then every panel's metrics looked up in
 /// their `/metrics`.
@@ -481,13 +477,13 @@ async fn every_dashboard_query_names_a_metric_that_serve_or_work_exports() {
     // Queue depth gauges: every queue of the node has its series, at 0 while it is empty
     // (the sampler is a periodic duty: wait for a pass). Nothing uses `critical` here.
     eventually(Duration::from_secs(30), "queue depth sampled", || async {
-        scrape(&format!("{ops}/metrics"))
+        common::metrics_text(&ops)
             .await
             .contains("cybernetic_job_queue_depth{queue=\"critical\",state=\"retryable\"} 0")
     })
     .await;
-    let mut exported = families(&scrape(&format!("{base}/metrics")).await);
-    exported.extend(families(&scrape(&format!("{ops}/metrics")).await));
+    let mut exported = families(&common::metrics_text(base).await);
+    exported.extend(families(&common::metrics_text(&ops).await));
 
     let dir = repo_root().join("compose/grafana/dashboards");
     let mut files: Vec<_> = std::fs::read_dir(&dir)

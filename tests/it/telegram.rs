@@ -139,14 +139,7 @@ pub async fn command_jobs(db: &TestDb) -> i64 {
 }
 
 async fn metric(base: &str, kind: &str, result: &str) -> f64 {
-    let text = Client::new()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(base).await;
     let prefix =
         format!("cybernetic_telegram_updates_total{{kind=\"{kind}\",result=\"{result}\"}} ");
     text.lines()
