@@ -469,3 +469,14 @@ fn the_listener_queues_a_burst_of_connections_before_they_are_accepted() {
         .collect();
     assert_eq!(waiting.len(), 1000);
 }
+
+/// Connections the server accepts have Nagle's algorithm off (set on the listener, inherited
+/// by every accepted socket). With it on, the second of two events written to an SSE client in
+/// quick succession waits for the client's (possibly delayed, up to 40 ms) ACK of the first.
+#[test]
+fn accepted_connections_send_small_writes_at_once() {
+    let listener = vsm::edge::gateway::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not set");
+}
