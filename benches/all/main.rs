@@ -8,6 +8,10 @@
 //!     cargo bench --bench all -- insert       # only the bulk insert pair of `jobs` (run only when
 //!                                             # named)
 //!
+//!     BENCH_PROFILE=1 cargo bench --bench all -- sse
+//!                                             # with a whole-machine `perf` profile of each SSE
+//!                                             # phase (see `profile.rs`)
+//!
 //! Needs PostgreSQL (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432`), `psql`,
 //! `pgbench`, `wrk`, `curl`, and `node`/`npm` for Graphile Worker (installed by `npm ci` into
 //! `benches/graphile` on first use). Writes the table as JSON to `target/bench/all.json`.
@@ -15,6 +19,7 @@
 mod http;
 mod jobs;
 mod notifications;
+mod profile;
 mod sse;
 mod support;
 mod upload;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::profile::{self, Breakdown};
 use crate::support::{Budget, Db, Latency, Report, Row, Sizes, serve};
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -32,6 +33,84 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU time a process has used so far (user + system), from `/proc/<pid>/stat`, in ms.
+fn cpu_ms(pid: &str) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces): utime and stime are the
+            // 12th and 13th of them.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    ticks as f64 * 10.0
+}
+
+/// The machine's busy and total CPU time so far (all cores), from `/proc/stat`, in ticks.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// Where the CPU went during one phase: the server's and the clients' time per delivery, and
+/// how busy the whole machine was. The clients share the server's cores, so their cost per
+/// delivery is taken from the server's and shows up as its latency.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    server_us: f64,
+    clients_us: f64,
+    machine_busy: f64,
+}
+
+struct CpuMark {
+    server: f64,
+    clients: f64,
+    machine: (u64, u64),
+}
+
+impl CpuMark {
+    fn now(server_pid: u32) -> CpuMark {
+        CpuMark {
+            server: cpu_ms(&server_pid.to_string()),
+            clients: cpu_ms("self"),
+            machine: machine_ticks(),
+        }
+    }
+
+    fn since(&self, server_pid: u32, deliveries: usize) -> CpuUse {
+        let now = CpuMark::now(server_pid);
+        let per = |ms: f64| ms * 1000.0 / deliveries.max(1) as f64;
+        let busy = now.machine.0.saturating_sub(self.machine.0) as f64;
+        let total = now.machine.1.saturating_sub(self.machine.1) as f64;
+        CpuUse {
+            server_us: per(now.server - self.server),
+            clients_us: per(now.clients - self.clients),
+            machine_busy: if total > 0.0 { busy / total } else { f64::NAN },
+        }
+    }
+}
+
+impl CpuUse {
+    fn json(&self) -> serde_json::Value {
+        json!({"server_cpu_us_per_delivery": self.server_us,
+               "clients_cpu_us_per_delivery": self.clients_us,
+               "machine_busy": self.machine_busy})
+    }
 }
 
 fn latency(samples: Vec<u64>) -> Latency {
@@ -99,6 +178,12 @@ struct Fanout {
     steady: Latency,
     steady_first: Latency,
     steady_fanout: Latency,
+    burst_cpu: CpuUse,
+    steady_cpu: CpuUse,
+    /// From the first of the burst's commits to the last.
+    burst_commits_ms: f64,
+    burst_profile: Option<Breakdown>,
+    steady_profile: Option<Breakdown>,
 }
 
 async fn fanout(clients: usize) -> Fanout {
@@ -169,13 +254,26 @@ async fn fanout(clients: usize) -> Fanout {
     });
 
     // Burst: 100 events committed back to back.
+    let recording = profile::start("sse-burst");
+    let mark = CpuMark::now(pid);
     go_tx.send(Phase::Burst).expect("publisher");
-    let (burst, burst_first, burst_fanout) = split(deliveries.collect(100 * connected).await);
+    let burst = deliveries.collect(100 * connected).await;
+    let burst_cpu = mark.since(pid, burst.len());
+    let burst_profile = recording.and_then(|r| r.finish(pid));
+    let stamps = || burst.iter().map(|(t, _)| *t);
+    let burst_commits_ms =
+        (stamps().max().unwrap_or(0) - stamps().min().unwrap_or(0)) as f64 / 1000.0;
+    let (burst, burst_first, burst_fanout) = split(burst);
     let _ = done_rx.recv().await;
 
     // Steady: 20 events/s for 5 s.
+    let recording = profile::start("sse-steady");
+    let mark = CpuMark::now(pid);
     go_tx.send(Phase::Steady).expect("publisher");
-    let (steady, steady_first, steady_fanout) = split(deliveries.collect(100 * connected).await);
+    let steady = deliveries.collect(100 * connected).await;
+    let steady_cpu = mark.since(pid, steady.len());
+    let steady_profile = recording.and_then(|r| r.finish(pid));
+    let (steady, steady_first, steady_fanout) = split(steady);
     let _ = done_rx.recv().await;
     drop(go_tx);
     let _ = publisher.join();
@@ -191,6 +289,11 @@ async fn fanout(clients: usize) -> Fanout {
         steady,
         steady_first,
         steady_fanout,
+        burst_cpu,
+        steady_cpu,
+        burst_commits_ms,
+        burst_profile,
+        steady_profile,
     }
 }
 
@@ -298,6 +401,34 @@ fn split(samples: Vec<(u64, u64)>) -> (Latency, Latency, Latency) {
     )
 }
 
+/// The profile's split of the machine, and what it means for the server's cost per delivery:
+/// the part of its kernel time that receives packets on the clients' behalf (loopback) is
+/// work the clients' own machines would do on a real network.
+fn print_profile(what: &str, p: &Breakdown, cpu: &CpuUse) {
+    let pct = |x: f64| x * 100.0;
+    println!(
+        "  SSE {what} profile ({} samples, whole machine): server {:.0} % (user {:.0} %, kernel receiving \
+         for the clients {:.0} %, other kernel {:.0} %), clients {:.0} % (user {:.0} %, kernel receiving \
+         for the server {:.0} %, other kernel {:.0} %), idle {:.0} %",
+        p.samples,
+        pct(p.server.total),
+        pct(p.server.user),
+        pct(p.server.receive),
+        pct(p.server.kernel),
+        pct(p.clients.total),
+        pct(p.clients.user),
+        pct(p.clients.receive),
+        pct(p.clients.kernel),
+        pct(p.idle)
+    );
+    if p.server.total > 0.0 {
+        let own = cpu.server_us * (1.0 - p.server.receive / p.server.total);
+        println!(
+            "  SSE {what}: the server's own CPU per delivery, without the clients' receive path: {own:.1} us"
+        );
+    }
+}
+
 pub fn run(sizes: &Sizes, report: &mut Report) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -307,15 +438,40 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let clients = sizes.sse_clients;
     let f = rt.block_on(fanout(clients));
     let all = f.connected == clients;
-    for (what, first, fanout) in [
-        ("steady", &f.steady_first, &f.steady_fanout),
-        ("burst", &f.burst_first, &f.burst_fanout),
+    println!(
+        "  SSE burst: its 100 commits took {:.1} ms from first to last",
+        f.burst_commits_ms
+    );
+    for (what, first, fanout, cpu, profile) in [
+        (
+            "steady",
+            &f.steady_first,
+            &f.steady_fanout,
+            &f.steady_cpu,
+            &f.steady_profile,
+        ),
+        (
+            "burst",
+            &f.burst_first,
+            &f.burst_fanout,
+            &f.burst_cpu,
+            &f.burst_profile,
+        ),
     ] {
         println!(
             "  SSE {what}: each event's first delivery (commit, relay, hub) p50 {:.1} ms, p99 {:.1} ms; \
              then the fan-out to every client p50 {:.1} ms, p99 {:.1} ms",
             first.p50, first.p99, fanout.p50, fanout.p99
         );
+        println!(
+            "  SSE {what}: CPU per delivery: server {:.1} us, clients {:.1} us; machine {:.0} % busy",
+            cpu.server_us,
+            cpu.clients_us,
+            cpu.machine_busy * 100.0
+        );
+        if let Some(p) = profile {
+            print_profile(what, p, cpu);
+        }
     }
     report.rows.push(Row {
         what: "SSE steady 20 events/s, one `vsm serve`",
@@ -333,7 +489,9 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         data: json!({"clients": clients, "connected": f.connected, "failed": f.failed,
                      "kib_per_stream": f.kib_per_stream, "steady": f.steady.json(),
                      "steady_first_delivery": f.steady_first.json(),
-                     "steady_fanout": f.steady_fanout.json()}),
+                     "steady_fanout": f.steady_fanout.json(),
+                     "steady_cpu": f.steady_cpu.json(),
+                     "steady_profile": f.steady_profile.as_ref().map(Breakdown::json)}),
     });
     report.rows.push(Row {
         what: "SSE burst of 100 events",
@@ -344,7 +502,10 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         met: all && f.burst.p99 <= 100.0,
         data: json!({"clients": clients, "burst": f.burst.json(),
                      "burst_first_delivery": f.burst_first.json(),
-                     "burst_fanout": f.burst_fanout.json()}),
+                     "burst_fanout": f.burst_fanout.json(),
+                     "burst_cpu": f.burst_cpu.json(),
+                     "burst_commits_ms": f.burst_commits_ms,
+                     "burst_profile": f.burst_profile.as_ref().map(Breakdown::json)}),
     });
     report.budgets.push(Budget {
         what: "SSE connect",
