@@ -12,9 +12,14 @@
 //! whose tenant and filters match, and wakes only those, locally. A stream with nothing new for
 //! its filter is not woken at all. Events travel as one shared [`SharedEvent`] (its frame
 //! rendered once), so a queued event costs a pointer per subscriber.
+//!
+//! A distributor's backlog is bounded too, at [`STALLED`] subscribers' buffers: a worker that
+//! far behind is stalled, not busy, and it lets go of every subscriber it serves (each ends
+//! with `overflow` and resumes by Last-Event-ID from the database) instead of holding every
+//! event since it stalled.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
@@ -54,11 +59,61 @@ struct Limits {
     buffer_bytes: usize,
 }
 
+/// A group's distributor may have this many subscribers' buffers of events waiting (in events
+/// and in bytes) before its worker counts as stalled. Well above one buffer: a worker busy
+/// writing to thousands of clients is briefly behind, and cutting them all off for that would
+/// send them all back to replay from the database at once.
+const STALLED: usize = 16;
+
 /// The hub's end of one group: where its distributor takes batches from.
 struct Link {
     thread: ThreadId,
     group: Arc<Group>,
     tx: mpsc::UnboundedSender<Batch>,
+}
+
+impl Link {
+    /// Sends `batch` to the group's distributor unless that would put it over `limits`, in
+    /// which case the group lets go of all its subscribers instead. `false` once the
+    /// distributor is gone.
+    fn send(&self, batch: &Batch, bytes: usize, limits: Limits) -> bool {
+        if self.group.backlog.would_exceed(batch.len(), bytes, limits) {
+            self.group.overflow();
+            return !self.tx.is_closed();
+        }
+        self.group.backlog.add(batch.len(), bytes);
+        self.tx.send(batch.clone()).is_ok()
+    }
+}
+
+/// Events (and bytes of their frames) handed to a group's distributor and not yet offered.
+#[derive(Default)]
+struct Backlog {
+    events: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Backlog {
+    fn would_exceed(&self, events: usize, bytes: usize, limits: Limits) -> bool {
+        let (waiting, waiting_bytes) = (
+            self.events.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        );
+        // As for a subscriber's buffer: whatever is waiting, one batch always fits.
+        waiting > 0
+            && (waiting + events > limits.buffer.saturating_mul(STALLED)
+                || waiting_bytes + bytes > limits.buffer_bytes.saturating_mul(STALLED))
+    }
+
+    fn add(&self, events: usize, bytes: usize) {
+        self.events.fetch_add(events, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn sub(&self, events: usize, bytes: usize) {
+        self.events.fetch_sub(events, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// Events in id order, shared by every group.
@@ -68,6 +123,7 @@ type Batch = Arc<[SharedEvent]>;
 #[derive(Default)]
 struct Group {
     tenants: Mutex<HashMap<Uuid, Vec<Arc<Slot>>>>,
+    backlog: Backlog,
 }
 
 /// One subscriber, as the distributor sees it. Only its own distributor and its own stream
@@ -345,9 +401,10 @@ impl Hub {
         if batch.is_empty() {
             return;
         }
+        let bytes = batch.iter().map(|e| e.frame.len()).sum();
         let batch: Batch = batch.into();
         // A group whose distributor is gone (its runtime ended) is forgotten.
-        groups.retain(|l| l.tx.send(batch.clone()).is_ok());
+        groups.retain(|l| l.send(&batch, bytes, self.inner.limits));
     }
 
     /// The highest event id handed out (the consumer's catch-up point after a reconnect).
@@ -375,7 +432,11 @@ async fn distribute(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => group.offer(&batch, limits),
+                Some(batch) => {
+                    group.offer(&batch, limits);
+                    let bytes = batch.iter().map(|e| e.frame.len()).sum();
+                    group.backlog.sub(batch.len(), bytes);
+                }
                 None => return,
             },
             () = &mut stopping, if !stopped => {
@@ -413,6 +474,15 @@ impl Group {
                     .topic(topic::metric_label(&event.topic))
                     .inc_by(queued);
             }
+        }
+    }
+
+    /// Lets go of every subscriber: each drains what it has, then ends with `overflow`.
+    fn overflow(&self) {
+        for slot in lock(&self.tenants).drain().flat_map(|(_, slots)| slots) {
+            let mut s = lock(&slot.state);
+            s.overflowed = true;
+            s.wake();
         }
     }
 
@@ -598,6 +668,55 @@ mod tests {
         assert_eq!(got, vec![want("a.*"), want("b.x"), want("")]);
         // The last stream gone, its group and its distributor go too.
         assert!(lock(&hub.inner.groups).is_empty());
+    }
+
+    /// A worker that stops running (its distributor with it) cannot make the hub hold every
+    /// event from then on: past [`STALLED`] buffers of backlog, its subscribers are let go.
+    #[tokio::test]
+    async fn a_stalled_worker_lets_go_of_its_subscribers_instead_of_queueing_without_bound() {
+        let hub = Hub::with_limits(10, 4, 1 << 20, Shutdown::new());
+        let t = Uuid::now_v7();
+        let mut live = hub.subscribe(t, Filters::default()).unwrap();
+        let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+        let stalled = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut s = hub.subscribe(t, Filters::default()).unwrap();
+                    subscribed_tx.send(()).unwrap();
+                    // Blocks the thread, and with it the group's distributor.
+                    resume_rx.recv().unwrap();
+                    let first = s.recv().await.map(|e| e.seq);
+                    (first, s.overflowed())
+                })
+            })
+        };
+        subscribed_rx.recv().unwrap();
+        let bound = 4 * STALLED;
+        for seq in 1..=bound as i64 + 10 {
+            hub.dispatch([ev(seq, Some(t), "a.b")]);
+            // A subscriber whose worker runs keeps getting everything.
+            assert_eq!(live.recv().await.unwrap().seq, seq);
+        }
+        let me = std::thread::current().id();
+        let waiting = lock(&hub.inner.groups)
+            .iter()
+            .find(|l| l.thread != me)
+            .map(|l| l.group.backlog.events.load(Ordering::Acquire));
+        assert_eq!(
+            waiting,
+            Some(bound),
+            "the stalled group's backlog is bounded"
+        );
+        resume_tx.send(()).unwrap();
+        let (first, overflowed) = stalled.join().unwrap();
+        assert_eq!(first, None, "let go before anything reached it");
+        assert!(overflowed && !live.overflowed());
     }
 
     #[tokio::test]
