@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::edge::gateway::launch;
-use crate::edge::gateway::ops::{OpsServer, OpsState};
+use crate::edge::gateway::ops::OpsServer;
+use crate::edge::gateway::state::OpsState;
 use crate::health::Readiness;
 use crate::jobs::{Engine, EngineOptions, Registry};
 use crate::migrate::{self, Action};

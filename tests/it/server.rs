@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::TestDb;
 use vsm::config::{Config, DatabaseConfig, ServiceUrl};
-use vsm::edge::gateway::auth::KeyCache;
+use vsm::edge::gateway::credentials::KeyCache;
 use vsm::edge::gateway::rate_limit::RateLimiter;
 use vsm::edge::gateway::{AppState, Server};
 use vsm::events::hub::Hub;
@@ -173,7 +173,8 @@ async fn ready_shows_a_short_reason_never_the_database_error_text() {
 /// SSE hub, rate limiter or key cache. It serves the operations endpoints and nothing else.
 #[tokio::test]
 async fn the_ops_listener_runs_on_its_own_small_state() {
-    use vsm::edge::gateway::ops::{OpsServer, OpsState};
+    use vsm::edge::gateway::OpsState;
+    use vsm::edge::gateway::ops::OpsServer;
     let db = TestDb::migrated().await;
     let repo = db.repo().await;
     let shutdown = Shutdown::new();

@@ -1,5 +1,5 @@
 //! Bearer API-key authentication (CONTRACT §4). Keys are looked up by their sha256 and a found
-//! key is cached briefly, so a revoked key stops working within [`KEY_CACHE_TTL`] while a busy
+//! key is cached briefly, so a revoked key stops working within [`credentials::TTL`](super::credentials::TTL) while a busy
 //! client costs one database round trip per TTL.
 //!
 //! Only found keys are cached: unknown keys cannot push known ones out. Instead, a lookup of a
@@ -9,75 +9,24 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
-use moka::sync::Cache;
 use uuid::Uuid;
 
-use super::AppState;
 use super::client_addr;
+use super::credentials::{Found, Principal};
 use super::error::ApiError;
 use super::observe::TenantTag;
 use super::rate_limit::Decision;
-use super::session::{self, Principal};
+use super::session;
+use super::state::AppState;
 use crate::schemas::storage::api_key;
-
-/// How long a key lookup is trusted; the upper bound on revocation taking effect.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Found keys kept at most (bounds memory; only valid keys, which a tenant's cap bounds, count).
-const MAX_ENTRIES: u64 = 10_000;
 
 /// A request authenticated by an API key, and the tenant it acts for.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {
     pub tenant_id: Uuid,
     pub api_key_id: Uuid,
-}
-
-/// `(api_key_id, tenant_id)` of a valid key.
-type Found = (Uuid, Uuid);
-
-/// Key hash → found key, expiring [`KEY_CACHE_TTL`] after the lookup and bounded to
-/// [`MAX_ENTRIES`] (moka evicts the least useful entry, never everything).
-#[derive(Clone)]
-pub struct KeyCache {
-    entries: Cache<[u8; 32], Found>,
-}
-
-impl Default for KeyCache {
-    fn default() -> Self {
-        Self {
-            entries: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(KEY_CACHE_TTL)
-                // `forget` finds entries by key id, not by the hash they are stored under.
-                .support_invalidation_closures()
-                .build(),
-        }
-    }
-}
-
-impl KeyCache {
-    /// Forgets a key at once on this instance (other instances within the TTL).
-    pub fn forget(&self, api_key_id: Uuid) {
-        // Only fails when invalidation closures are not enabled, which `default` always does;
-        // the TTL still bounds how long a revoked key is served.
-        if let Err(e) = self
-            .entries
-            .invalidate_entries_if(move |_, (id, _)| *id == api_key_id)
-        {
-            tracing::error!(error = %e, "could not forget a revoked API key");
-        }
-    }
-
-    fn get(&self, hash: &[u8; 32]) -> Option<Found> {
-        self.entries.get(hash)
-    }
-
-    fn put(&self, hash: [u8; 32], found: Found) {
-        self.entries.insert(hash, found);
-    }
 }
 
 /// A request carrying the admin token (`VSM_ADMIN_TOKEN`), compared in constant time.
@@ -246,7 +195,7 @@ pub async fn charge(
         Decision::Deny {
             retry_after_secs,
             by,
-        } => Err(rate_limited(by, retry_after_secs)),
+        } => Err(ApiError::rate_limited(by, retry_after_secs)),
         Decision::Allow => Ok(()),
     }
 }
@@ -269,7 +218,7 @@ async fn lookup(req: &HttpRequest, state: &AppState, hash: &[u8; 32]) -> Result<
         by,
     } = state.limiter.check_lookup(&address).await
     {
-        return Err(rate_limited(by, retry_after_secs));
+        return Err(ApiError::rate_limited(by, retry_after_secs));
     }
     match state.repo.resolve_api_key(hash).await? {
         Some(found) => {
@@ -278,51 +227,5 @@ async fn lookup(req: &HttpRequest, state: &AppState, hash: &[u8; 32]) -> Result<
             Ok(found)
         }
         None => Err(ApiError::Unauthorized("invalid API key".into())),
-    }
-}
-
-pub fn rate_limited(by: super::rate_limit::Scope, retry_after_secs: u64) -> ApiError {
-    ApiError::RateLimited {
-        message: format!("rate limit exceeded for this {}", by.describe()),
-        retry_after_secs,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hash(i: u64) -> [u8; 32] {
-        let mut h = [0u8; 32];
-        h[..8].copy_from_slice(&i.to_be_bytes());
-        h
-    }
-
-    #[test]
-    fn a_full_cache_stays_bounded_and_keeps_most_keys() {
-        let cache = KeyCache::default();
-        for i in 0..MAX_ENTRIES + 50 {
-            cache.put(hash(i), (Uuid::now_v7(), Uuid::now_v7()));
-        }
-        cache.entries.run_pending_tasks();
-        let count = cache.entries.entry_count();
-        assert!(count <= MAX_ENTRIES, "{count}");
-        // Evicted one at a time, never cleared wholesale.
-        assert!(count >= MAX_ENTRIES - 100, "{count}");
-    }
-
-    #[test]
-    fn forget_drops_every_entry_of_that_key_at_once() {
-        let cache = KeyCache::default();
-        let (revoked, kept) = (Uuid::now_v7(), Uuid::now_v7());
-        let tenant = Uuid::now_v7();
-        cache.put(hash(1), (revoked, tenant));
-        cache.put(hash(2), (kept, tenant));
-        cache.forget(revoked);
-        assert_eq!(cache.get(&hash(1)), None);
-        assert_eq!(cache.get(&hash(2)), Some((kept, tenant)));
-        // A later lookup of the same key caches it again.
-        cache.put(hash(1), (revoked, tenant));
-        assert_eq!(cache.get(&hash(1)), Some((revoked, tenant)));
     }
 }

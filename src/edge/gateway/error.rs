@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use super::rate_limit::Scope;
 use crate::repo::DbError;
 use crate::storage::StorageError;
 
@@ -73,6 +74,14 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// 429 for a request over the limit of the bucket `by`, retryable after the given seconds.
+    pub fn rate_limited(by: Scope, retry_after_secs: u64) -> ApiError {
+        ApiError::RateLimited {
+            message: format!("rate limit exceeded for this {}", by.describe()),
+            retry_after_secs,
         }
     }
 }

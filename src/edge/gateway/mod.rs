@@ -5,6 +5,7 @@ pub mod auth;
 pub mod budget;
 pub mod client_addr;
 pub mod controllers;
+pub mod credentials;
 pub mod drain;
 pub mod error;
 pub mod observe;
@@ -16,5 +17,7 @@ pub mod rate_limit;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod state;
 
-pub use server::{AppState, Server, launch};
+pub use server::{Server, launch};
+pub use state::{AppState, OpsState};

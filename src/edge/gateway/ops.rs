@@ -3,26 +3,14 @@
 //! only [`OpsState`], so `vsm work` builds just that (no SSE hub, rate limiter or key cache).
 
 use std::net::TcpListener;
-use std::time::Instant;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use super::controllers::{health_controller, metrics_controller};
+use super::state::OpsState;
 use super::{observe, router};
-use crate::health::Readiness;
-use crate::repo::Repo;
 use crate::shutdown::Shutdown;
-
-/// What the operations endpoints need: readiness (`/ready`), the pool (`/metrics` reads its
-/// gauges at scrape time) and the start time (`/health` uptime). `vsm serve` derives it from
-/// its [`AppState`](super::AppState); `vsm work` builds only this.
-#[derive(Clone)]
-pub struct OpsState {
-    pub readiness: Readiness,
-    pub repo: Repo,
-    pub started: Instant,
-}
 
 pub struct OpsServer {
     inner: actix_web::dev::Server,

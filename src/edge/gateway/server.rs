@@ -13,50 +13,16 @@ use actix_web::{App, HttpServer, web};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
-use super::auth::KeyCache;
+use super::credentials::{KeyCache, SessionCache};
 use super::drain::{self, InFlight};
-use super::ops::OpsState;
 use super::rate_limit::RateLimiter;
-use super::session::SessionCache;
+use super::state::AppState;
 use super::{observe, openapi, router};
 use crate::config::Config;
-use crate::events::hub::Hub;
 use crate::health::{Probe, Readiness};
 use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 use crate::storage::Storage;
-
-/// Shared by every request handler.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub repo: Repo,
-    pub readiness: Readiness,
-    /// This instance's SSE subscribers.
-    pub hub: Hub,
-    /// Recently resolved API keys.
-    pub keys: KeyCache,
-    /// Recently resolved dashboard sessions.
-    pub sessions: SessionCache,
-    /// The artifact storage backend.
-    pub storage: Storage,
-    /// Per-key request rate limit.
-    pub limiter: Arc<RateLimiter>,
-    /// The workers this build knows (policy `enqueue` actions are validated against them).
-    pub workers: crate::jobs::Registry,
-    pub shutdown: Shutdown,
-    pub started: Instant,
-}
-
-impl AppState {
-    /// The part the operations endpoints (`/live`, `/health`, `/ready`, `/metrics`) use.
-    pub fn ops(&self) -> OpsState {
-        OpsState {
-            readiness: self.readiness.clone(),
-            repo: self.repo.clone(),
-            started: self.started,
-        }
-    }
-}
 
 /// Connections the kernel queues for the server before it accepts them; the kernel caps it at
 /// `net.core.somaxconn` (4096 by default).

@@ -5,24 +5,22 @@
 //! the credential it was opened with: a tenant's session is that API key (same tenant door, same
 //! per-key and per-tenant buckets, and it ends when the key is revoked), the operator's session
 //! is the admin token (and ends when the token changes). Looked-up sessions are cached for
-//! [`KEY_CACHE_TTL`], like keys, so sign-out and revocation reach other instances within it.
+//! [`credentials::TTL`](super::credentials::TTL), like keys, so sign-out and revocation reach other instances within it.
 //!
 //! CSRF: the cookie is `SameSite=Strict`, and every state-changing request made with it must
 //! also carry the session's CSRF token in `X-CSRF-Token` and an `Origin` naming this host.
 
 use actix_web::HttpRequest;
 use actix_web::http::Method;
-use moka::sync::Cache;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
-use super::AppState;
-use super::auth::KEY_CACHE_TTL;
 use super::client_addr;
+use super::credentials::{Principal, Session};
 use super::error::ApiError;
 use super::rate_limit::Decision;
+use super::state::AppState;
 use crate::repo::DashboardSessionRow;
 
 /// The session cookie's name.
@@ -31,81 +29,6 @@ pub const COOKIE: &str = "vsm_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Sessions kept per API key (and for the operator); older ones are closed at sign-in.
 pub const SESSIONS_PER_KEY: i32 = 20;
-/// Sessions cached at most (bounds memory; only live sessions, capped per key, are cached).
-const MAX_ENTRIES: u64 = 10_000;
-
-/// Who a session acts for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Principal {
-    /// A tenant's API key.
-    Tenant { tenant_id: Uuid, api_key_id: Uuid },
-    /// The operator (admin token): every tenant's queues, pause/resume, platform health.
-    Operator,
-}
-
-/// A live session.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub principal: Principal,
-    pub csrf_token: String,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    /// sha256 of the cookie's token (what sign-out closes).
-    pub token_hash: [u8; 32],
-    /// sha256 of the admin token an operator session was opened with.
-    admin_token_hash: Option<Vec<u8>>,
-}
-
-impl Session {
-    /// A session just opened (the operator's is checked against the admin token on each use).
-    pub fn new(
-        principal: Principal,
-        csrf_token: String,
-        expires_at: chrono::DateTime<chrono::Utc>,
-        token_hash: [u8; 32],
-    ) -> Self {
-        Self {
-            principal,
-            csrf_token,
-            expires_at,
-            token_hash,
-            admin_token_hash: None,
-        }
-    }
-}
-
-/// Token hash → live session, for [`KEY_CACHE_TTL`].
-#[derive(Clone)]
-pub struct SessionCache {
-    entries: Cache<[u8; 32], Session>,
-}
-
-impl Default for SessionCache {
-    fn default() -> Self {
-        Self {
-            entries: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(KEY_CACHE_TTL)
-                .support_invalidation_closures()
-                .build(),
-        }
-    }
-}
-
-impl SessionCache {
-    /// Forgets one session at once on this instance (sign-out).
-    pub fn forget(&self, token_hash: &[u8; 32]) {
-        self.entries.invalidate(token_hash);
-    }
-
-    /// Forgets every session of a revoked key at once on this instance.
-    pub fn forget_key(&self, api_key_id: Uuid) {
-        let revoked = move |_: &[u8; 32], s: &Session| matches!(s.principal, Principal::Tenant { api_key_id: id, .. } if id == api_key_id);
-        if let Err(e) = self.entries.invalidate_entries_if(revoked) {
-            // Only without invalidation closures, which `default` enables; the TTL still bounds it.
-            tracing::error!(error = %e, "could not forget a revoked key's sessions");
-        }
-    }
-}
 
 /// 32 random bytes, hex.
 pub fn random_token() -> String {
@@ -151,7 +74,7 @@ pub async fn from_request(
     let Some(hash) = cookie_token_hash(req) else {
         return Err(signed_out());
     };
-    let session = match state.sessions.entries.get(&hash) {
+    let session = match state.sessions.get(&hash) {
         Some(session) => session,
         None => {
             let address = client_addr::bucket_name(client_ip(req, state));
@@ -160,7 +83,7 @@ pub async fn from_request(
                 by,
             } = state.limiter.check_lookup(&address).await
             {
-                return Err(super::auth::rate_limited(by, retry_after_secs));
+                return Err(ApiError::rate_limited(by, retry_after_secs));
             }
             let row = state
                 .repo
@@ -169,7 +92,7 @@ pub async fn from_request(
                 .ok_or_else(signed_out)?;
             let session = session_of(hash, row).ok_or_else(signed_out)?;
             state.limiter.refund_lookup(&address).await;
-            state.sessions.entries.insert(hash, session.clone());
+            state.sessions.put(hash, session.clone());
             session
         }
     };
@@ -328,27 +251,5 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn forget_key_drops_only_that_keys_sessions() {
-        let cache = SessionCache::default();
-        let tenant = Uuid::now_v7();
-        let (revoked, kept) = (Uuid::now_v7(), Uuid::now_v7());
-        let session = |api_key_id, n: u8| Session {
-            principal: Principal::Tenant {
-                tenant_id: tenant,
-                api_key_id,
-            },
-            csrf_token: String::new(),
-            expires_at: chrono::Utc::now(),
-            token_hash: [n; 32],
-            admin_token_hash: None,
-        };
-        cache.entries.insert([1; 32], session(revoked, 1));
-        cache.entries.insert([2; 32], session(kept, 2));
-        cache.forget_key(revoked);
-        assert!(cache.entries.get(&[1; 32]).is_none());
-        assert!(cache.entries.get(&[2; 32]).is_some());
     }
 }

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::budget::{self, Resource};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
+use crate::edge::gateway::state::AppState;
 use crate::schemas::storage::api_key;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::state::AppState;
 use crate::schemas::storage::artifact::{self as rows, Artifact};
 use crate::storage::artifact::{self, ArtifactError};
 use crate::storage::{ByteStream, StorageError, object_key, validate_path};

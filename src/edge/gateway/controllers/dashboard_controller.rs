@@ -14,10 +14,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth;
+use crate::edge::gateway::credentials::{Principal, Session};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
-use crate::edge::gateway::session::{self, Principal, Session};
+use crate::edge::gateway::session;
+use crate::edge::gateway::state::AppState;
 use crate::repo::NewDashboardSession;
 
 /// The page's files, compiled into the binary: (path under `/dashboard/assets/`, type, bytes).

@@ -7,11 +7,11 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::edge::gateway::query::QueryText;
+use crate::edge::gateway::state::AppState;
 use crate::schemas::vsm::episode::{self, Episode, EpisodeStatus};
 use crate::workers::episode_analyzer::intake::{self, EpisodeInput, IntakeError};
 

@@ -4,9 +4,9 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use serde::Deserialize;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::ApiError;
+use crate::edge::gateway::state::AppState;
 use crate::events::hub::SubscribeError;
 use crate::events::stream::{self, OpenError};
 use crate::events::topic::Filters;

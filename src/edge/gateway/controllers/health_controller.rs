@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
-use crate::edge::gateway::ops::OpsState;
+use crate::edge::gateway::state::OpsState;
 
 /// 200 while the process runs.
 #[utoipa::path(get, path = "/live", tag = "health", responses((status = 200, description = "alive")))]

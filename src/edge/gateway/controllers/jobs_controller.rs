@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::{Admin, Authenticated, Viewer};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::edge::gateway::query::QueryText;
+use crate::edge::gateway::state::AppState;
 use crate::jobs::JobState;
 use crate::jobs::storage::{self as jobs, Job};
 

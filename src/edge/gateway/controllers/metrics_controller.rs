@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, get, web};
 
 use crate::edge::gateway::error::ApiError;
-use crate::edge::gateway::ops::OpsState;
+use crate::edge::gateway::state::OpsState;
 use crate::metrics::METRICS;
 
 #[get("/metrics")]

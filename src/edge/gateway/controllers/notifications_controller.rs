@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::state::AppState;
 use crate::repo::TenantTx;
 use crate::schemas::notify::notification::{
     self, Attempt, ChannelKind, DeliveryState, Notification,

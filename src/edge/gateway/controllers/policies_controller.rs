@@ -12,10 +12,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::PoliciesConfig;
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::state::AppState;
 use crate::events::payloads::{self, PolicyCreated, PolicyDeleted, PolicySummary, PolicyUpdated};
 use crate::schemas::vsm::policy::{self, NewPolicy, Policy};
 use crate::workers::policy_evaluator;

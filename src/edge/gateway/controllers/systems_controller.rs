@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::state::AppState;
 use crate::events::payloads::{self, SystemStateChanged};
 use crate::schemas::vsm::system_state::{self, SYSTEM_NAMES, SystemState};
 

@@ -20,12 +20,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::budget::{self, Resource};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::edge::gateway::rate_limit::Decision;
+use crate::edge::gateway::state::AppState;
 use crate::jobs::storage as jobs;
 use crate::metrics::METRICS;
 use crate::schemas::telegram::chat::{self, Linked, TelegramChat};

@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Admin;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
+use crate::edge::gateway::state::AppState;
 use crate::schemas::storage::tenant;
 
 #[derive(Debug, Deserialize, ToSchema)]

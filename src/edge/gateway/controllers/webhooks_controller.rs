@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::edge::gateway::AppState;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::budget::{self, Resource};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
 use crate::edge::gateway::pagination::{List, PageQuery};
+use crate::edge::gateway::state::AppState;
 use crate::events::topic::Filter;
 use crate::schemas::webhooks::endpoint::{self, Endpoint, EndpointChange, NewEndpoint};
 use crate::workers::notification_sender::target_guard::Guard;
