@@ -401,10 +401,13 @@ fn split(samples: Vec<(u64, u64)>) -> (Latency, Latency, Latency) {
     )
 }
 
-/// The profile's split of the machine, and what it means for the server's cost per delivery:
-/// the part of its kernel time that receives packets on the clients' behalf (loopback) is
-/// work the clients' own machines would do on a real network.
-fn print_profile(what: &str, p: &Breakdown, cpu: &CpuUse) {
+/// The profile's split of the machine, and what it means for the server's own cost per
+/// delivery. On loopback each side's kernel receives the other's packets on its own time: the
+/// server's sends carry the clients' receive path (data in), the clients' reads carry the
+/// server's (their ACKs in). On a network each machine receives its own packets, so the
+/// server's own work is its user time, its other kernel time (sending), and the receive path
+/// the clients ran for it.
+fn print_profile(what: &str, p: &Breakdown, cpu: &CpuUse, clients: usize) {
     let pct = |x: f64| x * 100.0;
     println!(
         "  SSE {what} profile ({} samples, whole machine): server {:.0} % (user {:.0} %, kernel receiving \
@@ -421,10 +424,14 @@ fn print_profile(what: &str, p: &Breakdown, cpu: &CpuUse) {
         pct(p.clients.kernel),
         pct(p.idle)
     );
-    if p.server.total > 0.0 {
-        let own = cpu.server_us * (1.0 - p.server.receive / p.server.total);
+    if p.server.total > 0.0 && p.clients.total > 0.0 {
+        let own = cpu.server_us * (1.0 - p.server.receive / p.server.total)
+            + cpu.clients_us * (p.clients.receive / p.clients.total);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
-            "  SSE {what}: the server's own CPU per delivery, without the clients' receive path: {own:.1} us"
+            "  SSE {what}: the server's own CPU per delivery (user, sending, receiving ACKs) {own:.1} us: \
+             one event to {clients} clients is {:.1} ms on {cores} cores with nothing else running",
+            own * clients as f64 / 1000.0 / cores as f64
         );
     }
 }
@@ -470,7 +477,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
             cpu.machine_busy * 100.0
         );
         if let Some(p) = profile {
-            print_profile(what, p, cpu);
+            print_profile(what, p, cpu, f.connected);
         }
     }
     report.rows.push(Row {
