@@ -7,6 +7,7 @@
 //! bound parameter (transaction-local, so it can never leak to the next user of the pooled
 //! connection) and hands out the connection for the length of that transaction.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -441,16 +442,21 @@ impl Repo {
         }
     }
 
-    /// A read of one tenant's rows: `BEGIN`, the tenant context and the read's first statement
-    /// go out pipelined in one round trip (as [`Repo::tenant_tx`] does with the first two),
-    /// then `COMMIT`. For the API's reads, which are one statement: three round trips become two.
+    /// A read of one tenant's rows in one round trip: `BEGIN`, the tenant context, the read's
+    /// one statement and `COMMIT` go out pipelined, and only then is any answer looked at. A
+    /// read that needs several statements opens a [`TenantTx`] instead.
     ///
-    /// The read's statements are sent after `set_config` on the same connection: diesel-async
-    /// hands each prepared statement out under the connection's statement-cache lock, which is
-    /// FIFO, and sends it before letting go, so a statement polled later is never written
-    /// earlier — even when either has to be prepared first (tested on fresh connections). A
-    /// read that fails, or a context that could not be set, rolls back; a cancelled read closes
-    /// the connection instead of returning it to the pool mid-transaction.
+    /// The pipeline is written in the order its parts are polled: diesel-async hands each
+    /// prepared statement out under the connection's statement-cache lock, which is FIFO, and
+    /// sends it before letting go, so a statement polled later is never written earlier, even
+    /// when either has to be prepared first (tested on fresh connections). `COMMIT` is polled
+    /// right after the read's first poll, and is sent then only if the read has issued its
+    /// statement by that point; otherwise the door ends the transaction after the read, a
+    /// round trip later. A failed statement aborts the transaction and the pipelined `COMMIT`
+    /// rolls it back. A statement issued after the pipelined `COMMIT` would run outside the
+    /// transaction, with no tenant context (so it sees no rows): the door then refuses the
+    /// whole read with an error rather than return what it saw. A cancelled read closes the
+    /// connection instead of returning it to the pool mid-transaction.
     pub async fn tenant_read<T>(
         &self,
         tenant: Uuid,
@@ -459,24 +465,63 @@ impl Repo {
         let conn = self.pool.get().await?;
         let mut pending = Unsettled(Some(conn));
         let tenant_text = tenant.to_string();
-        let (opened, read) = {
+        let issued = AtomicU32::new(0);
+        let (opened, read, committed) = {
             let shared: &AsyncPgConnection = pending.conn();
-            let mut reader = TenantRead { conn: shared };
-            // Polled in this order, so written in this order (BEGIN, context, the read); all
-            // run to the end before any result is looked at, so nothing is in flight below.
-            futures_util::join!(open_tenant_context(shared, &tenant_text), read(&mut reader))
+            let mut reader = TenantRead {
+                conn: shared,
+                issued: &issued,
+            };
+            let mut end_on = shared;
+            // Polled in this order, so written in this order; all run to the end before any
+            // result is looked at, so nothing is in flight below.
+            futures_util::join!(
+                open_tenant_context(shared, &tenant_text),
+                read(&mut reader),
+                async {
+                    if AtomicU32::load(&issued, Ordering::Relaxed) != 1 {
+                        return None;
+                    }
+                    Some(
+                        diesel::sql_query("COMMIT")
+                            .prepared()
+                            .execute(&mut end_on)
+                            .await,
+                    )
+                }
+            )
         };
         let outcome = opened.and(read);
-        // COMMIT and ROLLBACK both end the transaction (a failed one rolls back either way);
-        // if even that fails, the guard closes the connection rather than pool it.
-        let end = if outcome.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        diesel_async::SimpleAsyncConnection::batch_execute(pending.conn_mut(), end).await?;
-        pending.settle();
-        outcome
+        match committed {
+            Some(committed) => {
+                // If even COMMIT failed, the guard closes the connection rather than pool it.
+                committed?;
+                pending.settle();
+                let statements = AtomicU32::load(&issued, Ordering::Relaxed);
+                if statements > 1 {
+                    return Err(DbError::Other(DieselError::QueryBuilderError(
+                        format!(
+                            "a tenant read runs one statement, this one ran {statements}: \
+                             the later ones ran after its COMMIT (use tenant_tx)"
+                        )
+                        .into(),
+                    )));
+                }
+                outcome
+            }
+            None => {
+                // COMMIT and ROLLBACK both end the transaction (a failed one rolls back either
+                // way); if even that fails, the guard closes the connection.
+                let end = if outcome.is_ok() {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                diesel_async::SimpleAsyncConnection::batch_execute(pending.conn_mut(), end).await?;
+                pending.settle();
+                outcome
+            }
+        }
     }
 
     /// A transaction for cross-tenant machinery (event relay, job engine): it runs as the system
@@ -755,6 +800,9 @@ impl TenantTx {
 /// private): its tenant context is set exactly as a [`TenantTx`]'s is.
 pub struct TenantRead<'c> {
     conn: &'c AsyncPgConnection,
+    /// Statements issued through it (each takes the connection once): the door pipelines its
+    /// COMMIT after the first, and refuses a read that issued more.
+    issued: &'c AtomicU32,
 }
 
 /// Where one tenant's rows are reached: a [`TenantTx`] or a [`TenantRead`]. Sealed, so a
@@ -780,6 +828,7 @@ impl<'c> TenantConn for TenantRead<'c> {
     type Conn = &'c AsyncPgConnection;
 
     fn conn(&mut self) -> &mut &'c AsyncPgConnection {
+        self.issued.fetch_add(1, Ordering::Relaxed);
         &mut self.conn
     }
 }

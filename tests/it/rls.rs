@@ -582,29 +582,27 @@ async fn a_tenant_tx_cancelled_mid_pipeline_leaves_no_tenant_context() {
     }
 }
 
-/// `tenant_read` pipelines BEGIN, the context and the read's statement: the statement must run
-/// after the context is set, also on a fresh connection where neither statement is prepared yet
-/// (each round uses a statement text the connection has never seen), and for every statement of
-/// a read of several.
+/// `tenant_read` pipelines BEGIN, the context, the read's statement and COMMIT: the statement
+/// must run after the context is set and before the COMMIT, also on fresh connections where
+/// none of them is prepared yet (each round's statement text is new, and the first rounds each
+/// start on a new connection).
 #[tokio::test]
 async fn a_tenant_read_sees_its_tenant_context_even_when_every_statement_is_new() {
     use vsm::repo::TenantConn;
     let w = world().await;
-    let repo = one_connection(&w).await;
+    let mut repo = one_connection(&w).await;
     for round in 0..20 {
+        if round < 5 {
+            repo = one_connection(&w).await;
+        }
         let tenant = if round % 2 == 0 { w.a } else { w.b };
-        let (first, second) = repo
-            .tenant_read(tenant, async |r| {
-                let first = backend(r.conn(), 1 + round).await?;
-                Ok((first, backend(r.conn(), 1_000 + round).await?))
-            })
+        let read = repo
+            .tenant_read(tenant, async |r| backend(r.conn(), 1 + round).await)
             .await
             .unwrap();
-        assert_eq!(first.tenant, Some(tenant.to_string()), "round {round}");
-        assert_eq!(second.tenant, Some(tenant.to_string()), "round {round}");
-        assert_eq!(first.pid, second.pid);
+        assert_eq!(read.tenant, Some(tenant.to_string()), "round {round}");
         let after = next_user_sees_no_context(&repo, &format!("read {round}")).await;
-        assert_eq!(after, first.pid);
+        assert_eq!(after, read.pid);
     }
     // Through the schema functions: each tenant reads only its own rows.
     for tenant in [w.a, w.b] {
@@ -615,6 +613,51 @@ async fn a_tenant_read_sees_its_tenant_context_even_when_every_statement_is_new(
         assert!(!states.is_empty());
         assert!(states.iter().all(|s| s.tenant_id == tenant));
     }
+}
+
+/// The read's COMMIT goes out right behind its statement, so a second statement would run
+/// after it, outside the transaction and without the tenant: the door refuses such a read
+/// (an error, not what the second statement saw) and hands the connection on clean.
+#[tokio::test]
+async fn a_tenant_read_of_two_statements_is_refused_not_half_run() {
+    use vsm::repo::TenantConn;
+    let w = world().await;
+    let repo = one_connection(&w).await;
+    let second_saw = std::sync::Mutex::new(None);
+    let refused = repo
+        .tenant_read(w.a, async |r| {
+            backend(r.conn(), 1).await?;
+            let second = backend(r.conn(), 2).await?;
+            *second_saw.lock().unwrap() = Some(second.tenant.clone());
+            Ok(second)
+        })
+        .await;
+    let error = refused.err().expect("a two-statement read is refused");
+    assert!(error.to_string().contains("one statement"), "{error}");
+    // Why: the second statement ran after the COMMIT, with no tenant.
+    assert_eq!(*second_saw.lock().unwrap(), Some(None));
+    next_user_sees_no_context(&repo, "a refused read").await;
+}
+
+/// A read that has not issued its statement by the time the door would pipeline its COMMIT
+/// (it awaited something else first) is ended a round trip later instead, however many
+/// statements it then runs: all of them inside the transaction, with the tenant.
+#[tokio::test]
+async fn a_tenant_read_that_starts_late_is_committed_after_it() {
+    use vsm::repo::TenantConn;
+    let w = world().await;
+    let repo = one_connection(&w).await;
+    let (first, second) = repo
+        .tenant_read(w.b, async |r| {
+            tokio::task::yield_now().await;
+            let first = backend(r.conn(), 1).await?;
+            Ok((first, backend(r.conn(), 2).await?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.tenant, Some(w.b.to_string()));
+    assert_eq!(second.tenant, Some(w.b.to_string()));
+    next_user_sees_no_context(&repo, "a late read").await;
 }
 
 /// A read that fails is rolled back: its error comes back and the pooled connection carries
