@@ -428,10 +428,12 @@ fn print_profile(what: &str, p: &Breakdown, cpu: &CpuUse, clients: usize) {
         let own = cpu.server_us * (1.0 - p.server.receive / p.server.total)
             + cpu.clients_us * (p.clients.receive / p.clients.total);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_event_ms = own * clients as f64 / 1000.0 / cores as f64;
         println!(
             "  SSE {what}: the server's own CPU per delivery (user, sending, receiving ACKs) {own:.1} us: \
-             one event to {clients} clients is {:.1} ms on {cores} cores with nothing else running",
-            own * clients as f64 / 1000.0 / cores as f64
+             on {cores} cores with nothing else running, an event's fan-out to {clients} clients takes \
+             {per_event_ms:.1} ms and the phase's 100 events {:.0} ms",
+            per_event_ms * 100.0
         );
     }
 }
