@@ -16,49 +16,55 @@ pub const TTL: Duration = Duration::from_secs(5);
 /// bounds, count).
 pub const MAX_ENTRIES: u64 = 10_000;
 
-/// An empty cache. Entries can be forgotten by a predicate over them (a revoked key's id).
-fn build<V: Clone + Send + Sync + 'static>() -> Cache<[u8; 32], V> {
-    Cache::builder()
-        .max_capacity(MAX_ENTRIES)
-        .time_to_live(TTL)
-        .support_invalidation_closures()
-        .build()
+/// Secret's sha256 → what it resolved to, for [`TTL`], at most [`MAX_ENTRIES`]: the same
+/// cache for keys ([`KeyCache`]) and sessions ([`SessionCache`]).
+#[derive(Clone)]
+pub struct Cached<V: Clone + Send + Sync + 'static> {
+    entries: Cache<[u8; 32], V>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Default for Cached<V> {
+    fn default() -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(TTL)
+                // Revocation finds entries by what they hold, not by the hash they are under.
+                .support_invalidation_closures()
+                .build(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Cached<V> {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<V> {
+        self.entries.get(hash)
+    }
+
+    pub fn put(&self, hash: [u8; 32], found: V) {
+        self.entries.insert(hash, found);
+    }
+
+    /// Forgets every entry `revoked` picks, at once on this instance (on the others within
+    /// the TTL, which also bounds it should forgetting fail).
+    fn forget_where(&self, what: &str, revoked: impl Fn(&V) -> bool + Send + Sync + 'static) {
+        // Only fails without invalidation closures, which `default` always enables.
+        if let Err(e) = self.entries.invalidate_entries_if(move |_, v| revoked(v)) {
+            tracing::error!(error = %e, "could not forget a revoked {what}");
+        }
+    }
 }
 
 /// `(api_key_id, tenant_id)` of a valid key.
 pub type Found = (Uuid, Uuid);
 
 /// Key hash → found key.
-#[derive(Clone)]
-pub struct KeyCache {
-    entries: Cache<[u8; 32], Found>,
-}
+pub type KeyCache = Cached<Found>;
 
-impl Default for KeyCache {
-    fn default() -> Self {
-        Self { entries: build() }
-    }
-}
-
-impl KeyCache {
+impl Cached<Found> {
     /// Forgets a key at once on this instance (other instances within the TTL).
     pub fn forget(&self, api_key_id: Uuid) {
-        // Only fails when invalidation closures are not enabled, which `default` always does;
-        // the TTL still bounds how long a revoked key is served.
-        if let Err(e) = self
-            .entries
-            .invalidate_entries_if(move |_, (id, _)| *id == api_key_id)
-        {
-            tracing::error!(error = %e, "could not forget a revoked API key");
-        }
-    }
-
-    pub fn get(&self, hash: &[u8; 32]) -> Option<Found> {
-        self.entries.get(hash)
-    }
-
-    pub fn put(&self, hash: [u8; 32], found: Found) {
-        self.entries.insert(hash, found);
+        self.forget_where("API key", move |(id, _)| *id == api_key_id);
     }
 }
 
@@ -102,26 +108,9 @@ impl Session {
 }
 
 /// Token hash → live session.
-#[derive(Clone)]
-pub struct SessionCache {
-    entries: Cache<[u8; 32], Session>,
-}
+pub type SessionCache = Cached<Session>;
 
-impl Default for SessionCache {
-    fn default() -> Self {
-        Self { entries: build() }
-    }
-}
-
-impl SessionCache {
-    pub fn get(&self, token_hash: &[u8; 32]) -> Option<Session> {
-        self.entries.get(token_hash)
-    }
-
-    pub fn put(&self, token_hash: [u8; 32], session: Session) {
-        self.entries.insert(token_hash, session);
-    }
-
+impl Cached<Session> {
     /// Forgets one session at once on this instance (sign-out).
     pub fn forget(&self, token_hash: &[u8; 32]) {
         self.entries.invalidate(token_hash);
@@ -129,11 +118,9 @@ impl SessionCache {
 
     /// Forgets every session of a revoked key at once on this instance.
     pub fn forget_key(&self, api_key_id: Uuid) {
-        let revoked = move |_: &[u8; 32], s: &Session| matches!(s.principal, Principal::Tenant { api_key_id: id, .. } if id == api_key_id);
-        if let Err(e) = self.entries.invalidate_entries_if(revoked) {
-            // Only without invalidation closures, which `default` enables; the TTL still bounds it.
-            tracing::error!(error = %e, "could not forget a revoked key's sessions");
-        }
+        self.forget_where("key's sessions", move |s| {
+            matches!(s.principal, Principal::Tenant { api_key_id: id, .. } if id == api_key_id)
+        });
     }
 }
 
@@ -190,8 +177,8 @@ mod tests {
             token_hash: [n; 32],
             admin_token_hash: None,
         };
-        cache.entries.insert([1; 32], session(revoked, 1));
-        cache.entries.insert([2; 32], session(kept, 2));
+        cache.put([1; 32], session(revoked, 1));
+        cache.put([2; 32], session(kept, 2));
         cache.forget_key(revoked);
         assert!(cache.entries.get(&[1; 32]).is_none());
         assert!(cache.entries.get(&[2; 32]).is_some());
