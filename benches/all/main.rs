@@ -8,6 +8,8 @@
 //!     cargo bench --bench all -- insert       # only the bulk insert pair of `jobs` (run only when
 //!                                             # named)
 //!
+//!     BENCH_SSE_CLIENTS=2000 cargo bench --bench all -- sse
+//!                                             # the SSE section at another client count
 //!     BENCH_PROFILE=1 cargo bench --bench all -- sse
 //!                                             # with a whole-machine `perf` profile of each SSE
 //!                                             # phase (see `profile.rs`)
@@ -45,11 +47,19 @@ const EXTRA: [Section; 1] = [("insert", jobs::insert)];
 fn main() {
     // `cargo bench` passes `--bench`; anything else that is not a section name is ignored.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let sizes = if args.iter().any(|a| a == "--tiny") || std::env::var_os("BENCH_TINY").is_some() {
-        Sizes::tiny()
-    } else {
-        Sizes::full()
-    };
+    let mut sizes =
+        if args.iter().any(|a| a == "--tiny") || std::env::var_os("BENCH_TINY").is_some() {
+            Sizes::tiny()
+        } else {
+            Sizes::full()
+        };
+    // Where the SSE latency holds at another client count (the table's row is for 10,000).
+    if let Some(n) = std::env::var("BENCH_SSE_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        sizes.sse_clients = n;
+    }
     let chosen: Vec<&str> = args
         .iter()
         .map(String::as_str)
