@@ -14,7 +14,8 @@ use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 use crate::storage::Storage;
 
-/// Shared by every request handler.
+/// Shared by every request handler (each HTTP worker has its own copy, with its own pool).
+#[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub repo: Repo,
