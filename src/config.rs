@@ -60,9 +60,7 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `DATABASE_URL`. Default `postgres://postgres@127.0.0.1:5432/vsm`.
     pub url: ServiceUrl,
-    /// Maximum connections in this process's pool (the machinery's: relay, job engine, probes),
-    /// and again in all its HTTP workers' own pools together (each worker gets its share).
-    /// Default 16.
+    /// Maximum connections in this process's pool. Default 16.
     pub pool_size: usize,
     /// Seconds to wait for a connection (new or from the pool). Default 5.
     pub connect_timeout_secs: u64,
