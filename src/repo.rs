@@ -8,7 +8,6 @@
 //! connection) and hands out the connection for the length of that transaction.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -331,10 +330,6 @@ impl From<PoolError> for DbError {
 #[derive(Clone)]
 pub struct Repo {
     pool: Pool<AsyncPgConnection>,
-    /// Every pool of this process's family: the one [`Repo::connect`] built and those
-    /// [`Repo::worker_pool`] opened from it. The pool gauges add them up.
-    family: Arc<Mutex<Vec<Pool<AsyncPgConnection>>>>,
-    cfg: Arc<DatabaseConfig>,
     url: ServiceUrl,
     system_role: String,
 }
@@ -358,43 +353,53 @@ impl Repo {
 
     /// Builds the pool without opening a connection.
     pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Repo, DbError> {
+        let role = cfg.app_role.clone();
+        let timeout = cfg.connect_timeout();
         // A connection's driver task runs on the runtime that opened it. Requests run on
         // actix's per-worker runtimes, which end one by one during a graceful shutdown; a pooled
         // connection opened there would die with its worker while another worker's request is
-        // still using it. So this pool's connections are opened on the runtime that built it
-        // (the process's main one), which outlives every request; a worker's own pool
-        // ([`Repo::worker_pool`]) is the exception, as only that worker uses it.
-        let pool = build_pool(cfg, tokio::runtime::Handle::try_current().ok())?;
+        // still using it. So connections are opened on the runtime that built the pool (the
+        // process's main one), which outlives every request.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+        // A checkout does not ask the server (`SELECT 1`, a round trip on every transaction):
+        // a connection the server closed (restart, terminated backend) is already known to be
+        // closed by its driver and is dropped at checkout all the same; one broken otherwise
+        // fails its statement, is then seen as broken and is not pooled again.
+        manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+        manager_config.custom_setup = Box::new(move |url| {
+            let opening = establish_as(url.to_owned(), role.clone(), timeout);
+            match &runtime {
+                Some(runtime) => {
+                    let task = runtime.spawn(opening);
+                    async move {
+                        task.await.map_err(|e| {
+                            diesel::ConnectionError::BadConnection(format!(
+                                "opening a connection failed: {e}"
+                            ))
+                        })?
+                    }
+                    .boxed()
+                }
+                None => opening.boxed(),
+            }
+        });
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            cfg.url.expose(),
+            manager_config,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size.max(1))
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
         Ok(Repo {
-            family: Arc::new(Mutex::new(vec![pool.clone()])),
             pool,
-            cfg: Arc::new(cfg.clone()),
             url: cfg.url.clone(),
             system_role: cfg.system_role.clone(),
-        })
-    }
-
-    /// A pool of `size` connections for one HTTP worker, each opened where it is first needed:
-    /// on that worker's runtime, so the connections' drivers run on the thread of the requests
-    /// using them, and a statement and its answer never wait for another thread to be woken.
-    /// Only that worker's requests (and tasks they spawn there) may use it: its connections end
-    /// with the worker's runtime. Counted in [`Repo::pool_status`].
-    pub fn worker_pool(&self, size: usize) -> Result<Repo, DbError> {
-        let cfg = DatabaseConfig {
-            pool_size: size,
-            ..(*self.cfg).clone()
-        };
-        let pool = build_pool(&cfg, None)?;
-        self.family
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pool.clone());
-        Ok(Repo {
-            pool,
-            family: self.family.clone(),
-            cfg: self.cfg.clone(),
-            url: self.url.clone(),
-            system_role: self.system_role.clone(),
         })
     }
 
@@ -677,24 +682,9 @@ impl Repo {
         Ok(started.elapsed())
     }
 
-    /// Pool size, idle connections and waiting callers of the whole family (the main pool and
-    /// every worker's), for the pool gauges.
+    /// Pool size, idle connections and waiting callers, for the pool gauges.
     pub fn pool_status(&self) -> deadpool::Status {
-        let family = self.family.lock().unwrap_or_else(|e| e.into_inner());
-        family.iter().map(Pool::status).fold(
-            deadpool::Status {
-                max_size: 0,
-                size: 0,
-                available: 0,
-                waiting: 0,
-            },
-            |sum, s| deadpool::Status {
-                max_size: sum.max_size + s.max_size,
-                size: sum.size + s.size,
-                available: sum.available + s.available,
-                waiting: sum.waiting + s.waiting,
-            },
-        )
+        self.pool.status()
     }
 
     /// The configured URL (password redacted when displayed).
@@ -1019,52 +1009,6 @@ pub struct ConnectError {
     /// The server answered that the database does not exist (SQLSTATE 3D000).
     pub missing_database: bool,
     pub message: String,
-}
-
-/// A pool of `cfg.pool_size` connections as the application role, opened lazily: on
-/// `runtime` when given, otherwise on the runtime of the task that first needs each one.
-fn build_pool(
-    cfg: &DatabaseConfig,
-    runtime: Option<tokio::runtime::Handle>,
-) -> Result<Pool<AsyncPgConnection>, DbError> {
-    let role = cfg.app_role.clone();
-    let timeout = cfg.connect_timeout();
-    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    // A checkout does not ask the server (`SELECT 1`, a round trip on every transaction):
-    // a connection the server closed (restart, terminated backend) is already known to be
-    // closed by its driver and is dropped at checkout all the same; one broken otherwise
-    // fails its statement, is then seen as broken and is not pooled again.
-    manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
-    manager_config.custom_setup = Box::new(move |url| {
-        let opening = establish_as(url.to_owned(), role.clone(), timeout);
-        match &runtime {
-            Some(runtime) => {
-                let task = runtime.spawn(opening);
-                async move {
-                    task.await.map_err(|e| {
-                        diesel::ConnectionError::BadConnection(format!(
-                            "opening a connection failed: {e}"
-                        ))
-                    })?
-                }
-                .boxed()
-            }
-            None => opening.boxed(),
-        }
-    });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        cfg.url.expose(),
-        manager_config,
-    );
-    let pool = Pool::builder(manager)
-        .max_size(cfg.pool_size.max(1))
-        .runtime(deadpool::Runtime::Tokio1)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .build()
-        .map_err(|e| DbError::Unavailable(e.to_string()))?;
-    Ok(pool)
 }
 
 /// Opens one connection to `url` (as its login role), bounded by `timeout`. Crate-private: a

@@ -56,45 +56,6 @@ fn spawn(repo: Repo) -> Spawned {
     }
 }
 
-/// Each HTTP worker has a pool of its own, whose connections it opens on its own thread when
-/// its requests first need them (not the process's main pool), and the pool gauges count every
-/// pool of the process.
-#[tokio::test]
-async fn each_worker_has_a_pool_of_its_own_and_the_gauges_count_every_pool() {
-    let db = TestDb::migrated().await;
-    let repo = db.repo().await;
-    let (_, key) = vsm::schemas::storage::tenant::create(&repo, "pools", None)
-        .await
-        .unwrap();
-    let before = repo.pool_status();
-    assert!(
-        before.available >= 1,
-        "the main pool has an idle connection"
-    );
-    let s = spawn(repo.clone());
-    let res = reqwest::Client::new()
-        .get(format!("{}/v1/systems", s.base))
-        .bearer_auth(&key.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let after = repo.pool_status();
-    // One worker (the test server's), given the whole configured size.
-    assert_eq!(
-        after.max_size,
-        before.max_size + Config::default().database.pool_size
-    );
-    // The request opened a connection of the worker's rather than take the main pool's idle one.
-    assert_eq!(after.size, before.size + 1);
-    s.shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), s.done)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-}
-
 #[tokio::test]
 async fn ready_is_503_naming_the_database_when_it_does_not_answer() {
     let cfg = DatabaseConfig {

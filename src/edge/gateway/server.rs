@@ -105,17 +105,6 @@ pub async fn launch(
         .map_err(|e| format!("cannot start the HTTP server: {e}"))
 }
 
-/// One worker's copy of the state, with a pool of its own (`Repo::worker_pool`); the shared
-/// pool if that cannot be built.
-fn worker_state(state: &AppState, pool_size: usize) -> AppState {
-    let mut local = state.clone();
-    match state.repo.worker_pool(pool_size) {
-        Ok(repo) => local.repo = repo,
-        Err(e) => tracing::warn!(error = %e, "a worker uses the shared pool"),
-    }
-    local
-}
-
 /// Time after the last request is done for its final bytes to reach the socket.
 const FLUSH_ALLOWANCE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -140,13 +129,7 @@ impl Server {
         let server_cfg = state.config.server.clone();
         let json_limit = server_cfg.json_body_limit;
         let ops = web::Data::new(state.ops());
-        let workers = match server_cfg.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        // The process's connections are shared out among the workers' own pools (see
-        // `Repo::worker_pool`); the main pool stays for the machinery outside requests.
-        let per_worker = state.config.database.pool_size.div_ceil(workers).max(1);
+        let data = web::Data::new(state);
         let in_flight = InFlight::default();
         let (workers_in_flight, workers_shutdown) = (in_flight.clone(), shutdown.clone());
         let mut http = HttpServer::new(move || {
@@ -158,7 +141,7 @@ impl Server {
                 .configure(|cfg| router::routes(cfg, json_limit))
                 .split_for_parts();
             utoipa::Modify::modify(&openapi::EventPayloads, &mut doc);
-            app.app_data(web::Data::new(worker_state(&state, per_worker)))
+            app.app_data(data.clone())
                 .app_data(ops.clone())
                 .app_data(web::Data::new(doc))
                 // Counts every request until its body is done, around the observation.

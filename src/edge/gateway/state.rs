@@ -14,8 +14,7 @@ use crate::repo::Repo;
 use crate::shutdown::Shutdown;
 use crate::storage::Storage;
 
-/// Shared by every request handler (each HTTP worker has its own copy, with its own pool).
-#[derive(Clone)]
+/// Shared by every request handler.
 pub struct AppState {
     pub config: Arc<Config>,
     pub repo: Repo,
