@@ -76,12 +76,12 @@ impl Link {
     /// Sends `batch` to the group's distributor unless that would put it over `limits`, in
     /// which case the group lets go of all its subscribers instead. `false` once the
     /// distributor is gone.
-    fn send(&self, batch: &Batch, bytes: usize, limits: Limits) -> bool {
-        if self.group.backlog.would_exceed(batch.len(), bytes, limits) {
+    fn send(&self, batch: &Batch, limits: Limits) -> bool {
+        if self.group.backlog.would_exceed(batch, limits) {
             self.group.overflow();
             return !self.tx.is_closed();
         }
-        self.group.backlog.add(batch.len(), bytes);
+        self.group.backlog.add(batch);
         self.tx.send(batch.clone()).is_ok()
     }
 }
@@ -94,30 +94,35 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn would_exceed(&self, events: usize, bytes: usize, limits: Limits) -> bool {
+    fn would_exceed(&self, batch: &Batch, limits: Limits) -> bool {
         let (waiting, waiting_bytes) = (
             self.events.load(Ordering::Acquire),
             self.bytes.load(Ordering::Acquire),
         );
         // As for a subscriber's buffer: whatever is waiting, one batch always fits.
         waiting > 0
-            && (waiting + events > limits.buffer.saturating_mul(STALLED)
-                || waiting_bytes + bytes > limits.buffer_bytes.saturating_mul(STALLED))
+            && (waiting + batch.events.len() > limits.buffer.saturating_mul(STALLED)
+                || waiting_bytes + batch.bytes > limits.buffer_bytes.saturating_mul(STALLED))
     }
 
-    fn add(&self, events: usize, bytes: usize) {
-        self.events.fetch_add(events, Ordering::AcqRel);
-        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    fn add(&self, batch: &Batch) {
+        self.events.fetch_add(batch.events.len(), Ordering::AcqRel);
+        self.bytes.fetch_add(batch.bytes, Ordering::AcqRel);
     }
 
-    fn sub(&self, events: usize, bytes: usize) {
-        self.events.fetch_sub(events, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    fn sub(&self, batch: &Batch) {
+        self.events.fetch_sub(batch.events.len(), Ordering::AcqRel);
+        self.bytes.fetch_sub(batch.bytes, Ordering::AcqRel);
     }
 }
 
-/// Events in id order, shared by every group.
-type Batch = Arc<[SharedEvent]>;
+/// Events in id order, shared by every group, with the bytes of their frames (counted once,
+/// as the hub dispatches them).
+#[derive(Clone)]
+struct Batch {
+    events: Arc<[SharedEvent]>,
+    bytes: usize,
+}
 
 /// The subscribers opened on one thread, by tenant.
 #[derive(Default)]
@@ -401,10 +406,12 @@ impl Hub {
         if batch.is_empty() {
             return;
         }
-        let bytes = batch.iter().map(|e| e.frame.len()).sum();
-        let batch: Batch = batch.into();
+        let batch = Batch {
+            bytes: batch.iter().map(|e| e.frame.len()).sum(),
+            events: batch.into(),
+        };
         // A group whose distributor is gone (its runtime ended) is forgotten.
-        groups.retain(|l| l.send(&batch, bytes, self.inner.limits));
+        groups.retain(|l| l.send(&batch, self.inner.limits));
     }
 
     /// The highest event id handed out (the consumer's catch-up point after a reconnect).
@@ -433,9 +440,8 @@ async fn distribute(
         tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
-                    group.offer(&batch, limits);
-                    let bytes = batch.iter().map(|e| e.frame.len()).sum();
-                    group.backlog.sub(batch.len(), bytes);
+                    group.offer(&batch.events, limits);
+                    group.backlog.sub(&batch);
                 }
                 None => return,
             },
@@ -670,12 +676,16 @@ mod tests {
         assert!(lock(&hub.inner.groups).is_empty());
     }
 
-    /// A worker that stops running (its distributor with it) cannot make the hub hold every
-    /// event from then on: past [`STALLED`] buffers of backlog, its subscribers are let go.
-    #[tokio::test]
-    async fn a_stalled_worker_lets_go_of_its_subscribers_instead_of_queueing_without_bound() {
-        let hub = Hub::with_limits(10, 4, 1 << 20, Shutdown::new());
-        let t = Uuid::now_v7();
+    /// Dispatches `events` one-event batches to tenant `t` while one subscriber's worker is
+    /// stalled (its thread blocked, its distributor with it), then resumes that worker. A live
+    /// subscriber on this thread must get every event meanwhile. Returns the stalled group's
+    /// backlog (events, bytes) at its height, and what its subscriber then saw: its first
+    /// event, and whether it was cut off.
+    async fn stall_a_worker(
+        hub: &Hub,
+        t: Uuid,
+        events: i64,
+    ) -> ((usize, usize), Option<i64>, bool) {
         let mut live = hub.subscribe(t, Filters::default()).unwrap();
         let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
         let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
@@ -697,26 +707,55 @@ mod tests {
             })
         };
         subscribed_rx.recv().unwrap();
-        let bound = 4 * STALLED;
-        for seq in 1..=bound as i64 + 10 {
+        for seq in 1..=events {
             hub.dispatch([ev(seq, Some(t), "a.b")]);
-            // A subscriber whose worker runs keeps getting everything.
             assert_eq!(live.recv().await.unwrap().seq, seq);
         }
         let me = std::thread::current().id();
-        let waiting = lock(&hub.inner.groups)
+        let backlog = lock(&hub.inner.groups)
             .iter()
             .find(|l| l.thread != me)
-            .map(|l| l.group.backlog.events.load(Ordering::Acquire));
-        assert_eq!(
-            waiting,
-            Some(bound),
-            "the stalled group's backlog is bounded"
-        );
+            .map(|l| {
+                let b = &l.group.backlog;
+                (
+                    b.events.load(Ordering::Acquire),
+                    b.bytes.load(Ordering::Acquire),
+                )
+            })
+            .expect("the stalled group");
         resume_tx.send(()).unwrap();
         let (first, overflowed) = stalled.join().unwrap();
+        assert!(!live.overflowed());
+        (backlog, first, overflowed)
+    }
+
+    /// A worker that stops running cannot make the hub hold every event from then on: past
+    /// [`STALLED`] buffers of backlog (in events), its subscribers are let go.
+    #[tokio::test]
+    async fn a_stalled_worker_lets_go_of_its_subscribers_instead_of_queueing_without_bound() {
+        let hub = Hub::with_limits(10, 4, 1 << 20, Shutdown::new());
+        let bound = 4 * STALLED;
+        let ((events, _), first, overflowed) =
+            stall_a_worker(&hub, Uuid::now_v7(), bound as i64 + 10).await;
+        assert_eq!(events, bound, "the stalled group's backlog is bounded");
         assert_eq!(first, None, "let go before anything reached it");
-        assert!(overflowed && !live.overflowed());
+        assert!(overflowed);
+    }
+
+    /// The same bound in bytes of frames: a tenant's large events cannot make a stalled
+    /// worker's backlog hold more than [`STALLED`] buffers' worth of bytes either.
+    #[tokio::test]
+    async fn a_stalled_workers_backlog_is_bounded_in_bytes_too() {
+        let frame = ev(10, None, "a.b").frame.len();
+        let bound = 2 * frame * STALLED;
+        let hub = Hub::with_limits(10, 1000, 2 * frame, Shutdown::new());
+        let dispatched = 2 * STALLED as i64 + 10;
+        let ((events, bytes), first, overflowed) =
+            stall_a_worker(&hub, Uuid::now_v7(), dispatched).await;
+        assert!(bytes <= bound, "{bytes} bytes waiting, bound {bound}");
+        assert!(events < dispatched as usize, "some were refused");
+        assert_eq!(first, None);
+        assert!(overflowed);
     }
 
     #[tokio::test]
