@@ -4,7 +4,7 @@
 use crate::common;
 
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestDb, free_port, vsm};
@@ -124,18 +124,24 @@ impl Drop for Running {
     }
 }
 
-async fn start_all(db: &TestDb) -> Running {
+fn start_all(db: &TestDb) -> Running {
+    start(db, "all", |cmd| {
+        cmd.env("VSM_SERVER__SHUTDOWN_GRACE_SECS", "5");
+    })
+}
+
+/// `vsm <role>` on a free port against `db`, its stderr inherited unless `adjust` says
+/// otherwise.
+fn start(db: &TestDb, role: &str, adjust: impl FnOnce(&mut Command)) -> Running {
     let port = free_port();
-    let child = vsm()
-        .args(["all", "--listen", &format!("127.0.0.1:{port}")])
+    let mut cmd = vsm();
+    cmd.args([role, "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", db.url())
-        .env("VSM_SERVER__SHUTDOWN_GRACE_SECS", "5")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    adjust(&mut cmd);
     Running {
-        child,
+        child: cmd.spawn().unwrap(),
         base: format!("http://127.0.0.1:{port}"),
     }
 }
@@ -160,7 +166,7 @@ async fn wait_ready(run: &mut Running) -> reqwest::Response {
 #[tokio::test]
 async fn vsm_all_migrates_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     let db = TestDb::missing();
-    let mut run = start_all(&db).await;
+    let mut run = start_all(&db);
     let ready: serde_json::Value = wait_ready(&mut run).await.json().await.unwrap();
     assert_eq!(ready["status"], "ok");
     assert_eq!(ready["checks"]["database"]["status"], "ok");
@@ -397,19 +403,11 @@ async fn every_request_writes_one_access_log_line_naming_its_tenant() {
     assert!(created.status.success(), "{}", stderr_of(&created));
     let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let port = free_port();
-    let mut run = Running {
-        child: vsm()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", db.url())
-            .env("VSM_LOG", "info")
+    let mut run = start(&db, "serve", |cmd| {
+        cmd.env("VSM_LOG", "info")
             .env("VSM_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
+            .stderr(log.reopen().unwrap());
+    });
     wait_ready(&mut run).await;
     let client = reqwest::Client::new();
     let res = client
