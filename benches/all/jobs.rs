@@ -309,19 +309,13 @@ fn insert_rounds(rt: &tokio::runtime::Runtime, jobs: usize, rounds: usize, into:
         }
     };
     for round in 0..rounds {
-        let round = if round % 2 == 0 {
+        let (vsm, graphile) = if round % 2 == 0 {
             let graphile = graphile();
-            Round {
-                vsm: vsm(),
-                graphile,
-            }
+            (vsm(), graphile)
         } else {
-            Round {
-                vsm: vsm(),
-                graphile: graphile(),
-            }
+            (vsm(), graphile())
         };
-        into.push(round);
+        into.push(Round { vsm, graphile });
     }
 }
 

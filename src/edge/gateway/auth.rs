@@ -1,6 +1,6 @@
 //! Bearer API-key authentication (CONTRACT §4). Keys are looked up by their sha256 and a found
-//! key is cached briefly, so a revoked key stops working within [`credentials::TTL`](super::credentials::TTL) while a busy
-//! client costs one database round trip per TTL.
+//! key is cached briefly ([`credentials`](super::credentials)), so a revoked key stops working
+//! within its TTL while a busy client costs one database round trip per TTL.
 //!
 //! Only found keys are cached: unknown keys cannot push known ones out. Instead, a lookup of a
 //! key that is not cached first takes a token from the client address's failed-authentication

@@ -1,4 +1,5 @@
-//! Free text read from a query string (`?queue=…`, `?tag=…`, a cursor).
+//! Free text read from a query string (`?queue=…`, `?tag=…`; a cursor's key is checked for the
+//! same when it is decoded, in `pagination`).
 //!
 //! PostgreSQL text cannot hold the NUL character, so a value with one can match nothing, and
 //! sent as a parameter it fails in the database instead. It is refused while the query string

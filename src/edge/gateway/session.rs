@@ -4,8 +4,9 @@
 //! (`dashboard_sessions`, reached through SECURITY DEFINER functions). A session acts exactly as
 //! the credential it was opened with: a tenant's session is that API key (same tenant door, same
 //! per-key and per-tenant buckets, and it ends when the key is revoked), the operator's session
-//! is the admin token (and ends when the token changes). Looked-up sessions are cached for
-//! [`credentials::TTL`](super::credentials::TTL), like keys, so sign-out and revocation reach other instances within it.
+//! is the admin token (and ends when the token changes). Looked-up sessions are cached like
+//! keys ([`credentials`](super::credentials)), so sign-out and revocation reach other
+//! instances within the cache's TTL.
 //!
 //! CSRF: the cookie is `SameSite=Strict`, and every state-changing request made with it must
 //! also carry the session's CSRF token in `X-CSRF-Token` and an `Origin` naming this host.
