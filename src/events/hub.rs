@@ -13,7 +13,7 @@
 //! its filter is not woken at all. Events travel as one shared [`SharedEvent`] (its frame
 //! rendered once), so a queued event costs a pointer per subscriber.
 //!
-//! A distributor's backlog is bounded too, at [`STALLED`] subscribers' buffers: a worker that
+//! A distributor's backlog is bounded too, at `STALLED` (16) subscribers' buffers: a worker that
 //! far behind is stalled, not busy, and it lets go of every subscriber it serves (each ends
 //! with `overflow` and resumes by Last-Event-ID from the database) instead of holding every
 //! event since it stalled.
