@@ -5,7 +5,6 @@
 //! (actix's own graceful stop waits for *connections*, idle keep-alive ones included, and
 //! checks only once a second.)
 
-use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceResponse;
 use actix_web::http::ConnectionType;
 use actix_web::web::Bytes;
 use tokio::sync::Notify;
@@ -90,16 +89,35 @@ struct WorkerState {
 }
 
 impl Worker {
-    fn enter(&self) -> Guard {
+    /// Counts a request in, until the returned place is dropped.
+    pub fn enter(&self) -> Place {
         self.0.cell.fetch_add(1, Ordering::SeqCst);
-        Guard(self.clone())
+        Place(self.clone())
     }
 }
 
 /// A request's place in [`InFlight`], given up when dropped.
-struct Guard(Worker);
+pub struct Place(Worker);
 
-impl Drop for Guard {
+impl Place {
+    /// Hands the place to the response's body, so the request counts until its body has been
+    /// sent (or dropped with its connection); while draining, the response also closes its
+    /// connection.
+    pub fn track<B: MessageBody + 'static>(
+        self,
+        res: ServiceResponse<B>,
+    ) -> ServiceResponse<Tracked> {
+        let mut res = res.map_into_boxed_body();
+        if self.0.0.shutdown.is_triggered() {
+            res.response_mut()
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+        }
+        res.map_body(|_, body| Tracked { body, _place: self })
+    }
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
         let worker = &self.0.0;
         worker.cell.fetch_sub(1, Ordering::SeqCst);
@@ -112,7 +130,7 @@ impl Drop for Guard {
 /// A response body that holds its request's place in [`InFlight`] until it is done.
 pub struct Tracked {
     body: BoxBody,
-    _guard: Guard,
+    _place: Place,
 }
 
 impl MessageBody for Tracked {
@@ -128,29 +146,4 @@ impl MessageBody for Tracked {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         Pin::new(&mut self.get_mut().body).poll_next(cx)
     }
-}
-
-/// The outermost middleware: counts the request on its worker and, while draining, closes its
-/// connection after the response. `inner` is the rest of the chain (the server runs `observe`
-/// inside the same middleware layer, saving a layer's boxed call per request).
-pub async fn track<F, B>(
-    worker: Worker,
-    req: ServiceRequest,
-    inner: impl FnOnce(ServiceRequest) -> F,
-) -> Result<ServiceResponse<Tracked>, actix_web::Error>
-where
-    F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
-    B: MessageBody + 'static,
-{
-    let guard = worker.enter();
-    let mut res = inner(req).await?.map_into_boxed_body();
-    if worker.0.shutdown.is_triggered() {
-        res.response_mut()
-            .head_mut()
-            .set_connection_type(ConnectionType::Close);
-    }
-    Ok(res.map_body(|_, body| Tracked {
-        body,
-        _guard: guard,
-    }))
 }

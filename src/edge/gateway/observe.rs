@@ -24,47 +24,76 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone, Copy)]
 pub struct TenantTag(pub uuid::Uuid);
 
+/// `observe` as a `from_fn` middleware (the operations listener's; the gateway runs the same
+/// [`Observation`] inside its own middleware, `gateway::middleware`).
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let started = Instant::now();
-    let request_id = request_id(req.headers().get(&REQUEST_ID));
-    let method = method_label(req.method());
-
-    // Handlers' and extractors' errors arrive here already turned into responses; an `Err` can
-    // only come from a middleware further in, and is counted before actix renders it. (The
-    // request must not be cloned before routing: actix needs sole ownership to record matches.)
-    let mut res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
+    let observation = Observation::start(&req);
+    match next.call(req).await {
+        Ok(res) => Ok(observation.finish(res.map_into_boxed_body())),
         Err(e) => {
-            let status = e.as_response_error().status_code();
-            record(method, &Rc::from(UNMATCHED), status, started.elapsed());
-            return Err(e);
+            observation.failed(&e);
+            Err(e)
         }
-    };
+    }
+}
 
-    let status = res.status();
-    // Label by the matched route template, never the raw path (unbounded cardinality).
-    let path = route_template(res.request());
-    let elapsed = started.elapsed();
-    record(method, &path, status, elapsed);
-    tracing::info!(
-        request_id = request_id.to_str().unwrap_or_default(),
-        method,
-        path = &*path,
-        status = status.as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        // Looked up only when the line is written (fields are evaluated lazily).
-        tenant_id = res
-            .request()
-            .extensions()
-            .get::<TenantTag>()
-            .map(|t| tracing::field::display(t.0)),
-        "request"
-    );
-    res.headers_mut().insert(REQUEST_ID, request_id);
-    Ok(res)
+/// One request being observed: noted as it arrives, finished when its response is ready.
+pub struct Observation {
+    started: Instant,
+    request_id: HeaderValue,
+    method: &'static str,
+}
+
+impl Observation {
+    pub fn start(req: &ServiceRequest) -> Observation {
+        Observation {
+            started: Instant::now(),
+            request_id: request_id(req.headers().get(&REQUEST_ID)),
+            method: method_label(req.method()),
+        }
+    }
+
+    /// Counts, times and logs the response, and gives it the request id.
+    pub fn finish<B>(self, mut res: ServiceResponse<B>) -> ServiceResponse<B> {
+        let status = res.status();
+        // Label by the matched route template, never the raw path (unbounded cardinality).
+        let path = route_template(res.request());
+        let elapsed = self.started.elapsed();
+        record(self.method, &path, status, elapsed);
+        tracing::info!(
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            method = self.method,
+            path = &*path,
+            status = status.as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            // Looked up only when the line is written (fields are evaluated lazily).
+            tenant_id = res
+                .request()
+                .extensions()
+                .get::<TenantTag>()
+                .map(|t| tracing::field::display(t.0)),
+            "request"
+        );
+        res.headers_mut().insert(REQUEST_ID, self.request_id);
+        res
+    }
+
+    /// Counts a request that ended in an error from a middleware further in. (Handlers' and
+    /// extractors' errors arrive already turned into responses; this one is counted before
+    /// actix renders it. The request must not be cloned before routing: actix needs sole
+    /// ownership to record matches.)
+    pub fn failed(self, e: &actix_web::Error) {
+        let status = e.as_response_error().status_code();
+        record(
+            self.method,
+            &Rc::from(UNMATCHED),
+            status,
+            self.started.elapsed(),
+        );
+    }
 }
 
 /// The client's `x-request-id` when it is short printable ASCII (so it is safe in logs and

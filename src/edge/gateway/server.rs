@@ -8,16 +8,16 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
 use super::credentials::{KeyCache, SessionCache};
-use super::drain::{self, InFlight};
+use super::drain::InFlight;
+use super::middleware::Gateway;
 use super::rate_limit::RateLimiter;
 use super::state::AppState;
-use super::{observe, openapi, router};
+use super::{openapi, router};
 use crate::config::Config;
 use crate::health::{Probe, Readiness};
 use crate::repo::Repo;
@@ -144,10 +144,8 @@ impl Server {
             app.app_data(data.clone())
                 .app_data(ops.clone())
                 .app_data(web::Data::new(doc))
-                // Counts every request until its body is done, around the observation.
-                .wrap(from_fn(move |req, next: Next<_>| {
-                    drain::track(worker.clone(), req, |req| observe::observe(req, next))
-                }))
+                // Counts every request until its body is done, and observes it.
+                .wrap(Gateway::new(worker))
                 .default_service(web::to(router::not_found))
         })
         .disable_signals()
