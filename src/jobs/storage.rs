@@ -342,11 +342,14 @@ struct Columns<'a> {
     state: Vec<&'static str>,
     queue: Vec<&'a str>,
     worker: Vec<&'a str>,
-    args: Vec<&'a Value>,
+    // Empty objects and lists travel as NULL and become the column's default in the
+    // statement: PostgreSQL then skips decoding them row by row (jsonb arrives as JSON text
+    // and is parsed, and a tag list is an array literal to parse).
+    args: Vec<Option<&'a Value>>,
     max_attempts: Vec<i32>,
     priority: Vec<i16>,
-    tags: Vec<String>,
-    meta: Vec<&'a Value>,
+    tags: Vec<Option<String>>,
+    meta: Vec<Option<&'a Value>>,
     scheduled_at: Vec<Option<DateTime<Utc>>>,
     /// The queues that get available jobs.
     wake: std::collections::BTreeSet<&'a str>,
@@ -376,11 +379,12 @@ impl<'a> Columns<'a> {
         self.state.push(row.state.as_str());
         self.queue.push(row.queue);
         self.worker.push(row.worker);
-        self.args.push(row.args);
+        self.args.push(non_empty(row.args));
         self.max_attempts.push(row.max_attempts);
         self.priority.push(row.priority);
-        self.tags.push(text_array_literal(&job.tags));
-        self.meta.push(row.meta);
+        self.tags
+            .push((!job.tags.is_empty()).then(|| text_array_literal(&job.tags)));
+        self.meta.push(non_empty(row.meta));
         self.scheduled_at.push(row.scheduled_at);
         if row.state == JobState::Available {
             self.wake.insert(row.queue);
@@ -388,7 +392,8 @@ impl<'a> Columns<'a> {
     }
 
     /// The chunk's one statement. Columns left out take their defaults, as in [`insert`]; a
-    /// NULL `scheduled_at` is `now()`, the column's default. Tags come as array literals
+    /// NULL `scheduled_at` is `now()`, the column's default, and NULL args, meta and tags are
+    /// empty (see [`Columns`]). Tags come as array literals
     /// (`{"a","b"}`) cast per row, since PostgreSQL arrays cannot be ragged. The same statement
     /// NOTIFYs the queues that got available jobs, saving a round trip; PostgreSQL folds a
     /// transaction's identical notifications into one. Prepared: its text never varies, so
@@ -399,8 +404,9 @@ impl<'a> Columns<'a> {
             "WITH inserted AS (
                INSERT INTO jobs (id, tenant_id, state, queue, worker, args, max_attempts, priority,
                                  tags, meta, scheduled_at)
-               SELECT id, tenant_id, state, queue, worker, args, max_attempts, priority,
-                      tags::text[], meta, coalesce(scheduled_at, now())
+               SELECT id, tenant_id, state, queue, worker, coalesce(args, '{}'), max_attempts,
+                      priority, coalesce(tags::text[], '{}'), coalesce(meta, '{}'),
+                      coalesce(scheduled_at, now())
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                            $6::jsonb[], $7::int4[], $8::int2[], $9::text[], $10::jsonb[],
                            $11::timestamptz[])
@@ -414,11 +420,11 @@ impl<'a> Columns<'a> {
         .bind::<Array<Text>, _>(&self.state)
         .bind::<Array<Text>, _>(&self.queue)
         .bind::<Array<Text>, _>(&self.worker)
-        .bind::<Array<Jsonb>, _>(&self.args)
+        .bind::<Array<Nullable<Jsonb>>, _>(&self.args)
         .bind::<Array<Integer>, _>(&self.max_attempts)
         .bind::<Array<SmallInt>, _>(&self.priority)
-        .bind::<Array<Text>, _>(&self.tags)
-        .bind::<Array<Jsonb>, _>(&self.meta)
+        .bind::<Array<Nullable<Text>>, _>(&self.tags)
+        .bind::<Array<Nullable<Jsonb>>, _>(&self.meta)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.scheduled_at)
         .bind::<Text, _>(NOTIFY_CHANNEL)
         .bind::<Array<Text>, _>(&wake)
@@ -426,6 +432,14 @@ impl<'a> Columns<'a> {
         .execute(conn)
         .await?;
         Ok(())
+    }
+}
+
+/// `value` unless it is an empty object, which the statement stores as `{}`.
+fn non_empty(value: &Value) -> Option<&Value> {
+    match value {
+        Value::Object(map) if map.is_empty() => None,
+        other => Some(other),
     }
 }
 

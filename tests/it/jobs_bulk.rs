@@ -58,15 +58,21 @@ fn varied(n: usize, tenant: Option<Uuid>) -> NewJob {
         ],
         _ => &["x", "x", "y"],
     };
-    let mut job = NewJob::new(
-        "bulk_probe",
-        json!({"n": n, "nested": {"list": [1, "two", null]}}),
-    )
-    .queue(["default", "analysis", "bulk"][n % 3])
-    .priority((n % 10) as i16)
-    .max_attempts(1 + (n % 7) as i32)
-    .tags(tags)
-    .meta(json!({"source": "bulk", "n": n}));
+    // Empty args and meta (which the bulk statement sends as NULL) on every fifth job.
+    let (args, meta) = if n % 5 == 0 {
+        (json!({}), json!({}))
+    } else {
+        (
+            json!({"n": n, "nested": {"list": [1, "two", null]}}),
+            json!({"source": "bulk", "n": n}),
+        )
+    };
+    let mut job = NewJob::new("bulk_probe", args)
+        .queue(["default", "analysis", "bulk"][n % 3])
+        .priority((n % 10) as i16)
+        .max_attempts(1 + (n % 7) as i32)
+        .tags(tags)
+        .meta(meta);
     match n % 3 {
         0 => {}
         1 => job = job.schedule_in(Duration::from_secs(3600)),
@@ -147,6 +153,12 @@ async fn insert_all_stores_every_field_as_insert_does_for_system_and_tenant_jobs
         bulk_jobs[2].tags[..3],
         ["with \"quotes\"", "back\\slash", "a,b"]
     );
+    assert!(bulk_jobs[0].tags.is_empty());
+    assert_eq!(
+        (&bulk_jobs[5].args, &bulk_jobs[5].meta),
+        (&json!({}), &json!({}))
+    );
+    assert_eq!(bulk_jobs[6].meta, json!({"source": "bulk", "n": 6}));
 
     // In the tenant's own transaction (forced row-level security) too.
     let mut tx = repo.tenant_tx(t.id).await.unwrap();
