@@ -60,7 +60,8 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `DATABASE_URL`. Default `postgres://postgres@127.0.0.1:5432/vsm`.
     pub url: ServiceUrl,
-    /// Maximum connections in this process's pool. Default 16.
+    /// Maximum connections in this process's pool; 0 (the default) sizes it by the cores this
+    /// process may use ([`DatabaseConfig::pool_size`]).
     pub pool_size: usize,
     /// Seconds to wait for a connection (new or from the pool). Default 5.
     pub connect_timeout_secs: u64,
@@ -77,7 +78,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: ServiceUrl::parse_default("postgres://postgres@127.0.0.1:5432/vsm"),
-            pool_size: 16,
+            pool_size: 0,
             connect_timeout_secs: 5,
             app_role: "vsm_app".to_owned(),
             system_role: "vsm_system".to_owned(),
@@ -85,7 +86,24 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// Connections per core of an automatically sized pool, and the most such a pool has.
+const POOL_PER_CORE: usize = 4;
+const POOL_AUTO_MAX: usize = 32;
+
 impl DatabaseConfig {
+    /// The pool's size: `pool_size`, or when that is 0 four connections per core this process
+    /// may use, at most 32. More connections than the cores can run only queue inside
+    /// PostgreSQL and the scheduler: on 2 cores, `GET /v1/systems` under 64 clients had its p99
+    /// at 4.7-5.0 ms with 8 connections, 7.4-29 ms with 16 and 121 ms with 32, and its
+    /// throughput 10 % higher with 8 than with 16.
+    pub fn pool_size(&self) -> usize {
+        if self.pool_size > 0 {
+            return self.pool_size;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (POOL_PER_CORE * cores).min(POOL_AUTO_MAX)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
@@ -1289,6 +1307,21 @@ mod tests {
         assert_eq!(c.server.workers, 3); // --config over $VSM_ENV file
         assert_eq!(c.database.pool_size, 7); // environment over everything
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:9999");
+    }
+
+    /// Unset, the pool is sized by the cores (four each, at most 32); a size given is kept.
+    #[test]
+    fn the_pool_is_sized_by_the_cores_unless_given() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = DatabaseConfig::default();
+        assert_eq!(auto.pool_size, 0);
+        assert_eq!(auto.pool_size(), (4 * cores).min(32));
+        assert!(auto.pool_size() >= 4);
+        let given = DatabaseConfig {
+            pool_size: 7,
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(given.pool_size(), 7);
     }
 
     #[test]

@@ -389,7 +389,7 @@ impl Repo {
             manager_config,
         );
         let pool = Pool::builder(manager)
-            .max_size(cfg.pool_size.max(1))
+            .max_size(cfg.pool_size())
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
