@@ -19,9 +19,12 @@ use crate::workers::episode_analyzer::intake::{self, EpisodeInput, IntakeError};
 #[serde(deny_unknown_fields)]
 pub struct CreateEpisode {
     /// 1 to 500 characters.
+    #[schema(min_length = 1, max_length = 500)]
     pub title: String,
     pub content: String,
     pub source: Option<String>,
+    /// At most 50, each 1 to 100 bytes.
+    #[schema(max_items = 50)]
     pub tags: Option<Vec<String>>,
     pub kind: Option<String>,
 }

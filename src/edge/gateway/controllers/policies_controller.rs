@@ -24,6 +24,7 @@ use crate::workers::policy_evaluator;
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     /// Unique per tenant, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub description: Option<String>,
     /// `{"when":{"topics":[...]},"if":<cond>,"then":[<action>...]}` (CONTRACT §7).
@@ -32,6 +33,7 @@ pub struct PolicyBody {
     /// Default true.
     pub active: Option<bool>,
     /// 0 or more; higher is evaluated first. Default 0.
+    #[schema(minimum = 0)]
     pub priority: Option<i32>,
     pub effective_from: Option<DateTime<Utc>>,
     pub effective_until: Option<DateTime<Utc>>,

@@ -27,9 +27,11 @@ const MAX_TOPICS: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// `http` or `https`, at most 2048 bytes, no user name or password.
+    #[schema(pattern = "^https?://", max_length = 2048)]
     pub url: String,
     /// Event filters (`episode.analyzed`, `policy.*`), at most 64. Default none: the endpoint
     /// then receives only what policy `notify` actions send it.
+    #[schema(max_items = 64)]
     pub topics: Option<Vec<String>>,
     /// Default true.
     pub enabled: Option<bool>,
@@ -38,7 +40,9 @@ pub struct CreateWebhook {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
+    #[schema(pattern = "^https?://", max_length = 2048)]
     pub url: Option<String>,
+    #[schema(max_items = 64)]
     pub topics: Option<Vec<String>>,
     /// `true` re-enables an endpoint that was disabled (by the API, a 410 or failing for days).
     pub enabled: Option<bool>,
