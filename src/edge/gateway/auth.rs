@@ -13,9 +13,9 @@ use std::pin::Pin;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use uuid::Uuid;
 
-use super::client_addr;
 use super::credentials::{Found, Principal};
 use super::error::ApiError;
+use super::lookup;
 use super::observe::TenantTag;
 use super::rate_limit::Decision;
 use super::session;
@@ -179,7 +179,7 @@ pub async fn resolve_key(
     let hash = api_key::hash(token);
     match state.keys.get(&hash) {
         Some(found) => Ok(found),
-        None => lookup(req, state, &hash).await,
+        None => look_up(req, state, &hash).await,
     }
 }
 
@@ -200,32 +200,13 @@ pub async fn charge(
     }
 }
 
-/// Looks up a key that is not cached, paying with a token of the client address's bucket.
-async fn lookup(req: &HttpRequest, state: &AppState, hash: &[u8; 32]) -> Result<Found, ApiError> {
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let ip = client_addr::client_ip(
-        req.peer_addr().map(|a| a.ip()),
-        &forwarded,
-        &state.config.server.trusted_proxies,
-    );
-    let address = client_addr::bucket_name(ip);
-    if let Decision::Deny {
-        retry_after_secs,
-        by,
-    } = state.limiter.check_lookup(&address).await
-    {
-        return Err(ApiError::rate_limited(by, retry_after_secs));
-    }
-    match state.repo.resolve_api_key(hash).await? {
-        Some(found) => {
-            state.limiter.refund_lookup(&address).await;
-            state.keys.put(*hash, found);
-            Ok(found)
-        }
-        None => Err(ApiError::Unauthorized("invalid API key".into())),
-    }
+/// Looks up a key that is not cached (a paid lookup) and caches it if found.
+async fn look_up(req: &HttpRequest, state: &AppState, hash: &[u8; 32]) -> Result<Found, ApiError> {
+    let found = lookup::paid(req, state, async {
+        Ok(state.repo.resolve_api_key(hash).await?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+    state.keys.put(*hash, found);
+    Ok(found)
 }

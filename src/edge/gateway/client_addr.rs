@@ -36,6 +36,16 @@ pub fn client_ip(
     Some(client)
 }
 
+/// The client of `req`: [`client_ip`] of its peer and its `X-Forwarded-For` headers.
+pub fn of_request(req: &actix_web::HttpRequest, trusted: &[TrustedProxy]) -> Option<IpAddr> {
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    client_ip(req.peer_addr().map(|a| a.ip()), &forwarded, trusted)
+}
+
 /// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:5678`.
 fn parse_entry(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim();

@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod credentials;
 pub mod drain;
 pub mod error;
+pub mod lookup;
 pub mod middleware;
 pub mod observe;
 pub mod openapi;

@@ -17,10 +17,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::client_addr;
 use super::credentials::{Principal, Session};
 use super::error::ApiError;
-use super::rate_limit::Decision;
+use super::lookup;
 use super::state::AppState;
 use crate::repo::DashboardSessionRow;
 
@@ -78,21 +77,12 @@ pub async fn from_request(
     let session = match state.sessions.get(&hash) {
         Some(session) => session,
         None => {
-            let address = client_addr::bucket_name(client_ip(req, state));
-            if let Decision::Deny {
-                retry_after_secs,
-                by,
-            } = state.limiter.check_lookup(&address).await
-            {
-                return Err(ApiError::rate_limited(by, retry_after_secs));
-            }
-            let row = state
-                .repo
-                .resolve_dashboard_session(&hash)
-                .await?
-                .ok_or_else(signed_out)?;
-            let session = session_of(hash, row).ok_or_else(signed_out)?;
-            state.limiter.refund_lookup(&address).await;
+            let session = lookup::paid(req, state, async {
+                let row = state.repo.resolve_dashboard_session(&hash).await?;
+                Ok(row.and_then(|row| session_of(hash, row)))
+            })
+            .await?
+            .ok_or_else(signed_out)?;
             state.sessions.put(hash, session.clone());
             session
         }
@@ -183,19 +173,6 @@ pub fn check_origin(req: &HttpRequest) -> Result<(), ApiError> {
     } else {
         Err(refused())
     }
-}
-
-fn client_ip(req: &HttpRequest, state: &AppState) -> Option<std::net::IpAddr> {
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    client_addr::client_ip(
-        req.peer_addr().map(|a| a.ip()),
-        &forwarded,
-        &state.config.server.trusted_proxies,
-    )
 }
 
 /// Whether the browser reached us over TLS: the server speaks plain HTTP, so only a trusted
