@@ -32,12 +32,24 @@ fn random_key() -> String {
 
 /// `n` requests with random keys, 8 at a time, each with `headers`; the status codes.
 async fn flood(base: &str, n: usize, forwarded_for: Option<&str>) -> Vec<u16> {
+    flood_with(&format!("{base}/v1/systems"), n, forwarded_for, |req| {
+        req.bearer_auth(random_key())
+    })
+    .await
+}
+
+/// `n` requests to `url`, 8 at a time, each given a fresh made-up credential by `forge`; the
+/// status codes.
+async fn flood_with(
+    url: &str,
+    n: usize,
+    forwarded_for: Option<&str>,
+    forge: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Vec<u16> {
     let http = Client::new();
     futures_util::stream::iter(0..n)
         .map(|_| {
-            let mut req = http
-                .get(format!("{base}/v1/systems"))
-                .bearer_auth(random_key());
+            let mut req = forge(http.get(url));
             if let Some(xff) = forwarded_for {
                 req = req.header("x-forwarded-for", xff);
             }
@@ -54,10 +66,15 @@ async fn flood(base: &str, n: usize, forwarded_for: Option<&str>) -> Vec<u16> {
         .await
 }
 
-/// Calls of `vsm_resolve_api_key` in `db` so far. Backends publish their function statistics
-/// when idle (at most once a second) and always when they exit, so the test stops the
-/// instances, ends their connections and reads the total once they are gone.
+/// Calls of `vsm_resolve_api_key` in `db` so far (see [`lookups`]).
 async fn key_lookups(db: &TestDb, instances: &[&Instance]) -> i64 {
+    lookups(db, instances, "vsm_resolve_api_key").await
+}
+
+/// Calls of the SQL function `function` in `db` so far. Backends publish their function
+/// statistics when idle (at most once a second) and always when they exit, so the test stops
+/// the instances, ends their connections and reads the total once they are gone.
+async fn lookups(db: &TestDb, instances: &[&Instance], function: &str) -> i64 {
     for instance in instances {
         instance.shutdown.trigger();
     }
@@ -88,8 +105,9 @@ async fn key_lookups(db: &TestDb, instances: &[&Instance]) -> i64 {
     let mut fresh = db.owner_conn().await;
     diesel::sql_query(
         "SELECT coalesce(sum(calls), 0)::bigint AS n FROM pg_stat_user_functions \
-         WHERE funcname = 'vsm_resolve_api_key'",
+         WHERE funcname = $1",
     )
+    .bind::<diesel::sql_types::Text, _>(function)
     .get_result::<N>(&mut fresh)
     .await
     .unwrap()
@@ -126,6 +144,33 @@ async fn a_flood_of_random_keys_from_one_address_gets_429_and_costs_about_a_burs
     eprintln!(
         "400 random keys in {elapsed:.1}s: {unauthorized} x 401, {limited} x 429, {lookups} key lookups"
     );
+    // Default failed-auth bucket: burst 20, 1 per second.
+    let allowed = 20 + elapsed.ceil() as i64 + 1;
+    assert!(lookups <= allowed, "{lookups} lookups > {allowed}");
+    assert!(limited >= 400 - allowed as usize, "{limited} x 429");
+}
+
+/// Made-up session cookies pay from the same address bucket as made-up keys: a flood of them
+/// costs about a burst of session lookups, then 429.
+#[tokio::test]
+async fn a_flood_of_made_up_session_cookies_gets_429_and_costs_about_a_burst_of_lookups() {
+    let db = counted_db().await;
+    let a = Instance::start(instance_config(&db, None)).await;
+    let started = Instant::now();
+    let codes = flood_with(&format!("{}/dashboard/session", a.base), 400, None, |req| {
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        req.header("cookie", format!("vsm_session={token}"))
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let unauthorized = codes.iter().filter(|c| **c == 401).count();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert_eq!(unauthorized + limited, 400, "{codes:?}");
+    let lookups = lookups(&db, &[&a], "vsm_resolve_dashboard_session").await;
     // Default failed-auth bucket: burst 20, 1 per second.
     let allowed = 20 + elapsed.ceil() as i64 + 1;
     assert!(lookups <= allowed, "{lookups} lookups > {allowed}");
