@@ -106,3 +106,62 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::BoxBody;
+    use actix_web::http::StatusCode;
+    use actix_web::middleware::{Next, from_fn};
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+    use crate::edge::gateway::drain::InFlight;
+    use crate::metrics::METRICS;
+    use crate::shutdown::Shutdown;
+
+    /// A middleware further in that fails instead of answering.
+    async fn refuse(
+        _req: ServiceRequest,
+        _next: Next<impl MessageBody>,
+    ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+        Err(actix_web::error::InternalError::new("refused", StatusCode::IM_A_TEAPOT).into())
+    }
+
+    /// A response holds its request's drain place until it is dropped, and carries a request
+    /// id; an error from further in (not yet a response) gives the place back at once and is
+    /// still counted, under `unmatched`.
+    #[actix_web::test]
+    async fn requests_hold_their_place_until_done_and_errors_are_counted() {
+        let in_flight = InFlight::default();
+        let ok = test::init_service(
+            App::new()
+                .wrap(Gateway::new(in_flight.worker(Shutdown::new())))
+                .route("/x", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        let res = test::call_service(&ok, test::TestRequest::get().uri("/x").to_request()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().contains_key("x-request-id"));
+        assert_eq!(in_flight.count(), 1, "the unsent body holds the place");
+        drop(res);
+        assert_eq!(in_flight.count(), 0);
+
+        let failing = test::init_service(
+            App::new()
+                .wrap(from_fn(refuse))
+                .wrap(Gateway::new(in_flight.worker(Shutdown::new())))
+                .route("/x", web::patch().to(HttpResponse::Ok)),
+        )
+        .await;
+        let req = test::TestRequest::patch().uri("/x").to_request();
+        let Err(e) = failing.call(req).await else {
+            panic!("the inner middleware's error is passed on");
+        };
+        assert_eq!(e.as_response_error().status_code(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(in_flight.count(), 0);
+        let text = METRICS.render().unwrap();
+        let counted =
+            r#"cybernetic_requests_total{method="PATCH",path="unmatched",status="418"} 1"#;
+        assert!(text.contains(counted), "{text}");
+    }
+}
