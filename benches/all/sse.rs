@@ -171,19 +171,67 @@ struct Fanout {
     failed: usize,
     connect: Latency,
     kib_per_stream: f64,
-    burst: Latency,
+    burst: Measured,
+    steady: Measured,
+}
+
+/// One phase's deliveries to every client, measured.
+struct Measured {
+    /// Commit to client, every delivery.
+    latency: Latency,
     /// Each event's first delivery, and the fan-out after it (see [`split`]).
-    burst_first: Latency,
-    burst_fanout: Latency,
-    steady: Latency,
-    steady_first: Latency,
-    steady_fanout: Latency,
-    burst_cpu: CpuUse,
-    steady_cpu: CpuUse,
-    /// From the first of the burst's commits to the last.
-    burst_commits_ms: f64,
-    burst_profile: Option<Breakdown>,
-    steady_profile: Option<Breakdown>,
+    first: Latency,
+    fanout: Latency,
+    cpu: CpuUse,
+    /// From the first of the phase's commits to the last.
+    commits_ms: f64,
+    profile: Option<Breakdown>,
+}
+
+impl Measured {
+    /// Runs `phase` (which starts the publisher and collects the deliveries) under the CPU
+    /// counters, and under `perf` if asked for (`sse-<name>.perf.data`).
+    async fn run(
+        name: &str,
+        server_pid: u32,
+        phase: impl Future<Output = Vec<(u64, u64)>>,
+    ) -> Self {
+        let recording = profile::start(&format!("sse-{name}"));
+        let mark = CpuMark::now(server_pid);
+        let samples = phase.await;
+        let cpu = mark.since(server_pid, samples.len());
+        let profile = recording.and_then(|r| r.finish(server_pid));
+        let stamps = || samples.iter().map(|(t, _)| *t);
+        let commits_ms =
+            (stamps().max().unwrap_or(0) - stamps().min().unwrap_or(0)) as f64 / 1000.0;
+        let (latency, first, fanout) = split(samples);
+        Measured {
+            latency,
+            first,
+            fanout,
+            cpu,
+            commits_ms,
+            profile,
+        }
+    }
+
+    /// `data` with this phase's figures added, each key prefixed with the phase's name.
+    fn json(&self, name: &str, mut data: serde_json::Value) -> serde_json::Value {
+        for (key, value) in [
+            (String::new(), self.latency.json()),
+            ("_first_delivery".into(), self.first.json()),
+            ("_fanout".into(), self.fanout.json()),
+            ("_cpu".into(), self.cpu.json()),
+            ("_commits_ms".into(), json!(self.commits_ms)),
+            (
+                "_profile".into(),
+                json!(self.profile.as_ref().map(Breakdown::json)),
+            ),
+        ] {
+            data[format!("{name}{key}")] = value;
+        }
+        data
+    }
 }
 
 async fn fanout(clients: usize) -> Fanout {
@@ -253,28 +301,21 @@ async fn fanout(clients: usize) -> Fanout {
         rt.block_on(publish(db_url, tenant, go_rx, done_tx));
     });
 
-    // Burst: 100 events committed back to back.
-    let recording = profile::start("sse-burst");
-    let mark = CpuMark::now(pid);
-    go_tx.send(Phase::Burst).expect("publisher");
-    let burst = deliveries.collect(100 * connected).await;
-    let burst_cpu = mark.since(pid, burst.len());
-    let burst_profile = recording.and_then(|r| r.finish(pid));
-    let stamps = || burst.iter().map(|(t, _)| *t);
-    let burst_commits_ms =
-        (stamps().max().unwrap_or(0) - stamps().min().unwrap_or(0)) as f64 / 1000.0;
-    let (burst, burst_first, burst_fanout) = split(burst);
-    let _ = done_rx.recv().await;
-
-    // Steady: 20 events/s for 5 s.
-    let recording = profile::start("sse-steady");
-    let mark = CpuMark::now(pid);
-    go_tx.send(Phase::Steady).expect("publisher");
-    let steady = deliveries.collect(100 * connected).await;
-    let steady_cpu = mark.since(pid, steady.len());
-    let steady_profile = recording.and_then(|r| r.finish(pid));
-    let (steady, steady_first, steady_fanout) = split(steady);
-    let _ = done_rx.recv().await;
+    // Burst: 100 events committed back to back; then steady: 20 events/s for 5 s.
+    let mut phases = Vec::new();
+    for (name, phase) in [("burst", Phase::Burst), ("steady", Phase::Steady)] {
+        phases.push(
+            Measured::run(name, pid, async {
+                go_tx.send(phase).expect("publisher");
+                deliveries.collect(100 * connected).await
+            })
+            .await,
+        );
+        let _ = done_rx.recv().await;
+    }
+    let (Some(steady), Some(burst)) = (phases.pop(), phases.pop()) else {
+        unreachable!("two phases were measured");
+    };
     drop(go_tx);
     let _ = publisher.join();
     drop(server);
@@ -284,16 +325,7 @@ async fn fanout(clients: usize) -> Fanout {
         connect: latency(connect),
         kib_per_stream,
         burst,
-        burst_first,
-        burst_fanout,
         steady,
-        steady_first,
-        steady_fanout,
-        burst_cpu,
-        steady_cpu,
-        burst_commits_ms,
-        burst_profile,
-        steady_profile,
     }
 }
 
@@ -449,24 +481,10 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let all = f.connected == clients;
     println!(
         "  SSE burst: its 100 commits took {:.1} ms from first to last",
-        f.burst_commits_ms
+        f.burst.commits_ms
     );
-    for (what, first, fanout, cpu, profile) in [
-        (
-            "steady",
-            &f.steady_first,
-            &f.steady_fanout,
-            &f.steady_cpu,
-            &f.steady_profile,
-        ),
-        (
-            "burst",
-            &f.burst_first,
-            &f.burst_fanout,
-            &f.burst_cpu,
-            &f.burst_profile,
-        ),
-    ] {
+    for (what, m) in [("steady", &f.steady), ("burst", &f.burst)] {
+        let (first, fanout, cpu) = (&m.first, &m.fanout, &m.cpu);
         println!(
             "  SSE {what}: each event's first delivery (commit, relay, hub) p50 {:.1} ms, p99 {:.1} ms; \
              then the fan-out to every client p50 {:.1} ms, p99 {:.1} ms",
@@ -478,7 +496,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
             cpu.clients_us,
             cpu.machine_busy * 100.0
         );
-        if let Some(p) = profile {
+        if let Some(p) = &m.profile {
             print_profile(what, p, cpu, f.connected);
         }
     }
@@ -486,7 +504,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         what: "SSE steady 20 events/s, one `vsm serve`",
         vsm: format!(
             "p99 {:.1} ms, {:.1} KiB/stream",
-            f.steady.p99, f.kib_per_stream
+            f.steady.latency.p99, f.kib_per_stream
         ),
         reference: format!(
             "{} of {clients} clients connected, {} failed",
@@ -494,27 +512,21 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         ),
         ratio: None,
         goal: "p99 <= 20 ms, <= 12 KiB/stream",
-        met: all && f.steady.p99 <= 20.0 && f.kib_per_stream <= 12.0,
-        data: json!({"clients": clients, "connected": f.connected, "failed": f.failed,
-                     "kib_per_stream": f.kib_per_stream, "steady": f.steady.json(),
-                     "steady_first_delivery": f.steady_first.json(),
-                     "steady_fanout": f.steady_fanout.json(),
-                     "steady_cpu": f.steady_cpu.json(),
-                     "steady_profile": f.steady_profile.as_ref().map(Breakdown::json)}),
+        met: all && f.steady.latency.p99 <= 20.0 && f.kib_per_stream <= 12.0,
+        data: f.steady.json(
+            "steady",
+            json!({"clients": clients, "connected": f.connected, "failed": f.failed,
+                   "kib_per_stream": f.kib_per_stream}),
+        ),
     });
     report.rows.push(Row {
         what: "SSE burst of 100 events",
-        vsm: format!("p99 {:.1} ms", f.burst.p99),
+        vsm: format!("p99 {:.1} ms", f.burst.latency.p99),
         reference: format!("{clients} clients"),
         ratio: None,
         goal: "p99 <= 100 ms",
-        met: all && f.burst.p99 <= 100.0,
-        data: json!({"clients": clients, "burst": f.burst.json(),
-                     "burst_first_delivery": f.burst_first.json(),
-                     "burst_fanout": f.burst_fanout.json(),
-                     "burst_cpu": f.burst_cpu.json(),
-                     "burst_commits_ms": f.burst_commits_ms,
-                     "burst_profile": f.burst_profile.as_ref().map(Breakdown::json)}),
+        met: all && f.burst.latency.p99 <= 100.0,
+        data: f.burst.json("burst", json!({"clients": clients})),
     });
     report.budgets.push(Budget {
         what: "SSE connect",
