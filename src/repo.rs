@@ -223,7 +223,31 @@ const CHECKS: &[(&str, &str, &str)] = &[
         "state",
         "is not a final attempt state",
     ),
+    (
+        "webhook_endpoints_url_length",
+        "url",
+        "must be 1 to 2048 bytes",
+    ),
+    (
+        "webhook_endpoints_url_scheme",
+        "url",
+        "must be an http or https URL",
+    ),
+    (
+        "webhook_endpoints_topics_count",
+        "topics",
+        "at most 64 filters",
+    ),
 ];
+
+/// The field and message of the CHECK constraint `name`, if it guards a field a caller sets;
+/// `None` for the rest, which are invariants of our own code (breaking one is a bug, a 500).
+pub fn field_rule(name: &str) -> Option<(&'static str, &'static str)> {
+    CHECKS
+        .iter()
+        .find(|(constraint, _, _)| *constraint == name)
+        .map(|(_, field, message)| (*field, *message))
+}
 
 /// Unique indexes by name, and what a clash on them means to a user.
 const UNIQUES: &[(&str, &str)] = &[
@@ -255,12 +279,10 @@ impl From<DieselError> for DbError {
             DieselError::DatabaseError(kind, info) => {
                 let constraint = info.constraint_name().unwrap_or_default();
                 match kind {
-                    DatabaseErrorKind::CheckViolation => {
-                        match CHECKS.iter().find(|(name, _, _)| *name == constraint) {
-                            Some((_, field, message)) => DbError::Validation { field, message },
-                            None => DbError::Other(DieselError::DatabaseError(kind, info)),
-                        }
-                    }
+                    DatabaseErrorKind::CheckViolation => match field_rule(constraint) {
+                        Some((field, message)) => DbError::Validation { field, message },
+                        None => DbError::Other(DieselError::DatabaseError(kind, info)),
+                    },
                     DatabaseErrorKind::NotNullViolation => DbError::Validation {
                         field: column_name(info.column_name()),
                         message: "is required",

@@ -239,3 +239,41 @@ async fn the_webhook_cap_is_409_and_other_tenants_ids_are_404() {
         .await;
     assert_eq!(still["enabled"], true);
 }
+
+/// An endpoint created disabled is stored as one the API disabled (it was a 500: the table
+/// asks a disabled endpoint for when it was disabled), and enabling it later clears that. The
+/// URL is stored normalised, so the tenant reads back where deliveries will go.
+#[tokio::test]
+async fn an_endpoint_can_be_created_disabled_and_its_url_is_stored_normalised() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = Api::start(instance_config(&db, None)).await;
+    let key = api.tenant("hooks").await;
+    let (s, created) = api
+        .call(
+            "POST",
+            "/v1/webhooks",
+            &key,
+            Some(json!({"url": "HTTPS://Hooks.Example.COM\\in", "enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["enabled"], false);
+    assert_eq!(created["disabled_reason"], "disabled through the API");
+    assert!(created["disabled_at"].is_string(), "{created}");
+    assert_eq!(created["url"], "https://hooks.example.com/in");
+    let id = created["id"].as_str().unwrap();
+
+    let (s, enabled) = api
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            &key,
+            Some(json!({"enabled": true, "url": "http://Other.Example.com:80/x"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{enabled}");
+    assert_eq!(enabled["enabled"], true);
+    assert_eq!(enabled["disabled_reason"], Value::Null);
+    assert_eq!(enabled["disabled_at"], Value::Null);
+    assert_eq!(enabled["url"], "http://other.example.com/x");
+}

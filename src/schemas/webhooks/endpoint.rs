@@ -32,6 +32,9 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Why an endpoint the tenant switched off is disabled (created disabled, or PATCHed so).
+pub const DISABLED_BY_API: &str = "disabled through the API";
+
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = webhook_endpoints)]
 pub struct NewEndpoint {
@@ -40,7 +43,37 @@ pub struct NewEndpoint {
     pub url: String,
     pub topics: Vec<String>,
     pub enabled: bool,
+    /// Set exactly when `enabled` is false (the table's CHECK asks for `disabled_at` then).
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
     pub secret: String,
+}
+
+impl NewEndpoint {
+    /// A new endpoint; one created disabled records that the API disabled it, as a PATCH does.
+    pub fn new(
+        tenant_id: Uuid,
+        url: String,
+        topics: Vec<String>,
+        enabled: bool,
+        secret: String,
+    ) -> NewEndpoint {
+        let (disabled_reason, disabled_at) = if enabled {
+            (None, None)
+        } else {
+            (Some(DISABLED_BY_API.to_owned()), Some(Utc::now()))
+        };
+        NewEndpoint {
+            id: Uuid::now_v7(),
+            tenant_id,
+            url,
+            topics,
+            enabled,
+            disabled_reason,
+            disabled_at,
+            secret,
+        }
+    }
 }
 
 /// A partial change (PATCH): `None` leaves the field as it is.
@@ -131,7 +164,7 @@ pub async fn update(
             },
         ),
         (true, false) => (
-            Some("disabled through the API".to_owned()),
+            Some(DISABLED_BY_API.to_owned()),
             Some(Utc::now()),
             current.failing_since,
         ),

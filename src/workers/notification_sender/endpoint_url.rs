@@ -9,12 +9,18 @@ pub const MAX_URL_BYTES: usize = 2048;
 
 /// Parses and checks `raw`: absolute `http` or `https`, a host, no user name or password (they
 /// would be sent to the receiver, and would show in logs), no fragment, at most
-/// [`MAX_URL_BYTES`], and not a literal address the guard refuses.
+/// [`MAX_URL_BYTES`] as given and once normalised (percent-encoding can lengthen it), and not a
+/// literal address the guard refuses. The normalised URL (`HTTPS://Example.COM` becomes
+/// `https://example.com/`) is what is stored and shown, so the tenant sees where deliveries go.
 pub fn parse(raw: &str, guard: Guard) -> Result<url::Url, String> {
+    let too_long = || format!("must be at most {MAX_URL_BYTES} bytes");
     if raw.len() > MAX_URL_BYTES {
-        return Err(format!("must be at most {MAX_URL_BYTES} bytes"));
+        return Err(too_long());
     }
     let url = url::Url::parse(raw).map_err(|e| format!("is not a URL: {e}"))?;
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(too_long());
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err("must be an http or https URL".into());
     }
@@ -67,5 +73,21 @@ mod tests {
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
         assert!(parse(&long, STRICT).is_err());
+    }
+
+    #[test]
+    fn the_url_is_normalised_and_bounded_once_normalised() {
+        let url = parse("HTTPS://Hooks.Example.COM", STRICT).expect("valid");
+        assert_eq!(url.as_str(), "https://hooks.example.com/");
+        // A backslash is a slash in an http URL; other characters are percent-encoded.
+        let url = parse("https://$\\\u{3024D}B", STRICT).expect("valid");
+        assert_eq!(url.as_str(), "https://$/%F0%B0%89%8DB");
+        // 600 three-byte characters are 1,800 bytes as given but 5,400 once encoded.
+        let wide = format!("https://example.com/{}", "\u{20AC}".repeat(600));
+        assert!(wide.len() <= MAX_URL_BYTES);
+        assert!(
+            parse(&wide, STRICT).is_err(),
+            "encoded, it is over the limit"
+        );
     }
 }

@@ -65,9 +65,10 @@ fn guard(state: &AppState) -> Guard {
     }
 }
 
+/// The URL as it is stored: checked, and normalised so the tenant sees where deliveries go.
 fn check_url(raw: &str, state: &AppState) -> Result<String, ApiError> {
     endpoint_url::parse(raw, guard(state))
-        .map(|_| raw.to_owned())
+        .map(String::from)
         .map_err(|message| ApiError::Validation {
             field: "url".into(),
             message,
@@ -111,14 +112,13 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let new = NewEndpoint {
-        id: Uuid::now_v7(),
-        tenant_id: auth.tenant_id,
-        url: check_url(&body.url, &state)?,
-        topics: check_topics(body.topics.unwrap_or_default())?,
-        enabled: body.enabled.unwrap_or(true),
-        secret: signature::new_secret(),
-    };
+    let new = NewEndpoint::new(
+        auth.tenant_id,
+        check_url(&body.url, &state)?,
+        check_topics(body.topics.unwrap_or_default())?,
+        body.enabled.unwrap_or(true),
+        signature::new_secret(),
+    );
     let mut tx = state.repo.tenant_tx(auth.tenant_id).await?;
     budget::ensure_room(
         &mut tx,
