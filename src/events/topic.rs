@@ -23,6 +23,12 @@ pub fn metric_label(topic: &str) -> &'static str {
 #[error("invalid topic {0:?}: expected <domain>.<action> or <domain>.* in lowercase")]
 pub struct BadTopic(pub String);
 
+/// [`validate`] as an ECMA-262 pattern, for the OpenAPI document (a unit test keeps them
+/// in step).
+pub const TOPIC_PATTERN: &str = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$";
+/// [`Filter::parse`] as an ECMA-262 pattern, for the OpenAPI document.
+pub const FILTER_PATTERN: &str = r"^[a-z][a-z0-9_]*\.([a-z][a-z0-9_]*|\*)$";
+
 fn is_word(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
@@ -111,6 +117,35 @@ mod tests {
             "a b.c",
         ] {
             assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_documented_patterns_agree_with_the_parsers() {
+        let topic = regex::Regex::new(TOPIC_PATTERN).unwrap();
+        let filter = regex::Regex::new(FILTER_PATTERN).unwrap();
+        for s in [
+            "system.state",
+            "a1.b_2",
+            "policy.*",
+            "",
+            "system",
+            "System.state",
+            "system.",
+            ".state",
+            "a.b.c",
+            "*.b",
+            "a.**",
+            "1a.b",
+            "a.1b",
+            "_a.b",
+            "a b.c",
+            "a.b\n",
+            "\u{e9}.b",
+            "a.\u{2a}x",
+        ] {
+            assert_eq!(topic.is_match(s), validate(s).is_ok(), "topic {s:?}");
+            assert_eq!(filter.is_match(s), Filter::parse(s).is_ok(), "filter {s:?}");
         }
     }
 

@@ -66,3 +66,59 @@ impl Modify for EventPayloads {
 pub async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
     HttpResponse::Ok().json(doc.get_ref())
 }
+
+/// Schema pieces the derive cannot express (a pattern on each item of an array), for fields
+/// annotated `#[schema(schema_with = ...)]`.
+pub mod shapes {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{
+        AdditionalProperties, Array, ArrayBuilder, Object, ObjectBuilder, Schema, Type,
+    };
+
+    /// A string matching `pattern`.
+    pub fn string(pattern: &str) -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .build()
+    }
+
+    /// A string of at least one character.
+    pub fn non_empty_string() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .build()
+    }
+
+    /// Any JSON object.
+    pub fn any_object() -> Object {
+        ObjectBuilder::new().schema_type(Type::Object).build()
+    }
+
+    /// `min..=max` strings, each matching `pattern`.
+    pub fn strings(pattern: &str, min: usize, max: usize) -> Array {
+        ArrayBuilder::new()
+            .items(string(pattern))
+            .min_items(Some(min))
+            .max_items(Some(max))
+            .build()
+    }
+
+    /// An object with exactly the `properties` given, `required` among them, and no others.
+    pub fn closed_object(
+        properties: Vec<(&str, RefOr<Schema>)>,
+        required: &[&str],
+    ) -> ObjectBuilder {
+        let mut object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for (name, schema) in properties {
+            object = object.property(name, schema);
+        }
+        for name in required {
+            object = object.required(*name);
+        }
+        object
+    }
+}

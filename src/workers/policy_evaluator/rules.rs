@@ -35,7 +35,7 @@ use crate::events::topic::{Filter, Filters};
 pub const MAX_TEMPLATES_BYTES: usize = 4 * template::MAX_TEMPLATE_BYTES;
 
 /// Most topics in `when.topics`.
-const MAX_TOPICS: usize = 100;
+pub const MAX_TOPICS: usize = 100;
 /// Most scalars in an `in` list.
 const MAX_IN_ITEMS: usize = 1000;
 /// Largest compiled `matches` pattern (a short pattern such as `\w{1000}` compiles huge).
@@ -101,7 +101,16 @@ pub enum Op {
     Exists,
 }
 
+/// A comparison's `field` as an ECMA-262 pattern, for the OpenAPI document (a test keeps it
+/// in step with [`validate`]).
+pub const FIELD_PATTERN: &str = r"^(topic|event_id|data(\.[A-Za-z0-9_-]+)*)$";
+
 impl Op {
+    /// Every op's name, as a rule spells it.
+    pub const NAMES: &[&str] = &[
+        "eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "matches", "exists",
+    ];
+
     fn parse(s: &str) -> Option<Op> {
         Some(match s {
             "eq" => Op::Eq,
@@ -772,6 +781,38 @@ mod tests {
 
     fn rejected(rules: Value) -> RuleError {
         validate(&rules, WORKERS).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn the_documented_field_pattern_and_op_names_agree_with_the_validator() {
+        let pattern = Regex::new(FIELD_PATTERN).unwrap();
+        for field in [
+            "topic",
+            "event_id",
+            "data",
+            "data.a",
+            "data.a-b.c_d.0",
+            "topic.x",
+            "event_id.x",
+            "datax",
+            "data.",
+            "data..a",
+            "data.a b",
+            "data.\u{e9}",
+            "x.data",
+            "",
+        ] {
+            let valid = validate(
+                &rules_with_if(json!({"field": field, "op": "exists"})),
+                WORKERS,
+            )
+            .is_ok();
+            assert_eq!(pattern.is_match(field), valid, "{field:?}");
+        }
+        for op in Op::NAMES {
+            assert!(Op::parse(op).is_some(), "{op}");
+        }
+        assert!(Op::parse("like").is_none());
     }
 
     #[test]

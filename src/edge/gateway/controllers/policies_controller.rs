@@ -9,14 +9,20 @@ use actix_web::{HttpResponse, delete, get, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, OneOf, OneOfBuilder, Schema, Type,
+};
 use uuid::Uuid;
 
 use crate::config::PoliciesConfig;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::error::{ApiError, ErrorBody};
+use crate::edge::gateway::openapi::shapes;
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::edge::gateway::state::AppState;
 use crate::events::payloads::{self, PolicyCreated, PolicyDeleted, PolicySummary, PolicyUpdated};
+use crate::events::topic;
 use crate::schemas::vsm::policy::{self, NewPolicy, Policy};
 use crate::workers::policy_evaluator;
 
@@ -28,7 +34,7 @@ pub struct PolicyBody {
     pub name: String,
     pub description: Option<String>,
     /// `{"when":{"topics":[...]},"if":<cond>,"then":[<action>...]}` (CONTRACT §7).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = rules_schema)]
     pub rules: serde_json::Value,
     /// Default true.
     pub active: Option<bool>,
@@ -37,6 +43,151 @@ pub struct PolicyBody {
     pub priority: Option<i32>,
     pub effective_from: Option<DateTime<Utc>>,
     pub effective_until: Option<DateTime<Utc>>,
+}
+
+/// The rules document's shape, for clients and for generated requests that reach past
+/// validation. [`policy_evaluator::rules::validate`] is the authority: it also applies the
+/// complexity budget and names the JSON path of whatever it refuses.
+fn rules_schema() -> Object {
+    use policy_evaluator::rules::{CHANNELS, MAX_TOPICS};
+    use policy_evaluator::template::MAX_TEMPLATE_BYTES;
+    let string = |min: usize, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+            .build()
+    };
+    let action = |name: &str, fields: Vec<(&str, RefOr<Schema>)>, required: &[&str]| {
+        let body = shapes::closed_object(fields, required).build();
+        shapes::closed_object(vec![(name, body.into())], &[name]).build()
+    };
+    let notify = action(
+        "notify",
+        vec![
+            (
+                "channel",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(CHANNELS.iter().copied()))
+                    .build()
+                    .into(),
+            ),
+            ("to", shapes::non_empty_string().into()),
+            ("template", string(1, MAX_TEMPLATE_BYTES).into()),
+        ],
+        &["channel", "to", "template"],
+    );
+    let enqueue = action(
+        "enqueue",
+        vec![
+            ("worker", shapes::non_empty_string().into()),
+            ("args", shapes::any_object().into()),
+        ],
+        &["worker"],
+    );
+    let publish = action(
+        "publish",
+        vec![
+            ("topic", shapes::string(topic::TOPIC_PATTERN).into()),
+            ("data", shapes::any_object().into()),
+        ],
+        &["topic"],
+    );
+    let system = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(5))
+        .build();
+    let set_state = action(
+        "set_state",
+        vec![
+            ("system", system.into()),
+            ("merge", shapes::any_object().into()),
+        ],
+        &["system", "merge"],
+    );
+    let then = ArrayBuilder::new()
+        .items(
+            OneOfBuilder::new()
+                .item(notify)
+                .item(enqueue)
+                .item(publish)
+                .item(set_state),
+        )
+        .min_items(Some(1))
+        .description(Some("1 to `policies.max_actions` actions, run in order."))
+        .build();
+    let when = shapes::closed_object(
+        vec![(
+            "topics",
+            shapes::strings(topic::FILTER_PATTERN, 1, MAX_TOPICS).into(),
+        )],
+        &["topics"],
+    )
+    .build();
+    let condition = condition_schema();
+    shapes::closed_object(
+        vec![
+            ("when", when.into()),
+            ("if", Schema::OneOf(condition).into()),
+            ("then", then.into()),
+        ],
+        &["when", "then"],
+    )
+    .build()
+}
+
+/// `if`: a comparison, or `all`/`any`/`not` of conditions. The inner conditions are left as
+/// objects (the grammar nests; the validator bounds the depth).
+fn condition_schema() -> OneOf {
+    use policy_evaluator::rules::{FIELD_PATTERN, Op};
+    let comparison = shapes::closed_object(
+        vec![
+            ("field", shapes::string(FIELD_PATTERN).into()),
+            (
+                "op",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(Op::NAMES.iter().copied()))
+                    .build()
+                    .into(),
+            ),
+            ("value", ObjectBuilder::new().build().into()),
+        ],
+        &["field", "op"],
+    )
+    .build();
+    // A nested condition: a comparison, or (any object) a list or negation further in.
+    let nested = RefOr::T(Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(comparison.clone())
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .description(Some("a condition")),
+            )
+            .build(),
+    ));
+    let list = |name: &str| {
+        let conditions = ArrayBuilder::new()
+            .items(nested.clone())
+            .min_items(Some(1))
+            .build();
+        shapes::closed_object(vec![(name, conditions.into())], &[name]).build()
+    };
+    let not = shapes::closed_object(vec![("not", nested.clone())], &["not"]).build();
+    OneOfBuilder::new()
+        .item(comparison)
+        .item(list("all"))
+        .item(list("any"))
+        .item(not)
+        .description(Some(
+            "Optional; absent means always. A comparison (`field` is `topic`, `event_id`, \
+             `data` or `data.<key>...`), or `all`/`any` of a list of conditions, or `not` of \
+             one. Only a definite true triggers: a missing field or a type mismatch is unknown.",
+        ))
+        .build()
 }
 
 /// Checks `rules` within the budget and that they can be stored; gives them back when valid.

@@ -13,9 +13,10 @@ use uuid::Uuid;
 use crate::edge::gateway::auth::Authenticated;
 use crate::edge::gateway::budget::{self, Resource};
 use crate::edge::gateway::error::{ApiError, ErrorBody};
+use crate::edge::gateway::openapi::shapes;
 use crate::edge::gateway::pagination::{List, PageQuery};
 use crate::edge::gateway::state::AppState;
-use crate::events::topic::Filter;
+use crate::events::topic::{self, Filter};
 use crate::schemas::webhooks::endpoint::{self, Endpoint, EndpointChange, NewEndpoint};
 use crate::workers::notification_sender::target_guard::Guard;
 use crate::workers::notification_sender::{endpoint_url, signature};
@@ -26,12 +27,11 @@ const MAX_TOPICS: usize = 64;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// `http` or `https`, at most 2048 bytes, no user name or password.
-    #[schema(pattern = "^https?://", max_length = 2048)]
+    #[schema(schema_with = webhook_url)]
     pub url: String,
     /// Event filters (`episode.analyzed`, `policy.*`), at most 64. Default none: the endpoint
     /// then receives only what policy `notify` actions send it.
-    #[schema(max_items = 64)]
+    #[schema(schema_with = topic_filters)]
     pub topics: Option<Vec<String>>,
     /// Default true.
     pub enabled: Option<bool>,
@@ -40,9 +40,9 @@ pub struct CreateWebhook {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
-    #[schema(pattern = "^https?://", max_length = 2048)]
+    #[schema(schema_with = webhook_url)]
     pub url: Option<String>,
-    #[schema(max_items = 64)]
+    #[schema(schema_with = topic_filters)]
     pub topics: Option<Vec<String>>,
     /// `true` re-enables an endpoint that was disabled (by the API, a 410 or failing for days).
     pub enabled: Option<bool>,
@@ -57,6 +57,25 @@ pub struct WebhookWithSecret {
     pub secret: String,
     /// Until when the replaced secret keeps signing too (rotation only).
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+/// An absolute `http(s)` URI of at most [`endpoint_url::MAX_URL_BYTES`].
+fn webhook_url() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::Custom("uri".into())))
+        .pattern(Some("^https?://"))
+        .max_length(Some(endpoint_url::MAX_URL_BYTES))
+        .description(Some(
+            "`http` or `https`, at most 2048 bytes, no user name or password. Stored normalised.",
+        ))
+        .build()
+}
+
+/// At most [`MAX_TOPICS`] filters in the syntax of [`Filter::parse`].
+fn topic_filters() -> utoipa::openapi::schema::Array {
+    shapes::strings(topic::FILTER_PATTERN, 0, MAX_TOPICS)
 }
 
 fn guard(state: &AppState) -> Guard {
