@@ -4,27 +4,38 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::common::{Api, TestDb, instance_config};
+use crate::common::{Api, Instance, TestDb, instance_config};
 
 fn error_message(body: &Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
 }
 
+/// A migrated database, an instance on it, and one tenant's key (the instance and the
+/// database live as long as the caller keeps them).
+async fn one_tenant() -> (TestDb, Instance, Api, String) {
+    let db = TestDb::migrated().await;
+    let (instance, api) = Api::start(instance_config(&db, None)).await;
+    let key = api.tenant("hooks").await;
+    (db, instance, api, key)
+}
+
+/// Creates an endpoint, asserting the 201, and answers its body.
+async fn create(api: &Api, key: &str, body: Value) -> Value {
+    let (s, created) = api.call("POST", "/v1/webhooks", key, Some(body)).await;
+    assert_eq!(s, 201, "{created}");
+    created
+}
+
 #[tokio::test]
 async fn the_secret_is_shown_at_creation_and_rotation_only() {
-    let db = TestDb::migrated().await;
-    let (_a, api) = Api::start(instance_config(&db, None)).await;
-    let key = api.tenant("hooks").await;
+    let (db, _instance, api, key) = one_tenant().await;
 
-    let (s, created) = api
-        .call(
-            "POST",
-            "/v1/webhooks",
-            &key,
-            Some(json!({"url": "https://hooks.example.com/in", "topics": ["episode.*"]})),
-        )
-        .await;
-    assert_eq!(s, 201, "{created}");
+    let created = create(
+        &api,
+        &key,
+        json!({"url": "https://hooks.example.com/in", "topics": ["episode.*"]}),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let secret = created["secret"].as_str().unwrap().to_owned();
     let raw = base64::engine::general_purpose::STANDARD
@@ -122,9 +133,7 @@ async fn the_secret_is_shown_at_creation_and_rotation_only() {
 
 #[tokio::test]
 async fn bad_urls_and_topics_are_422_naming_the_field() {
-    let db = TestDb::migrated().await;
-    let (_a, api) = Api::start(instance_config(&db, None)).await;
-    let key = api.tenant("hooks").await;
+    let (_db, _instance, api, key) = one_tenant().await;
     let long = format!("https://example.com/{}", "a".repeat(2100));
     for url in [
         "ftp://example.com/",
@@ -177,15 +186,12 @@ async fn the_webhook_cap_is_409_and_other_tenants_ids_are_404() {
     let other = api.tenant("other").await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let (s, body) = api
-            .call(
-                "POST",
-                "/v1/webhooks",
-                &owner,
-                Some(json!({"url": format!("https://example.com/{i}")})),
-            )
-            .await;
-        assert_eq!(s, 201);
+        let body = create(
+            &api,
+            &owner,
+            json!({"url": format!("https://example.com/{i}")}),
+        )
+        .await;
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
     let (s, body) = api
@@ -245,18 +251,13 @@ async fn the_webhook_cap_is_409_and_other_tenants_ids_are_404() {
 /// URL is stored normalised, so the tenant reads back where deliveries will go.
 #[tokio::test]
 async fn an_endpoint_can_be_created_disabled_and_its_url_is_stored_normalised() {
-    let db = TestDb::migrated().await;
-    let (_a, api) = Api::start(instance_config(&db, None)).await;
-    let key = api.tenant("hooks").await;
-    let (s, created) = api
-        .call(
-            "POST",
-            "/v1/webhooks",
-            &key,
-            Some(json!({"url": "HTTPS://Hooks.Example.COM\\in", "enabled": false})),
-        )
-        .await;
-    assert_eq!(s, 201, "{created}");
+    let (_db, _instance, api, key) = one_tenant().await;
+    let created = create(
+        &api,
+        &key,
+        json!({"url": "HTTPS://Hooks.Example.COM\\in", "enabled": false}),
+    )
+    .await;
     assert_eq!(created["enabled"], false);
     assert_eq!(created["disabled_reason"], "disabled through the API");
     assert!(created["disabled_at"].is_string(), "{created}");
