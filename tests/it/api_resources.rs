@@ -592,3 +592,46 @@ async fn a_tenant_cannot_retry_a_system_job_and_no_other_tenant_hears_of_it() {
         }
     }
 }
+
+/// Every `201 Created` names the new resource in `Location`, and reading that back answers it.
+#[tokio::test]
+async fn a_created_resource_is_read_back_at_its_location() {
+    let db = TestDb::migrated().await;
+    let (_a, api) = api(&db).await;
+    let key = api.tenant("located").await;
+    let rules = json!({"when": {"topics": ["episode.created"]},
+                       "then": [{"publish": {"topic": "alert.raised"}}]});
+    for (path, body) in [
+        (
+            "/v1/episodes",
+            json!({"title": "Outage", "content": "db down"}),
+        ),
+        ("/v1/policies", json!({"name": "outages", "rules": rules})),
+        (
+            "/v1/webhooks",
+            json!({"url": "https://hooks.example.com/in"}),
+        ),
+    ] {
+        let res = api
+            .http
+            .post(format!("{}{path}", api.base))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201, "{path}");
+        let location = res
+            .headers()
+            .get("location")
+            .unwrap_or_else(|| panic!("{path}: no Location"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let created: Value = res.json().await.unwrap();
+        let id = created["id"].as_str().unwrap();
+        assert_eq!(location, format!("{path}/{id}"));
+        let (s, read) = api.call("GET", &location, &key, None).await;
+        assert_eq!((s, read["id"].as_str()), (200, Some(id)), "{location}");
+    }
+}

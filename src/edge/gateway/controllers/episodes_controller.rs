@@ -51,7 +51,7 @@ fn invalid(field: &str, message: &str) -> ApiError {
     post, path = "/v1/episodes", tag = "episodes", security(("api_key" = [])),
     request_body = CreateEpisode,
     responses(
-        (status = 201, body = Episode),
+        (status = 201, body = Episode, headers(("location" = String, description = "/v1/episodes/{id}"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)
     )
@@ -76,7 +76,10 @@ pub async fn create(
         IntakeError::Db(e) => e.into(),
     })?;
     tx.commit().await?;
-    Ok(HttpResponse::Created().json(created))
+    Ok(super::created(
+        format!("/v1/episodes/{}", created.id),
+        created,
+    ))
 }
 
 /// One episode (404 for another tenant's id).

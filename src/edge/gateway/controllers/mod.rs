@@ -13,3 +13,14 @@ pub mod systems_controller;
 pub mod telegram_controller;
 pub mod tenants_controller;
 pub mod webhooks_controller;
+
+use actix_web::HttpResponse;
+use actix_web::http::header::LOCATION;
+
+/// `201 Created` with `body` and a `Location` naming where the new resource is read back
+/// (RFC 9110 §15.3.2), e.g. `/v1/policies/<id>`.
+pub fn created(location: String, body: impl serde::Serialize) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header((LOCATION, location))
+        .json(body)
+}

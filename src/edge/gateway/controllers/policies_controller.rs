@@ -251,7 +251,7 @@ fn summary(p: &Policy) -> PolicySummary {
     post, path = "/v1/policies", tag = "policies", security(("api_key" = [])),
     request_body = PolicyBody,
     responses(
-        (status = 201, body = Policy),
+        (status = 201, body = Policy, headers(("location" = String, description = "/v1/policies/{id}"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody, description = "invalid field or rule (message starts with its JSON path)"),
@@ -279,7 +279,10 @@ pub async fn create(
     let created = policy::insert(&mut tx, &new).await?;
     payloads::emit(&mut tx, auth.tenant_id, &PolicyCreated(summary(&created))).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Created().json(created))
+    Ok(super::created(
+        format!("/v1/policies/{}", created.id),
+        created,
+    ))
 }
 
 /// The tenant's policies.

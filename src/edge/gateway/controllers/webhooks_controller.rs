@@ -117,7 +117,7 @@ fn check_topics(topics: Vec<String>) -> Result<Vec<String>, ApiError> {
     post, path = "/v1/webhooks", tag = "webhooks", security(("api_key" = [])),
     request_body = CreateWebhook,
     responses(
-        (status = 201, body = WebhookWithSecret),
+        (status = 201, body = WebhookWithSecret, headers(("location" = String, description = "/v1/webhooks/{id}"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "limits.max_webhooks_per_tenant reached"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
@@ -148,11 +148,14 @@ pub async fn create(
     .await?;
     let created = endpoint::insert(&mut tx, &new).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Created().json(WebhookWithSecret {
-        endpoint: created,
-        secret: new.secret,
-        previous_secret_expires_at: None,
-    }))
+    Ok(super::created(
+        format!("/v1/webhooks/{}", created.id),
+        WebhookWithSecret {
+            endpoint: created,
+            secret: new.secret,
+            previous_secret_expires_at: None,
+        },
+    ))
 }
 
 /// The tenant's endpoints (without secrets).
