@@ -13,9 +13,11 @@ use crate::schemas::storage::tenant;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// `^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$`, unique.
+    /// Lowercase letters, digits and inner hyphens, 2 to 63 characters; unique.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$")]
     pub slug: String,
-    /// Display name; defaults to the slug.
+    /// Display name, 1 to 200 characters; defaults to the slug.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
 }
 
