@@ -72,6 +72,15 @@ pub struct DatabaseConfig {
     /// Role that cross-tenant machinery (event relay, job engine) switches to per transaction
     /// (`SET LOCAL ROLE`). Default `vsm_system` (created by the migrations).
     pub system_role: String,
+    /// Longest a statement on a pooled connection may run before PostgreSQL cancels it
+    /// (`statement_timeout`); 0 = no limit. Default 30. A statement stuck behind a lock, or a
+    /// tenant's expensive query, then fails and is retried or answered instead of holding its
+    /// connection and caller forever.
+    pub statement_timeout_secs: u64,
+    /// Longest a pooled connection may sit idle inside a transaction before PostgreSQL ends
+    /// its session (`idle_in_transaction_session_timeout`); 0 = no limit. Default 60. A
+    /// transaction abandoned by a bug cannot hold its locks for longer.
+    pub idle_in_transaction_timeout_secs: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -82,9 +91,15 @@ impl Default for DatabaseConfig {
             connect_timeout_secs: 5,
             app_role: "vsm_app".to_owned(),
             system_role: "vsm_system".to_owned(),
+            statement_timeout_secs: 30,
+            idle_in_transaction_timeout_secs: 60,
         }
     }
 }
+
+/// Longest statement or idle-in-transaction timeout accepted (PostgreSQL's own limit is about
+/// 24 days in milliseconds).
+const MAX_SESSION_TIMEOUT_SECS: u64 = 86_400;
 
 /// Connections per core of an automatically sized pool, and the most such a pool has.
 const POOL_PER_CORE: usize = 4;
@@ -106,6 +121,24 @@ impl DatabaseConfig {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Checks what serde cannot: the timeouts fit PostgreSQL's settings (at most a day here).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, secs) in [
+            ("statement_timeout_secs", self.statement_timeout_secs),
+            (
+                "idle_in_transaction_timeout_secs",
+                self.idle_in_transaction_timeout_secs,
+            ),
+        ] {
+            if secs > MAX_SESSION_TIMEOUT_SECS {
+                return Err(ConfigError::Invalid(format!(
+                    "key `database.{key}`: at most {MAX_SESSION_TIMEOUT_SECS} (a day), or 0 for no limit"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -930,6 +963,7 @@ impl Config {
         let config = figment
             .extract::<Config>()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.database.validate()?;
         config.jobs.validate()?;
         config.policies.validate()?;
         config.dashboard.validate()?;
@@ -1322,6 +1356,33 @@ mod tests {
             ..DatabaseConfig::default()
         };
         assert_eq!(given.pool_size(), 7);
+    }
+
+    /// The session timeouts default to 30 s and 60 s, take 0 for none, and refuse more than a
+    /// day (PostgreSQL would refuse the session's settings, and every connection with them).
+    #[test]
+    fn session_timeouts_are_bounded() {
+        let dir = dir_with(&[]);
+        let c = Config::load_from(dir.path(), None, env(&[])).expect("defaults load");
+        assert_eq!(c.database.statement_timeout_secs, 30);
+        assert_eq!(c.database.idle_in_transaction_timeout_secs, 60);
+        for (key, value, ok) in [
+            ("VSM_DATABASE__STATEMENT_TIMEOUT_SECS", "0", true),
+            ("VSM_DATABASE__STATEMENT_TIMEOUT_SECS", "86400", true),
+            ("VSM_DATABASE__STATEMENT_TIMEOUT_SECS", "86401", false),
+            (
+                "VSM_DATABASE__IDLE_IN_TRANSACTION_TIMEOUT_SECS",
+                "99999999999",
+                false,
+            ),
+        ] {
+            let loaded = Config::load_from(dir.path(), None, env(&[(key, value)]));
+            match (loaded, ok) {
+                (Ok(_), true) => {}
+                (Err(e), false) => assert!(e.to_string().contains("timeout_secs"), "{e}"),
+                (loaded, _) => panic!("{key}={value}: {:?}", loaded.map(|_| ())),
+            }
+        }
     }
 
     #[test]

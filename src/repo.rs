@@ -298,6 +298,11 @@ impl From<DieselError> for DbError {
                     DatabaseErrorKind::ClosedConnection => {
                         DbError::Unavailable(info.message().to_owned())
                     }
+                    // `database.statement_timeout_secs` cut the statement off: the database did
+                    // not answer in time, which the caller may retry (SQLSTATE 57014).
+                    _ if info.message() == "canceling statement due to statement timeout" => {
+                        DbError::Unavailable(info.message().to_owned())
+                    }
                     // PostgreSQL text cannot hold NUL (SQLSTATE 22021 for text, 22P05 for the
                     // \u0000 escape in jsonb): the input is at fault, whichever field it was.
                     _ if info
@@ -375,7 +380,7 @@ impl Repo {
 
     /// Builds the pool without opening a connection.
     pub fn connect_lazy(cfg: &DatabaseConfig) -> Result<Repo, DbError> {
-        let role = cfg.app_role.clone();
+        let session = session_sql(cfg);
         let timeout = cfg.connect_timeout();
         // A connection's driver task runs on the runtime that opened it. Requests run on
         // actix's per-worker runtimes, which end one by one during a graceful shutdown; a pooled
@@ -390,7 +395,7 @@ impl Repo {
         // fails its statement, is then seen as broken and is not pooled again.
         manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
         manager_config.custom_setup = Box::new(move |url| {
-            let opening = establish_as(url.to_owned(), role.clone(), timeout);
+            let opening = establish_as(url.to_owned(), session.clone(), timeout);
             match &runtime {
                 Some(runtime) => {
                     let task = runtime.spawn(opening);
@@ -1082,24 +1087,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Opens one pooled connection and switches it to the application role.
 async fn establish_as(
     url: String,
-    role: String,
+    session: String,
     timeout: Duration,
 ) -> diesel::ConnectionResult<AsyncPgConnection> {
     let mut conn = establish(&url, timeout)
         .await
         .map_err(|e| diesel::ConnectionError::BadConnection(e.message))?;
     conn.set_instrumentation(crate::metrics::QueryTimer::default());
-    if !role.is_empty() {
-        // Identifiers cannot be bound parameters.
-        let sql = format!("SET ROLE {}", quote_ident(&role));
-        diesel::sql_query(sql)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| {
-                diesel::ConnectionError::BadConnection(format!("cannot SET ROLE {role}: {e}"))
-            })?;
-    }
+    diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &session)
+        .await
+        .map_err(|e| {
+            diesel::ConnectionError::BadConnection(format!(
+                "cannot start the session ({session}): {e}"
+            ))
+        })?;
     Ok(conn)
+}
+
+/// What a pooled connection runs once when it opens, in one round trip: `SET ROLE` to the
+/// application role (unless none is configured) and the statement and idle-in-transaction
+/// timeouts.
+fn session_sql(cfg: &DatabaseConfig) -> String {
+    let role = match cfg.app_role.as_str() {
+        "" => String::new(),
+        role => format!("SET ROLE {}; ", quote_ident(role)),
+    };
+    format!(
+        "{role}SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+        cfg.statement_timeout_secs.saturating_mul(1000),
+        cfg.idle_in_transaction_timeout_secs.saturating_mul(1000)
+    )
 }
 
 /// The innermost cause of a pool error, e.g. "connection refused".

@@ -12,6 +12,7 @@ mod cluster;
 mod common;
 mod constraints;
 mod dashboard;
+mod db_timeouts;
 mod deploy;
 mod events;
 mod fake_telegram;
