@@ -18,7 +18,9 @@ use vsm::config::{DatabaseConfig, ServiceUrl};
 use vsm::jobs::{NewJob, storage};
 use vsm::repo::Repo;
 
-use crate::support::{Budget, Db, Latency, Report, Row, Sizes, median, pgbench, terminate, vsm};
+use crate::support::{
+    Budget, Db, Killed, Latency, Report, Row, Sizes, median, pgbench, terminate, vsm,
+};
 
 const QUEUE: &str = "bench";
 /// For no-op jobs the queue limit is what bounds the fetch batch.
@@ -49,6 +51,35 @@ async fn busy(conn: &mut diesel_async::AsyncPgConnection) -> bool {
     .await
     .expect("poll")
     .busy
+}
+
+/// What a stalled burn-down left behind: jobs by state and node, the nodes, and what the
+/// database's sessions are waiting on.
+async fn stall_report(conn: &mut diesel_async::AsyncPgConnection) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        line: String,
+    }
+    let mut report = String::new();
+    for sql in [
+        "SELECT format('%s %s on %s', count(*), state, coalesce(attempted_by, '-')) AS line \
+         FROM jobs GROUP BY state, attempted_by",
+        "SELECT format('node %s beat %s ago', id, now() - heartbeat_at) AS line FROM job_nodes",
+        "SELECT format('queue %s paused %s', name, paused) AS line FROM job_queues",
+        "SELECT format('session %s %s/%s: %s', state, wait_event_type, wait_event, \
+         left(query, 100)) AS line FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid()",
+    ] {
+        match diesel::sql_query(sql).load::<Line>(conn).await {
+            Ok(lines) => lines.into_iter().for_each(|l| {
+                report.push_str("\n  ");
+                report.push_str(&l.line);
+            }),
+            Err(e) => report.push_str(&format!("\n  ({sql}: {e})")),
+        }
+    }
+    report
 }
 
 fn start_worker(db: &Db) -> Child {
@@ -101,7 +132,8 @@ async fn vsm_burn_down(jobs: usize) -> (f64, f64) {
     let repo = repo(&db).await;
     set_paused(&repo, true).await;
     let insert_rate = bulk_insert(&repo, jobs).await;
-    let mut worker = start_worker(&db);
+    // Killed if the burn-down stalls, so no worker outlives the benchmark.
+    let mut worker = Killed(start_worker(&db));
     // Let the worker start and register before the clock runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut poll =
@@ -111,14 +143,13 @@ async fn vsm_burn_down(jobs: usize) -> (f64, f64) {
     let started = Instant::now();
     set_paused(&repo, false).await;
     while busy(&mut poll).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "burn-down stalled"
-        );
+        if started.elapsed() > Duration::from_secs(300) {
+            panic!("burn-down stalled: {}", stall_report(&mut poll).await);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = jobs as f64 / started.elapsed().as_secs_f64();
-    terminate(&mut worker);
+    terminate(&mut worker.0);
     (insert_rate, rate)
 }
 
@@ -362,7 +393,7 @@ pub fn rescue(sizes: &Sizes, report: &mut Report) {
         for (k, v) in &timing {
             cmd.env(k, v);
         }
-        crate::support::Killed(cmd.spawn().expect("spawn vsm work"))
+        Killed(cmd.spawn().expect("spawn vsm work"))
     };
     let mut a = node(&db);
     rt.block_on(async {
