@@ -1084,7 +1084,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Opens one pooled connection and switches it to the application role.
+/// Opens one pooled connection and starts its session with `session` ([`session_sql`]).
 async fn establish_as(
     url: String,
     session: String,

@@ -91,6 +91,23 @@ pub mod shapes {
             .build()
     }
 
+    /// A string of `min..=max` characters.
+    pub fn string_of_length(min: usize, max: usize) -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+            .build()
+    }
+
+    /// One of the strings `values`.
+    pub fn one_of(values: impl IntoIterator<Item = &'static str>) -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(values))
+            .build()
+    }
+
     /// Any JSON object.
     pub fn any_object() -> Object {
         ObjectBuilder::new().schema_type(Type::Object).build()

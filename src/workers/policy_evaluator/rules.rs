@@ -106,25 +106,31 @@ pub enum Op {
 pub const FIELD_PATTERN: &str = r"^(topic|event_id|data(\.[A-Za-z0-9_-]+)*)$";
 
 impl Op {
-    /// Every op's name, as a rule spells it.
-    pub const NAMES: &[&str] = &[
-        "eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "matches", "exists",
+    /// Every op under the name a rule spells it with: the one list the parser, its error
+    /// message and the OpenAPI document read.
+    const ALL: [(&'static str, Op); 10] = [
+        ("eq", Op::Eq),
+        ("ne", Op::Ne),
+        ("gt", Op::Gt),
+        ("gte", Op::Gte),
+        ("lt", Op::Lt),
+        ("lte", Op::Lte),
+        ("in", Op::In),
+        ("contains", Op::Contains),
+        ("matches", Op::Matches),
+        ("exists", Op::Exists),
     ];
 
+    /// Every op's name, as a rule spells it.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::ALL.iter().map(|(name, _)| *name)
+    }
+
     fn parse(s: &str) -> Option<Op> {
-        Some(match s {
-            "eq" => Op::Eq,
-            "ne" => Op::Ne,
-            "gt" => Op::Gt,
-            "gte" => Op::Gte,
-            "lt" => Op::Lt,
-            "lte" => Op::Lte,
-            "in" => Op::In,
-            "contains" => Op::Contains,
-            "matches" => Op::Matches,
-            "exists" => Op::Exists,
-            _ => return None,
-        })
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, op)| *op)
     }
 }
 
@@ -409,7 +415,10 @@ fn compare(
             || {
                 err(
                     &op_path,
-                    "must be one of eq, ne, gt, gte, lt, lte, in, contains, matches, exists",
+                    format!(
+                        "must be one of {}",
+                        Op::names().collect::<Vec<_>>().join(", ")
+                    ),
                 )
             },
             Ok,
@@ -809,10 +818,18 @@ mod tests {
             .is_ok();
             assert_eq!(pattern.is_match(field), valid, "{field:?}");
         }
-        for op in Op::NAMES {
+        for op in Op::names() {
             assert!(Op::parse(op).is_some(), "{op}");
         }
         assert!(Op::parse("like").is_none());
+        let e = rejected(rules_with_if(
+            json!({"field": "data", "op": "like", "value": 1}),
+        ));
+        assert_eq!(e.path, "rules.if.op");
+        assert_eq!(
+            e.message,
+            "must be one of eq, ne, gt, gte, lt, lte, in, contains, matches, exists"
+        );
     }
 
     #[test]

@@ -51,13 +51,6 @@ pub struct PolicyBody {
 fn rules_schema() -> Object {
     use policy_evaluator::rules::{CHANNELS, MAX_TOPICS};
     use policy_evaluator::template::MAX_TEMPLATE_BYTES;
-    let string = |min: usize, max: usize| {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(min))
-            .max_length(Some(max))
-            .build()
-    };
     let action = |name: &str, fields: Vec<(&str, RefOr<Schema>)>, required: &[&str]| {
         let body = shapes::closed_object(fields, required).build();
         shapes::closed_object(vec![(name, body.into())], &[name]).build()
@@ -65,16 +58,12 @@ fn rules_schema() -> Object {
     let notify = action(
         "notify",
         vec![
-            (
-                "channel",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(CHANNELS.iter().copied()))
-                    .build()
-                    .into(),
-            ),
+            ("channel", shapes::one_of(CHANNELS.iter().copied()).into()),
             ("to", shapes::non_empty_string().into()),
-            ("template", string(1, MAX_TEMPLATE_BYTES).into()),
+            (
+                "template",
+                shapes::string_of_length(1, MAX_TEMPLATE_BYTES).into(),
+            ),
         ],
         &["channel", "to", "template"],
     );
@@ -145,14 +134,7 @@ fn condition_schema() -> OneOf {
     let comparison = shapes::closed_object(
         vec![
             ("field", shapes::string(FIELD_PATTERN).into()),
-            (
-                "op",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(Op::NAMES.iter().copied()))
-                    .build()
-                    .into(),
-            ),
+            ("op", shapes::one_of(Op::names()).into()),
             ("value", ObjectBuilder::new().build().into()),
         ],
         &["field", "op"],

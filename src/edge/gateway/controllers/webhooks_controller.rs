@@ -67,9 +67,10 @@ fn webhook_url() -> utoipa::openapi::schema::Object {
         .format(Some(SchemaFormat::Custom("uri".into())))
         .pattern(Some("^https?://"))
         .max_length(Some(endpoint_url::MAX_URL_BYTES))
-        .description(Some(
-            "`http` or `https`, at most 2048 bytes, no user name or password. Stored normalised.",
-        ))
+        .description(Some(format!(
+            "`http` or `https`, at most {} bytes, no user name or password. Stored normalised.",
+            endpoint_url::MAX_URL_BYTES
+        )))
         .build()
 }
 
